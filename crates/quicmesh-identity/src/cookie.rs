@@ -1,0 +1,140 @@
+//! The cluster cookie: where it comes from and how it is kept.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::IdentityError;
+
+/// The environment variable a cookie is read from.
+pub const COOKIE_ENV: &str = "QUICMESH_COOKIE";
+
+/// The cluster's shared secret. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cookie(String);
+
+impl Cookie {
+    /// A cookie from a string; empty cookies are refused. Surrounding
+    /// white space is trimmed (cookie files often end with a newline).
+    pub fn new(s: impl AsRef<str>) -> Result<Self, IdentityError> {
+        let s = s.as_ref().trim();
+        if s.is_empty() {
+            return Err(IdentityError::EmptyCookie);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// A fresh random cookie of 256 bits, hex encoded.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 32];
+        // SystemRandom only fails when the OS has no entropy source at all.
+        if SystemRandom::new().fill(&mut bytes).is_err() {
+            panic!("the operating system's random number generator failed");
+        }
+        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The secret bytes.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// The cookie the way Erlang finds one: `QUICMESH_COOKIE` if set, else
+    /// the file at `path` (default `~/.quicmesh.cookie`), created with a
+    /// random cookie and mode 0600 when missing.
+    pub fn from_env_or_file(path: Option<&Path>) -> Result<Self, IdentityError> {
+        if let Ok(v) = std::env::var(COOKIE_ENV) {
+            return Self::new(v);
+        }
+        let path = match path {
+            Some(p) => p.to_owned(),
+            None => default_cookie_path()?,
+        };
+        Self::load_or_create(&path)
+    }
+
+    /// Reads the cookie file at `path`, refusing one readable by group or
+    /// others; creates it (mode 0600, 256 random bits) if it does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
+        let io = |source| IdentityError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        match fs::metadata(path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(IdentityError::CookieFileOpen {
+                        path: path.to_owned(),
+                        mode,
+                    });
+                }
+                Self::new(fs::read_to_string(path).map_err(io)?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let cookie = Self::random();
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(io)?;
+                f.write_all(cookie.0.as_bytes()).map_err(io)?;
+                tracing::info!(path = %path.display(), "created a new cookie file");
+                Ok(cookie)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+}
+
+/// `~/.quicmesh.cookie`.
+pub fn default_cookie_path() -> Result<PathBuf, IdentityError> {
+    let home = std::env::var_os("HOME").ok_or(IdentityError::NoHome)?;
+    Ok(PathBuf::from(home).join(".quicmesh.cookie"))
+}
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cookie(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_with_0600_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cookie");
+        let c1 = Cookie::load_or_create(&p).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(c1.expose().len(), 64);
+        let c2 = Cookie::load_or_create(&p).unwrap();
+        assert_eq!(c1, c2);
+    }
+
+    #[test]
+    fn open_cookie_file_refused_with_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cookie");
+        fs::write(&p, "secret\n").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Cookie::load_or_create(&p).unwrap_err();
+        assert!(matches!(err, IdentityError::CookieFileOpen { mode: 0o644, .. }));
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Cookie::load_or_create(&p).unwrap().expose(), b"secret");
+    }
+
+    #[test]
+    fn empty_refused_and_debug_redacted() {
+        assert!(matches!(Cookie::new("  \n"), Err(IdentityError::EmptyCookie)));
+        assert_eq!(format!("{:?}", Cookie::new("s3cret").unwrap()), "Cookie(<redacted>)");
+    }
+}

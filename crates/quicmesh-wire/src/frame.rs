@@ -1,0 +1,117 @@
+//! Length-delimited postcard frames.
+//!
+//! A frame is a 4-byte big-endian body length followed by the body, one
+//! postcard-encoded message. Readers call [`body_len`] on the prefix first:
+//! it refuses a length over the limit before a single body byte is
+//! allocated. [`decode`] refuses trailing bytes, so a frame holds exactly
+//! one message.
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes in the length prefix.
+pub const PREFIX_LEN: usize = 4;
+
+/// Why a frame could not be built or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The body is longer than the limit in force.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The body length announced or produced.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is not a valid message of the expected type (this includes
+    /// an unknown enum variant from a newer peer).
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The body held a message followed by extra bytes.
+    #[error("malformed frame: {0} trailing bytes after the message")]
+    Trailing(usize),
+}
+
+/// Encodes `msg` as a whole frame (prefix included), refusing a body over
+/// `max` bytes.
+pub fn encode<T: Serialize + ?Sized>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0u8; PREFIX_LEN];
+    out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = out.len() - PREFIX_LEN;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?;
+    out[..PREFIX_LEN].copy_from_slice(&len32.to_be_bytes());
+    Ok(out)
+}
+
+/// Reads a length prefix; the body length, or `TooLarge` if over `max`.
+pub fn body_len(prefix: [u8; PREFIX_LEN], max: usize) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Decodes one message from a frame body (without its prefix).
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    let (msg, rest) =
+        postcard::take_from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing(rest.len()));
+    }
+    Ok(msg)
+}
+
+/// Splits one complete frame off the front of `buf`: `Ok(None)` when more
+/// bytes are needed, else the decoded message and the bytes it used.
+pub fn decode_from<'a, T: Deserialize<'a>>(
+    buf: &'a [u8],
+    max: usize,
+) -> Result<Option<(T, usize)>, FrameError> {
+    let Some(prefix) = buf.first_chunk::<PREFIX_LEN>() else {
+        return Ok(None);
+    };
+    let len = body_len(*prefix, max)?;
+    let Some(body) = buf.get(PREFIX_LEN..PREFIX_LEN + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode(body)?, PREFIX_LEN + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_exact_bytes() {
+        let f = encode(&(7u8, "hi"), 100).unwrap();
+        assert_eq!(f, [0, 0, 0, 4, 7, 2, b'h', b'i']);
+        let (msg, used): ((u8, String), usize) = decode_from(&f, 100).unwrap().unwrap();
+        assert_eq!((msg.0, msg.1.as_str(), used), (7, "hi", 8));
+    }
+
+    #[test]
+    fn limits_are_checked_before_reading_the_body() {
+        assert_eq!(
+            body_len([0xff, 0xff, 0xff, 0xff], 1024),
+            Err(FrameError::TooLarge { len: u32::MAX as usize, max: 1024 })
+        );
+        assert!(matches!(
+            encode(&vec![0u8; 2000], 1024),
+            Err(FrameError::TooLarge { max: 1024, .. })
+        ));
+    }
+
+    #[test]
+    fn partial_and_bad_input() {
+        let f = encode(&5u32, 100).unwrap();
+        for cut in 0..f.len() {
+            assert_eq!(decode_from::<u32>(&f[..cut], 100).unwrap(), None);
+        }
+        assert_eq!(decode::<u8>(&[1, 2]), Err(FrameError::Trailing(1)));
+        assert!(matches!(decode::<String>(&[5, b'a']), Err(FrameError::Malformed(_))));
+    }
+}
