@@ -1,1 +1,59 @@
-fn main(){}
+//! `quicmesh`: run a node, issue certificates, run the demo cluster.
+
+mod certs;
+mod demo;
+mod node;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// quicmesh: named nodes in a mutually authenticated QUIC mesh.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node and log its peers coming up and going down.
+    Node(node::NodeArgs),
+    /// Make a CA and issue node certificates (certificate mode).
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Start a 3-node cluster on loopback, kill a node, show what happens.
+    Demo,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Node(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Certs(cmd) => certs::run(cmd),
+        Command::Node(args) => runtime().and_then(|rt| rt.block_on(node::run(args))),
+        Command::Demo => runtime().and_then(|rt| rt.block_on(demo::run())),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,332 @@
+//! The peer table: which nodes are up, over which connection, and the
+//! rules that decide between two connections to the same node. Pure data:
+//! no I/O, no clock; the runtime passes `now` and executes the outcomes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use quicmesh_wire::{NodeAddr, NodeName, PeerInfo};
+
+use crate::event::DownReason;
+
+/// A live connection as the table sees it.
+pub(crate) trait Link {
+    /// Unique per connection for the node's lifetime.
+    fn id(&self) -> usize;
+}
+
+/// A connected peer's link and what its `Hello` said.
+#[derive(Debug, Clone)]
+pub(crate) struct UpPeer<L> {
+    pub(crate) link: L,
+    pub(crate) incarnation: u64,
+    pub(crate) hidden: bool,
+    pub(crate) since: SystemTime,
+}
+
+/// Everything known about one node.
+#[derive(Debug)]
+pub(crate) struct Peer<L> {
+    pub(crate) up: Option<UpPeer<L>>,
+    /// Dials to it in progress from this node.
+    pub(crate) dialing: u32,
+    /// Where it listens.
+    pub(crate) addrs: Vec<SocketAddr>,
+    /// Set when it came from configuration or discovery: re-dialled while down.
+    pub(crate) seed: Option<NodeAddr>,
+    pub(crate) incarnation: Option<u64>,
+    pub(crate) last_down: Option<(DownReason, SystemTime)>,
+    pub(crate) last_dial_error: Option<String>,
+}
+
+impl<L> Default for Peer<L> {
+    fn default() -> Self {
+        Self {
+            up: None,
+            dialing: 0,
+            addrs: Vec::new(),
+            seed: None,
+            incarnation: None,
+            last_down: None,
+            last_dial_error: None,
+        }
+    }
+}
+
+/// What installing a connection did.
+#[derive(Debug)]
+pub(crate) enum Installed<L> {
+    /// The node was not up: emit `NodeUp`.
+    NewlyUp,
+    /// The node was up over `old`, same incarnation: the connection was
+    /// swapped silently; close `old` as a duplicate.
+    Replaced { old: L },
+    /// The node was up with another incarnation: it restarted. Emit
+    /// `NodeDown { Restarted }` then `NodeUp`; close `old`.
+    Restarted { old: L },
+}
+
+/// The peer table of one node.
+#[derive(Debug)]
+pub(crate) struct PeerTable<L> {
+    me: NodeName,
+    peers: HashMap<NodeName, Peer<L>>,
+}
+
+impl<L: Link + Clone> PeerTable<L> {
+    pub(crate) fn new(me: NodeName) -> Self {
+        Self {
+            me,
+            peers: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn get(&self, name: &NodeName) -> Option<&Peer<L>> {
+        self.peers.get(name)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&NodeName, &Peer<L>)> {
+        self.peers.iter()
+    }
+
+    pub(crate) fn is_up(&self, name: &NodeName) -> bool {
+        self.peers.get(name).is_some_and(|p| p.up.is_some())
+    }
+
+    pub(crate) fn is_known(&self, name: &NodeName) -> bool {
+        self.peers
+            .get(name)
+            .is_some_and(|p| p.up.is_some() || p.dialing > 0 || p.seed.is_some())
+    }
+
+    /// Up peers, with their links.
+    pub(crate) fn up(&self) -> impl Iterator<Item = (&NodeName, &UpPeer<L>)> {
+        self.peers
+            .iter()
+            .filter_map(|(n, p)| p.up.as_ref().map(|u| (n, u)))
+    }
+
+    pub(crate) fn up_count(&self) -> usize {
+        self.up().count()
+    }
+
+    /// Up, non-hidden peers other than `except`, as they are told to others.
+    pub(crate) fn shareable(&self, except: &NodeName) -> Vec<PeerInfo> {
+        self.up()
+            .filter(|(n, u)| !u.hidden && *n != except)
+            .map(|(n, _)| PeerInfo {
+                name: n.clone(),
+                addrs: self.peers[n].addrs.clone(),
+            })
+            .collect()
+    }
+
+    /// Marks `addr` as a seed (kept connected).
+    pub(crate) fn add_seed(&mut self, addr: NodeAddr) {
+        let name = addr.name.clone();
+        self.peers.entry(name).or_default().seed = Some(addr);
+    }
+
+    /// Forgets that `name` is a seed; returns whether it was one.
+    pub(crate) fn remove_seed(&mut self, name: &NodeName) -> bool {
+        self.peers
+            .get_mut(name)
+            .is_some_and(|p| p.seed.take().is_some())
+    }
+
+    pub(crate) fn is_seed(&self, name: &NodeName) -> bool {
+        self.peers.get(name).is_some_and(|p| p.seed.is_some())
+    }
+
+    /// A dial to `name` starts, unless it is up already (`false`).
+    pub(crate) fn begin_dial(&mut self, name: &NodeName) -> bool {
+        let p = self.peers.entry(name.clone()).or_default();
+        if p.up.is_some() {
+            return false;
+        }
+        p.dialing += 1;
+        true
+    }
+
+    /// A dial to `name` ended, with its error if it failed.
+    pub(crate) fn end_dial(&mut self, name: &NodeName, error: Option<String>) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.dialing = p.dialing.saturating_sub(1);
+            if error.is_some() {
+                p.last_dial_error = error;
+            }
+        }
+    }
+
+    /// Should a connection *from* `name` with this incarnation be accepted?
+    ///
+    /// The rule both sides apply, so that two nodes dialling each other end
+    /// with exactly one connection: the connection dialled by the node with
+    /// the smaller name wins. A dial from a smaller name is always accepted
+    /// (it replaces whatever is there). A dial from a larger name is refused
+    /// while this node has its own dial to it in flight (that one wins), or
+    /// while it is up with the same incarnation (a duplicate); a new
+    /// incarnation means the peer restarted, and is accepted.
+    pub(crate) fn should_accept(&self, name: &NodeName, incarnation: u64) -> bool {
+        if *name < self.me {
+            return true;
+        }
+        match self.peers.get(name) {
+            None => true,
+            Some(p) => {
+                let same_incarnation_up = p.up.as_ref().is_some_and(|u| u.incarnation == incarnation);
+                p.dialing == 0 && !same_incarnation_up
+            }
+        }
+    }
+
+    /// Installs `up` as the connection to `name`. A dialler always installs
+    /// what the listener welcomed: the listener already applied the rule.
+    pub(crate) fn install(
+        &mut self,
+        name: &NodeName,
+        up: UpPeer<L>,
+        addrs: Vec<SocketAddr>,
+    ) -> Installed<L> {
+        let p = self.peers.entry(name.clone()).or_default();
+        p.incarnation = Some(up.incarnation);
+        p.addrs = addrs;
+        p.last_dial_error = None;
+        let new_incarnation = up.incarnation;
+        match p.up.replace(up) {
+            None => Installed::NewlyUp,
+            Some(old) if old.incarnation == new_incarnation => Installed::Replaced { old: old.link },
+            Some(old) => {
+                p.last_down = Some((DownReason::Restarted, old.since));
+                Installed::Restarted { old: old.link }
+            }
+        }
+    }
+
+    /// The connection `link_id` to `name` ended. Returns `true` if it was
+    /// the current one: the node is now down (emit `NodeDown`). A replaced
+    /// connection ending changes nothing.
+    pub(crate) fn link_closed(
+        &mut self,
+        name: &NodeName,
+        link_id: usize,
+        reason: DownReason,
+        now: SystemTime,
+    ) -> bool {
+        let Some(p) = self.peers.get_mut(name) else {
+            return false;
+        };
+        if p.up.as_ref().is_none_or(|u| u.link.id() != link_id) {
+            return false;
+        }
+        p.up = None;
+        p.last_down = Some((reason, now));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct L(usize);
+    impl Link for L {
+        fn id(&self) -> usize {
+            self.0
+        }
+    }
+
+    fn n(s: &str) -> NodeName {
+        s.parse().unwrap()
+    }
+
+    fn up(id: usize, inc: u64) -> UpPeer<L> {
+        UpPeer {
+            link: L(id),
+            incarnation: inc,
+            hidden: false,
+            since: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn simultaneous_dials_keep_the_smaller_names_connection() {
+        // a < b. Both dial at once.
+        let mut a = PeerTable::<L>::new(n("a@h"));
+        let mut b = PeerTable::<L>::new(n("b@h"));
+        assert!(a.begin_dial(&n("b@h")));
+        assert!(b.begin_dial(&n("a@h")));
+        // a refuses b's dial (a's own dial wins); b accepts a's.
+        assert!(!a.should_accept(&n("b@h"), 2));
+        assert!(b.should_accept(&n("a@h"), 1));
+        assert!(matches!(b.install(&n("a@h"), up(10, 1), vec![]), Installed::NewlyUp));
+        // a's dial is welcomed.
+        assert!(matches!(a.install(&n("b@h"), up(10, 2), vec![]), Installed::NewlyUp));
+        a.end_dial(&n("b@h"), None);
+        b.end_dial(&n("a@h"), Some("duplicate".into()));
+        assert!(a.is_up(&n("b@h")) && b.is_up(&n("a@h")));
+        // Once up, neither dials again.
+        assert!(!a.begin_dial(&n("b@h")));
+    }
+
+    #[test]
+    fn larger_name_is_refused_while_up_unless_restarted() {
+        let mut a = PeerTable::<L>::new(n("a@h"));
+        a.install(&n("b@h"), up(1, 7), vec![]);
+        assert!(!a.should_accept(&n("b@h"), 7));
+        assert!(a.should_accept(&n("b@h"), 8));
+        assert!(matches!(
+            a.install(&n("b@h"), up(2, 8), vec![]),
+            Installed::Restarted { old: L(1) }
+        ));
+        // The old connection closing now changes nothing.
+        assert!(!a.link_closed(&n("b@h"), 1, DownReason::Restarted, SystemTime::UNIX_EPOCH));
+        assert!(a.is_up(&n("b@h")));
+        assert!(a.link_closed(&n("b@h"), 2, DownReason::HeartbeatTimeout, SystemTime::UNIX_EPOCH));
+        assert!(!a.is_up(&n("b@h")));
+        assert_eq!(
+            a.get(&n("b@h")).unwrap().last_down.as_ref().unwrap().0,
+            DownReason::HeartbeatTimeout
+        );
+    }
+
+    #[test]
+    fn smaller_name_always_accepted_and_swaps_silently() {
+        let mut b = PeerTable::<L>::new(n("b@h"));
+        b.install(&n("a@h"), up(1, 5), vec![]);
+        assert!(b.should_accept(&n("a@h"), 5));
+        assert!(matches!(
+            b.install(&n("a@h"), up(2, 5), vec![]),
+            Installed::Replaced { old: L(1) }
+        ));
+    }
+
+    #[test]
+    fn hidden_and_self_are_not_shared() {
+        let mut t = PeerTable::<L>::new(n("a@h"));
+        t.install(&n("b@h"), up(1, 1), vec!["127.0.0.1:1".parse().unwrap()]);
+        let mut hidden = up(2, 1);
+        hidden.hidden = true;
+        t.install(&n("c@h"), hidden, vec![]);
+        t.install(&n("d@h"), up(3, 1), vec![]);
+        let mut shared: Vec<_> = t.shareable(&n("d@h")).into_iter().map(|p| p.name).collect();
+        shared.sort();
+        assert_eq!(shared, vec![n("b@h")]);
+    }
+
+    #[test]
+    fn seeds_and_dial_errors_are_remembered() {
+        let mut t = PeerTable::<L>::new(n("a@h"));
+        t.add_seed("b@h:1".parse().unwrap());
+        assert!(t.begin_dial(&n("c@h")));
+        assert!(t.is_known(&n("c@h")));
+        t.end_dial(&n("c@h"), Some("x".into()));
+        assert_eq!(t.get(&n("c@h")).unwrap().last_dial_error.as_deref(), Some("x"));
+        assert!(!t.is_known(&n("c@h")));
+        assert!(t.is_seed(&n("b@h")));
+        assert!(t.remove_seed(&n("b@h")));
+        assert!(!t.is_seed(&n("b@h")));
+    }
+}

@@ -1,0 +1,275 @@
+//! The node facade: builder, start, the handle, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicmesh_identity::{CertFiles, Cookie, Identity};
+use quicmesh_wire::{NameError, NodeAddr, NodeName};
+use tracing::info;
+
+use crate::config::{ConfigError, IdentityConfig, NodeConfig};
+use crate::error::{ConnectError, PingError, StartError, WaitError};
+use crate::event::EventStream;
+use crate::membership::Membership;
+use crate::status::Status;
+use crate::transport;
+
+/// A running quicmesh node. Cheap to clone; every clone is the same node.
+///
+/// Dropping the last clone without [`Node::shutdown`] stops the node
+/// abruptly (peers see a connection close, not a graceful shutdown).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// let node = quicmesh::Node::builder()
+///     .name("app1@127.0.0.1")
+///     .listen("127.0.0.1:4370".parse()?)
+///     .cookie("secret cookie")
+///     .seed("app2@127.0.0.1:4371".parse()?)
+///     .start()
+///     .await?;
+/// node.wait_for_nodes(1, Duration::from_secs(10)).await?;
+/// println!("{}", node.status());
+/// node.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Node {
+    owner: Arc<Owner>,
+}
+
+/// Stops the node's tasks when the last `Node` handle goes away (the tasks
+/// themselves hold the `Membership`, not this).
+#[derive(Debug)]
+struct Owner(Arc<Membership>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.token.cancel();
+        self.0
+            .endpoint
+            .close(quinn::VarInt::from_u32(quicmesh_wire::CloseCode::Shutdown.code()), b"node dropped");
+    }
+}
+
+impl Node {
+    /// A builder with default settings.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    fn m(&self) -> &Arc<Membership> {
+        &self.owner.0
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.m().me
+    }
+
+    /// The address the node's UDP socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.m().local_addr
+    }
+
+    /// The address other nodes dial to reach this one: its name and port.
+    pub fn addr(&self) -> NodeAddr {
+        NodeAddr::new(self.name().clone(), self.local_addr().port())
+    }
+
+    /// Changes every time a node starts.
+    pub fn incarnation(&self) -> u64 {
+        self.m().incarnation
+    }
+
+    /// Connects to `addr` once (like `Node.connect/1`); `Ok` when the node
+    /// is up, also if it already was. The nodes it knows are then
+    /// connected too. Use [`Node::add_seed`] to keep re-dialling it.
+    pub async fn connect(&self, addr: &NodeAddr) -> Result<(), ConnectError> {
+        self.m().dial_addr(addr).await
+    }
+
+    /// Adds `addr` to the seeds: dialled now and re-dialled with backoff
+    /// whenever it is down, until [`Node::disconnect`].
+    pub fn add_seed(&self, addr: NodeAddr) {
+        if self.m().add_seed(addr.clone()) {
+            self.m().spawn_keeper(addr);
+        }
+    }
+
+    /// Closes the connection to `node` (it sees `DisconnectedByPeer`) and
+    /// stops re-dialling it if it was a seed. `false` if it was not up.
+    pub fn disconnect(&self, node: &NodeName) -> bool {
+        self.m().disconnect(node)
+    }
+
+    /// The nodes connected now, sorted.
+    pub fn nodes(&self) -> Vec<NodeName> {
+        self.m().nodes()
+    }
+
+    /// A stream of `NodeUp` / `NodeDown` events from now on.
+    pub fn events(&self) -> EventStream {
+        EventStream {
+            rx: self.m().subscribe(),
+        }
+    }
+
+    /// Round trip of an application-level ping over a fresh stream.
+    pub async fn ping(&self, node: &NodeName, timeout: Duration) -> Result<Duration, PingError> {
+        self.m().ping(node, timeout).await
+    }
+
+    /// This node and every peer it knows.
+    pub fn status(&self) -> Status {
+        self.m().status()
+    }
+
+    /// Waits until at least `n` other nodes are connected.
+    pub async fn wait_for_nodes(&self, n: usize, timeout: Duration) -> Result<(), WaitError> {
+        self.m().wait_for_nodes(n, timeout).await
+    }
+
+    /// Shuts down gracefully: peers see `NodeDown { reason: Shutdown }` at
+    /// once. Idempotent; later calls wait for the first to finish.
+    pub async fn shutdown(&self) {
+        self.m().shutdown().await;
+    }
+
+    /// Whether [`Node::shutdown`] has been called.
+    pub fn is_shutdown(&self) -> bool {
+        self.m().is_shutdown()
+    }
+}
+
+/// Configures and starts a [`Node`].
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until start() is awaited"]
+pub struct Builder {
+    config: NodeConfig,
+    name_error: Option<NameError>,
+}
+
+impl Builder {
+    /// A builder starting from a whole configuration (e.g. a TOML file).
+    pub fn from_config(config: NodeConfig) -> Self {
+        Self {
+            config,
+            name_error: None,
+        }
+    }
+
+    /// The node's name, `name@host`. Checked here; an invalid name makes
+    /// [`Builder::start`] fail with the parse error.
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        match name.as_ref().parse() {
+            Ok(n) => self.config.name = Some(n),
+            Err(e) => self.name_error = Some(e),
+        }
+        self
+    }
+
+    /// The UDP address to listen on (port 0 picks a free one).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config.listen = Some(addr);
+        self
+    }
+
+    /// Cookie mode with this cookie.
+    pub fn cookie(mut self, cookie: impl Into<String>) -> Self {
+        self.config.identity = IdentityConfig::Cookie {
+            cookie: Some(cookie.into()),
+            cookie_file: None,
+        };
+        self
+    }
+
+    /// Certificate mode with these files.
+    pub fn certificates(mut self, files: CertFiles) -> Self {
+        self.config.identity = IdentityConfig::Certificate {
+            ca: files.ca,
+            cert: files.cert,
+            key: files.key,
+        };
+        self
+    }
+
+    /// A hidden node: never propagated to other nodes.
+    pub fn hidden(mut self, hidden: bool) -> Self {
+        self.config.hidden = hidden;
+        self
+    }
+
+    /// Adds a seed: dialled at start and re-dialled while absent.
+    pub fn seed(mut self, addr: NodeAddr) -> Self {
+        self.config.seeds.push(addr);
+        self
+    }
+
+    /// Heartbeat interval and failure-detection timeout.
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.config.heartbeat.interval = interval;
+        self.config.heartbeat.timeout = timeout;
+        self
+    }
+
+    /// Changes any other setting.
+    pub fn configure(mut self, f: impl FnOnce(&mut NodeConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Loads the identity, binds the socket and starts dialling seeds.
+    pub async fn start(self) -> Result<Node, StartError> {
+        if let Some(e) = self.name_error {
+            return Err(StartError::Config(ConfigError::BadName(e)));
+        }
+        let config = self.config;
+        config.validate()?;
+        let name = config.name.clone().ok_or(ConfigError::MissingName)?;
+        let listen = config.listen_addr();
+        let identity = load_identity(&config, name).await?;
+        let transport = transport::transport_config(&config);
+        let endpoint = transport::bind(&config, &identity, transport.clone())?;
+        let m = Membership::new(config, identity, endpoint, transport)
+            .map_err(|source| StartError::Bind { addr: listen, source })?;
+        info!(
+            node = %m.me,
+            listen = %m.local_addr,
+            ca = %m.identity.ca_fingerprint(),
+            "node started"
+        );
+        m.start();
+        Ok(Node {
+            owner: Arc::new(Owner(m)),
+        })
+    }
+}
+
+async fn load_identity(config: &NodeConfig, name: NodeName) -> Result<Identity, StartError> {
+    let validity = config.leaf_validity;
+    let identity = config.identity.clone();
+    // Deriving the cookie CA is deliberately slow (argon2): off the runtime.
+    let joined = tokio::task::spawn_blocking(move || match identity {
+        IdentityConfig::Cookie {
+            cookie,
+            cookie_file,
+        } => {
+            let cookie = match cookie {
+                Some(c) => Cookie::new(c)?,
+                None => Cookie::from_env_or_file(cookie_file.as_deref())?,
+            };
+            Identity::from_cookie(name, &cookie, validity)
+        }
+        IdentityConfig::Certificate { ca, cert, key } => {
+            Identity::from_files(name, &CertFiles { ca, cert, key })
+        }
+    })
+    .await;
+    match joined {
+        Ok(r) => Ok(r?),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

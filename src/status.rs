@@ -1,0 +1,160 @@
+//! What `Node::status` reports.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use quicmesh_wire::NodeName;
+
+use crate::event::DownReason;
+
+/// A snapshot of a node and its peers.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Status {
+    /// This node.
+    pub node: NodeName,
+    /// This node's incarnation.
+    pub incarnation: u64,
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Fingerprint of the CA it trusts (equal on every node of a cluster).
+    pub ca_fingerprint: String,
+    /// Whether this node is hidden.
+    pub hidden: bool,
+    /// Every node it knows, sorted by name.
+    pub peers: Vec<PeerStatus>,
+    /// Handshake and protocol counters.
+    pub counters: CounterSnapshot,
+}
+
+/// One peer in a [`Status`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PeerStatus {
+    /// The peer.
+    pub node: NodeName,
+    /// Up, connecting, or down.
+    pub state: PeerState,
+    /// Smoothed round-trip time, while up.
+    pub rtt: Option<Duration>,
+    /// When the current connection came up.
+    pub connected_since: Option<SystemTime>,
+    /// Its incarnation, once known.
+    pub incarnation: Option<u64>,
+    /// Whether it is hidden.
+    pub hidden: bool,
+    /// Whether it is a seed (kept connected).
+    pub seed: bool,
+    /// Where it listens.
+    pub addrs: Vec<SocketAddr>,
+    /// Why and when it last went down.
+    pub last_down: Option<(DownReason, SystemTime)>,
+    /// Why the last dial to it failed, if it did.
+    pub last_dial_error: Option<String>,
+}
+
+/// A peer's connection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerState {
+    /// Connected.
+    Up,
+    /// A dial is in progress.
+    Connecting,
+    /// Not connected.
+    Down,
+}
+
+impl fmt::Display for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Up => "up",
+            Self::Connecting => "connecting",
+            Self::Down => "down",
+        })
+    }
+}
+
+/// Counters kept by a node.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) handshake_failures: AtomicU64,
+    pub(crate) protocol_violations: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+}
+
+/// The counters' values at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CounterSnapshot {
+    /// Incoming connections refused on identity (other cookie or CA, no
+    /// client certificate, no node name) or refused by the peer's check
+    /// of this node.
+    pub auth_failures: u64,
+    /// Incoming handshakes that failed or timed out for other reasons.
+    pub handshake_failures: u64,
+    /// Peers dropped for breaking the protocol.
+    pub protocol_violations: u64,
+    /// Duplicate connections resolved by the tie-break.
+    pub duplicates: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> CounterSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterSnapshot {
+            auth_failures: get(&self.auth_failures),
+            handshake_failures: get(&self.handshake_failures),
+            protocol_violations: get(&self.protocol_violations),
+            duplicates: get(&self.duplicates),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    /// A table: one line per peer.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "node {} (listening on {}, CA {}{})",
+            self.node,
+            self.listen,
+            self.ca_fingerprint,
+            if self.hidden { ", hidden" } else { "" }
+        )?;
+        writeln!(
+            f,
+            "  {:<28} {:<10} {:>9} {:>10}  {}",
+            "PEER", "STATE", "RTT", "UP FOR", "LAST DOWN"
+        )?;
+        let now = SystemTime::now();
+        for p in &self.peers {
+            let rtt = p
+                .rtt
+                .map_or("-".to_owned(), |d| format!("{:.2}ms", d.as_secs_f64() * 1e3));
+            let up_for = p
+                .connected_since
+                .and_then(|s| now.duration_since(s).ok())
+                .map_or("-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
+            let down = p
+                .last_down
+                .as_ref()
+                .map(|(r, _)| r.to_string())
+                .or_else(|| p.last_dial_error.clone())
+                .unwrap_or_else(|| "-".to_owned());
+            writeln!(
+                f,
+                "  {:<28} {:<10} {:>9} {:>10}  {}",
+                p.node.as_str(),
+                p.state.to_string(),
+                rtt,
+                up_for,
+                down
+            )?;
+        }
+        Ok(())
+    }
+}
