@@ -99,6 +99,16 @@ pub enum EventError {
 }
 
 impl EventStream {
+    /// The next event if one is queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Result<NodeEvent, EventError>> {
+        match self.rx.try_recv() {
+            Ok(e) => Some(Ok(e)),
+            Err(broadcast::error::TryRecvError::Empty) => None,
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(EventError::Lagged(n))),
+            Err(broadcast::error::TryRecvError::Closed) => Some(Err(EventError::Closed)),
+        }
+    }
+
     /// The next event.
     pub async fn recv(&mut self) -> Result<NodeEvent, EventError> {
         self.rx.recv().await.map_err(|e| match e {

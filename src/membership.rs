@@ -476,6 +476,7 @@ impl Membership {
             listen: self.local_addr,
             ca_fingerprint: self.identity.ca_fingerprint().to_owned(),
             hidden: self.config.hidden,
+            connections: self.endpoint.open_connections(),
             peers,
             counters: self.counters.snapshot(),
         }

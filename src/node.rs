@@ -133,7 +133,8 @@ impl Node {
     }
 
     /// Shuts down gracefully: peers see `NodeDown { reason: Shutdown }` at
-    /// once. Idempotent; later calls wait for the first to finish.
+    /// once. Idempotent; later calls wait for the first to finish. The UDP
+    /// port is released when the last handle to the node is dropped.
     pub async fn shutdown(&self) {
         self.m().shutdown().await;
     }

@@ -23,6 +23,9 @@ pub struct Status {
     pub ca_fingerprint: String,
     /// Whether this node is hidden.
     pub hidden: bool,
+    /// Open QUIC connections of the endpoint (including ones still
+    /// handshaking or closing); equals the number of up peers when idle.
+    pub connections: usize,
     /// Every node it knows, sorted by name.
     pub peers: Vec<PeerStatus>,
     /// Handshake and protocol counters.

@@ -55,9 +55,10 @@ pub enum IdentityError {
         /// The node names in the certificate.
         found: Vec<String>,
     },
-    /// The node certificate is not signed by the given CA, or is not valid now.
-    #[error("certificate {path} does not verify against CA {ca}: {reason}")]
-    NotIssuedByCa {
+    /// The node certificate is not signed by the given CA, or is not valid
+    /// now (expired, not yet valid, wrong key usage).
+    #[error("certificate {path} is not valid under CA {ca}: {reason}")]
+    CertNotValid {
         /// The certificate file.
         path: PathBuf,
         /// The CA file.

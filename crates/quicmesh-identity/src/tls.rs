@@ -88,7 +88,7 @@ impl Identity {
             UnixTime::now(),
             provider.signature_verification_algorithms.all,
         )
-        .map_err(|e| IdentityError::NotIssuedByCa {
+        .map_err(|e| IdentityError::CertNotValid {
             path: files.cert.clone(),
             ca: files.ca.clone(),
             reason: e.to_string(),
@@ -428,7 +428,7 @@ mod tests {
         other.write_dir(dir2.path(), false).unwrap();
         let files2 = CertFiles { ca: dir2.path().join("ca.pem"), ..files };
         let err = Identity::from_files(name("a@h"), &files2).unwrap_err();
-        assert!(matches!(err, IdentityError::NotIssuedByCa { .. }), "{err}");
+        assert!(matches!(err, IdentityError::CertNotValid { .. }), "{err}");
         // Files are not overwritten without force.
         assert!(matches!(
             ca.write_dir(dir.path(), false),

@@ -1,0 +1,187 @@
+//! Bad input never kills a node: garbage datagrams, malformed frames from
+//! an authenticated peer, unknown stream kinds. The offending peer (only)
+//! is dropped with a named error; everyone else keeps being served.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+
+use quicmesh::identity::{Cookie, Identity};
+use quicmesh::wire::{CloseCode, Control, Hello, PROTOCOL_MAJOR, PROTOCOL_MINOR, StreamKind, frame};
+use quicmesh::{DownReason, Node};
+use support::*;
+
+const COOKIE: &str = "faults-cookie";
+
+/// A hand-driven authenticated peer: a valid identity and a bare quinn
+/// endpoint, so the test can send whatever bytes it wants.
+struct RawPeer {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    control: (quinn::SendStream, quinn::RecvStream),
+}
+
+impl RawPeer {
+    /// Connects to `node` as `short@127.0.0.1` and completes the Hello
+    /// exchange, so the node holds it as up.
+    async fn join(node: &Node, short: &str) -> Self {
+        let me = name(&format!("{short}@127.0.0.1"));
+        let id = Identity::from_cookie(me.clone(), &Cookie::new(COOKIE).expect("cookie"), std::time::Duration::from_secs(3600))
+            .expect("identity");
+        let (tls, _verdict) = id.client_config(node.name()).expect("client config");
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let conn = endpoint
+            .connect_with(quinn::ClientConfig::new(Arc::new(quic)), node.local_addr(), "quicmesh")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+        let hello = Control::Hello(Hello {
+            major: PROTOCOL_MAJOR,
+            minor: PROTOCOL_MINOR,
+            features: 0,
+            name: me,
+            incarnation: 1,
+            listen: vec![endpoint.local_addr().expect("addr")],
+            hidden: true,
+            peers: vec![],
+        });
+        let mut bytes = StreamKind::Control.header().to_vec();
+        bytes.extend(frame::encode(&hello, 4096).expect("encode"));
+        send.write_all(&bytes).await.expect("hello");
+        let mut prefix = [0u8; 4];
+        recv.read_exact(&mut prefix).await.expect("welcome prefix");
+        let mut body = vec![0u8; frame::body_len(prefix, 1 << 20).expect("len")];
+        recv.read_exact(&mut body).await.expect("welcome body");
+        assert!(matches!(frame::decode::<Control>(&body), Ok(Control::Welcome(_))));
+        Self { endpoint, conn, control: (send, recv) }
+    }
+
+    /// Waits for the node to close the connection; its close code.
+    async fn closed_with(&self) -> CloseCode {
+        let e = tokio::time::timeout(WAIT, self.conn.closed()).await.expect("node closed us");
+        match e {
+            quinn::ConnectionError::ApplicationClosed(c) => CloseCode::from_code(c.error_code.into_inner()),
+            other => panic!("expected an application close, got {other}"),
+        }
+    }
+}
+
+/// A second, well-behaved node that pings `target` and must keep working.
+async fn healthy_neighbour(target: &Node) -> Node {
+    let b = node("b", COOKIE).await;
+    b.connect(&target.addr()).await.expect("neighbour connects");
+    b
+}
+
+#[tokio::test]
+async fn garbage_datagrams_are_ignored() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let b = healthy_neighbour(&a).await;
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let mut rng = fastrand::Rng::with_seed(7);
+        for i in 0..2000usize {
+            let len = [1, 20, 64, 1200, 1500][i % 5];
+            let mut junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            if i % 3 == 0 {
+                // Looks like a QUIC v1 long-header Initial.
+                junk[0] = 0xc0;
+                if len > 5 {
+                    junk[1..5].copy_from_slice(&1u32.to_be_bytes());
+                }
+            }
+            sock.send_to(&junk, a.local_addr()).await.expect("send");
+        }
+        for _ in 0..5 {
+            b.ping(a.name(), WAIT).await.expect("a still answers b");
+        }
+        assert_eq!(a.nodes(), vec![b.name().clone()]);
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_frame_on_a_ping_stream_drops_only_that_peer() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let mut ea = a.events();
+        let b = healthy_neighbour(&a).await;
+        let raw = RawPeer::join(&a, "evil").await;
+        let evil = name("evil@127.0.0.1");
+        wait_up(&mut ea, &evil).await;
+
+        let (mut send, _recv) = raw.conn.open_bi().await.expect("stream");
+        let mut bytes = StreamKind::Ping.header().to_vec();
+        bytes.extend([0, 0, 0, 3, 0xff, 0xff, 0xff]); // not a Ping
+        send.write_all(&bytes).await.expect("write");
+        let _ = send.finish();
+
+        assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
+        assert!(matches!(wait_down(&mut ea, &evil).await, DownReason::ProtocolViolation { .. }));
+        assert_eq!(a.status().counters.protocol_violations, 1);
+        b.ping(a.name(), WAIT).await.expect("a still answers b");
+        assert_eq!(a.nodes(), vec![b.name().clone()]);
+        raw.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_frame_on_the_control_stream_drops_only_that_peer() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let mut ea = a.events();
+        let b = healthy_neighbour(&a).await;
+        let mut raw = RawPeer::join(&a, "evil").await;
+        let evil = name("evil@127.0.0.1");
+        wait_up(&mut ea, &evil).await;
+
+        // A length prefix of 4 GiB: refused before anything is allocated.
+        raw.control.0.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.expect("write");
+
+        assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
+        match wait_down(&mut ea, &evil).await {
+            DownReason::ProtocolViolation { detail } => assert!(detail.contains("exceeds"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        b.ping(a.name(), WAIT).await.expect("a still answers b");
+        raw.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_stream_kind_is_refused_without_dropping_the_peer() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let raw = RawPeer::join(&a, "future").await;
+        let (mut send, mut recv) = raw.conn.open_bi().await.expect("stream");
+        send.write_all(&[0x7e, 0x01, 1, 2, 3]).await.expect("write");
+        let mut buf = [0u8; 1];
+        let err = recv.read(&mut buf).await.unwrap_err();
+        assert_eq!(
+            err,
+            quinn::ReadError::Reset(quinn::VarInt::from_u32(CloseCode::UnknownStreamKind.code()))
+        );
+        // Still connected: a well-formed ping on the same connection works.
+        let (mut send, mut recv) = raw.conn.open_bi().await.expect("stream");
+        let mut bytes = StreamKind::Ping.header().to_vec();
+        bytes.extend(frame::encode(&quicmesh::wire::Ping { nonce: 9 }, 64).expect("encode"));
+        send.write_all(&bytes).await.expect("write");
+        let reply = recv.read_to_end(64).await.expect("pong");
+        assert_eq!(frame::decode_from::<quicmesh::wire::Ping>(&reply, 64).expect("frame").map(|p| p.0.nonce), Some(9));
+        assert_eq!(a.status().counters.protocol_violations, 0);
+        raw.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+    })
+    .await;
+}
