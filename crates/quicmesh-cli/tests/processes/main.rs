@@ -1,0 +1,233 @@
+//! Real `quicmesh` processes: killed, terminated, issuing certificates,
+//! reading a config file, and the demo.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use quicmesh::{CertFiles, DownReason, EventStream, Node, NodeEvent, NodeName};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const EXE: &str = env!("CARGO_BIN_EXE_quicmesh");
+const WAIT: Duration = Duration::from_secs(20);
+const COOKIE: &str = "process-test-cookie";
+
+/// A running `quicmesh node` child, killed when dropped.
+struct NodeProcess {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    name: NodeName,
+}
+
+impl NodeProcess {
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(EXE);
+        cmd.arg("node")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn quicmesh node");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = tokio::time::timeout(WAIT, stdout.next_line())
+            .await
+            .expect("node printed its address")
+            .expect("read")
+            .expect("a line");
+        let addr = first.strip_prefix("listening ").expect("first line is `listening ADDR`");
+        let name = addr.parse::<quicmesh::NodeAddr>().expect("an address").name;
+        Self { child, stdout, name }
+    }
+
+    /// Waits for an event line such as `up a@127.0.0.1`.
+    async fn expect_line(&mut self, want: &str) {
+        let wait = async {
+            while let Some(line) = self.stdout.next_line().await.expect("read") {
+                if line == want {
+                    return;
+                }
+            }
+            panic!("process ended before printing {want:?}");
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no line {want:?}"));
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill");
+        assert!(ok.success());
+    }
+}
+
+async fn local_node(short: &str) -> Node {
+    Node::builder()
+        .name(format!("{short}@127.0.0.1"))
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .cookie(COOKIE)
+        .start()
+        .await
+        .expect("start")
+}
+
+async fn down_reason(events: &mut EventStream, who: &NodeName) -> DownReason {
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.expect("an event").expect("open") {
+            NodeEvent::NodeDown { node, reason } if &node == who => return reason,
+            _ => {}
+        }
+    }
+}
+
+async fn connected_process(a: &Node, short: &str) -> NodeProcess {
+    let mut events = a.events();
+    let p = NodeProcess::start(
+        &["--name", &format!("{short}@127.0.0.1:0"), "--connect", &a.addr().to_string()],
+        &[("QUICMESH_COOKIE", COOKIE)],
+    )
+    .await;
+    loop {
+        match tokio::time::timeout(WAIT, events.recv()).await.expect("NodeUp").expect("open") {
+            NodeEvent::NodeUp { node, .. } if node == p.name => break,
+            _ => {}
+        }
+    }
+    p
+}
+
+#[tokio::test]
+async fn sigkilled_process_is_detected_within_five_seconds() {
+    let a = local_node("a").await;
+    let mut p = connected_process(&a, "victim").await;
+    let mut events = a.events();
+    let killed = Instant::now();
+    p.child.start_kill().expect("SIGKILL");
+    let reason = down_reason(&mut events, &p.name).await;
+    let took = killed.elapsed();
+    assert_eq!(reason, DownReason::HeartbeatTimeout);
+    assert!(took <= Duration::from_secs(5), "detected after {took:?}");
+    eprintln!("SIGKILL detected after {took:?}");
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn sigterm_is_seen_as_shutdown_within_one_second() {
+    let a = local_node("a").await;
+    let mut p = connected_process(&a, "leaver").await;
+    p.expect_line("up a@127.0.0.1").await;
+    let mut events = a.events();
+    let sent = Instant::now();
+    p.signal("-TERM");
+    let reason = down_reason(&mut events, &p.name).await;
+    let took = sent.elapsed();
+    assert_eq!(reason, DownReason::Shutdown);
+    assert!(took <= Duration::from_secs(1), "seen after {took:?}");
+    let status = tokio::time::timeout(WAIT, p.child.wait()).await.expect("exits").expect("status");
+    assert!(status.success(), "{status}");
+    a.shutdown().await;
+}
+
+fn quicmesh(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(EXE).args(args).output().expect("run quicmesh")
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+}
+
+#[test]
+fn certs_tool_output_verifies_with_openssl_and_keys_are_private() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let out = quicmesh(&["certs", "ca", "--out", d]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = quicmesh(&["certs", "issue", "--name", "app1@host1", "--days", "30", "--ca", d]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (ca, cert) = (dir.path().join("ca.pem"), dir.path().join("app1@host1.pem"));
+    assert_eq!(mode(&dir.path().join("ca.key")), 0o600);
+    assert_eq!(mode(&dir.path().join("app1@host1.key")), 0o600);
+
+    let verify = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&ca)
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains(": OK"));
+
+    let show = quicmesh(&["certs", "show", cert.to_str().expect("path")]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("URI:quicmesh:node/app1@host1"), "{text}");
+    assert!(text.contains("SHA-256:"), "{text}");
+
+    // Nothing is overwritten without --force.
+    let again = quicmesh(&["certs", "issue", "--name", "app1@host1", "--ca", d]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let again = quicmesh(&["certs", "ca", "--out", d]);
+    assert!(!again.status.success());
+    let forced = quicmesh(&["certs", "issue", "--name", "app1@host1", "--ca", d, "--force"]);
+    assert!(forced.status.success());
+    assert_eq!(mode(&dir.path().join("app1@host1.key")), 0o600);
+
+    let bad = quicmesh(&["certs", "issue", "--name", "no-at-sign", "--ca", d]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("name@host"));
+}
+
+#[tokio::test]
+async fn process_in_certificate_mode_with_config_file_joins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("path");
+    assert!(quicmesh(&["certs", "ca", "--out", d]).status.success());
+    for n in ["a@127.0.0.1", "b@127.0.0.1"] {
+        assert!(quicmesh(&["certs", "issue", "--name", n, "--ca", d]).status.success());
+    }
+    let a = Node::builder()
+        .name("a@127.0.0.1")
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .certificates(CertFiles::in_dir(dir.path(), &"a@127.0.0.1".parse().expect("name")))
+        .start()
+        .await
+        .expect("a starts");
+    let config = dir.path().join("b.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"b@127.0.0.1\"\nlisten = \"127.0.0.1:0\"\nseeds = [\"{}\"]\n\
+             [identity]\nmode = \"certificate\"\nca = \"{d}/ca.pem\"\n\
+             cert = \"{d}/b@127.0.0.1.pem\"\nkey = \"{d}/b@127.0.0.1.key\"\n\
+             [heartbeat]\ninterval = \"200ms\"\ntimeout = \"1s\"\n",
+            a.addr()
+        ),
+    )
+    .expect("write config");
+    let mut b = NodeProcess::start(&["--config", config.to_str().expect("path")], &[]).await;
+    b.expect_line("up a@127.0.0.1").await;
+    a.wait_for_nodes(1, WAIT).await.expect("a sees b");
+
+    // A config with a mistake names the key.
+    std::fs::write(&config, "name = \"b@127.0.0.1\"\nheartbeat_interval = \"1s\"\n").expect("write");
+    let out = quicmesh(&["node", "--config", config.to_str().expect("path")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat_interval"));
+    a.shutdown().await;
+}
+
+#[test]
+fn demo_runs_and_shows_both_kinds_of_node_down() {
+    let out = quicmesh(&["demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("full mesh of 3 nodes formed"), "{text}");
+    assert!(text.contains("reason: HeartbeatTimeout"), "{text}");
+    assert!(text.contains("reason: Shutdown"), "{text}");
+}
