@@ -162,7 +162,8 @@ impl ReconnectConfig {
         let exp = self
             .initial
             .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
-        exp.min(self.max).mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+        exp.min(self.max)
+            .mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
     }
 }
 
@@ -190,7 +191,9 @@ pub enum ConfigError {
         timeout: Duration,
     },
     /// The backoff bounds are reversed or zero.
-    #[error("reconnect.initial ({initial:?}) must be above zero and at most reconnect.max ({max:?})")]
+    #[error(
+        "reconnect.initial ({initial:?}) must be above zero and at most reconnect.max ({max:?})"
+    )]
     BadBackoff {
         /// The initial delay.
         initial: Duration,
@@ -260,7 +263,7 @@ impl NodeConfig {
             .name
             .as_ref()
             .and_then(|n| n.host().trim_matches(|c| c == '[' || c == ']').parse().ok())
-            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         SocketAddr::new(ip, quicmesh_wire::DEFAULT_PORT)
     }
 }
@@ -367,7 +370,8 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_problem() {
-        let e = NodeConfig::from_toml("name = \"a@h\"\nhandshake_timeout = \"5 parsecs\"").unwrap_err();
+        let e =
+            NodeConfig::from_toml("name = \"a@h\"\nhandshake_timeout = \"5 parsecs\"").unwrap_err();
         assert!(e.to_string().contains("unit must be"), "{e}");
         let e = NodeConfig::from_toml("name = \"a@h\"\nlisten_port = 3").unwrap_err();
         assert!(e.to_string().contains("listen_port"), "{e}");
@@ -382,7 +386,10 @@ mod tests {
             cfg.validate(),
             Err(ConfigError::HeartbeatTimeoutTooShort { .. })
         ));
-        assert_eq!(NodeConfig::default().validate(), Err(ConfigError::MissingName));
+        assert_eq!(
+            NodeConfig::default().validate(),
+            Err(ConfigError::MissingName)
+        );
         assert_eq!(
             cfg.listen_addr(),
             "0.0.0.0:4370".parse().unwrap(),

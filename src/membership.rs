@@ -27,8 +27,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use quicmesh_identity::Identity;
 use quicmesh_wire::{
-    CloseCode, Control, Hello, NodeAddr, NodeName, PROTOCOL_MAJOR, PROTOCOL_MINOR, PeerInfo, Ping, StreamKind,
-    frame,
+    CloseCode, Control, Hello, NodeAddr, NodeName, PROTOCOL_MAJOR, PROTOCOL_MINOR, PeerInfo, Ping,
+    StreamKind, frame,
 };
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -142,7 +142,8 @@ impl Membership {
             self.spawn_keeper(seed);
         }
         let m = self.clone();
-        self.tracker.spawn(async move { m.renew_certificates().await });
+        self.tracker
+            .spawn(async move { m.renew_certificates().await });
     }
 
     fn table(&self) -> MutexGuard<'_, PeerTable<LinkHandle>> {
@@ -261,7 +262,11 @@ impl Membership {
                 false
             }
             Installed::Restarted { old } => {
-                old.close(CloseCode::Duplicate, DownReason::Restarted, "peer restarted");
+                old.close(
+                    CloseCode::Duplicate,
+                    DownReason::Restarted,
+                    "peer restarted",
+                );
                 self.emit(NodeEvent::NodeDown {
                     node: name.clone(),
                     reason: DownReason::Restarted,
@@ -354,7 +359,9 @@ impl Membership {
     pub(crate) fn disconnect(&self, name: &NodeName) -> bool {
         let link = self.update(|t| {
             t.remove_seed(name);
-            t.get(name).and_then(|p| p.up.as_ref()).map(|u| u.link.clone())
+            t.get(name)
+                .and_then(|p| p.up.as_ref())
+                .map(|u| u.link.clone())
         });
         match link {
             Some(l) => {
@@ -369,7 +376,11 @@ impl Membership {
         }
     }
 
-    pub(crate) async fn ping(&self, peer: &NodeName, timeout: Duration) -> Result<Duration, PingError> {
+    pub(crate) async fn ping(
+        &self,
+        peer: &NodeName,
+        timeout: Duration,
+    ) -> Result<Duration, PingError> {
         let link = self
             .link(peer)
             .ok_or_else(|| PingError::NotConnected(peer.clone()))?;
@@ -402,7 +413,11 @@ impl Membership {
     }
 
     /// Waits until `n` nodes are up or `timeout` passes.
-    pub(crate) async fn wait_for_nodes(&self, n: usize, timeout: Duration) -> Result<(), WaitError> {
+    pub(crate) async fn wait_for_nodes(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
         let mut rx = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -428,7 +443,10 @@ impl Membership {
             if self.is_up(name) {
                 return true;
             }
-            if !matches!(tokio::time::timeout_at(deadline, rx.changed()).await, Ok(Ok(()))) {
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
                 return self.is_up(name);
             }
         }
@@ -551,12 +569,18 @@ mod tests {
     #[test]
     fn unspecified_listen_ip_becomes_the_observed_one() {
         let got = observed_addrs(
-            &["0.0.0.0:4370".parse().unwrap(), "10.1.1.1:5".parse().unwrap()],
+            &[
+                "0.0.0.0:4370".parse().unwrap(),
+                "10.1.1.1:5".parse().unwrap(),
+            ],
             "127.0.0.3:999".parse().unwrap(),
         );
         assert_eq!(
             got,
-            vec!["127.0.0.3:4370".parse().unwrap(), "10.1.1.1:5".parse().unwrap()]
+            vec![
+                "127.0.0.3:4370".parse().unwrap(),
+                "10.1.1.1:5".parse().unwrap()
+            ]
         );
     }
 }

@@ -48,9 +48,10 @@ struct Owner(Arc<Membership>);
 impl Drop for Owner {
     fn drop(&mut self) {
         self.0.token.cancel();
-        self.0
-            .endpoint
-            .close(quinn::VarInt::from_u32(quicmesh_wire::CloseCode::Shutdown.code()), b"node dropped");
+        self.0.endpoint.close(
+            quinn::VarInt::from_u32(quicmesh_wire::CloseCode::Shutdown.code()),
+            b"node dropped",
+        );
     }
 }
 
@@ -234,8 +235,12 @@ impl Builder {
         let identity = load_identity(&config, name).await?;
         let transport = transport::transport_config(&config);
         let endpoint = transport::bind(&config, &identity, transport.clone())?;
-        let m = Membership::new(config, identity, endpoint, transport)
-            .map_err(|source| StartError::Bind { addr: listen, source })?;
+        let m = Membership::new(config, identity, endpoint, transport).map_err(|source| {
+            StartError::Bind {
+                addr: listen,
+                source,
+            }
+        })?;
         info!(
             node = %m.me,
             listen = %m.local_addr,

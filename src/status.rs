@@ -130,18 +130,19 @@ impl fmt::Display for Status {
         )?;
         writeln!(
             f,
-            "  {:<28} {:<10} {:>9} {:>10}  {}",
-            "PEER", "STATE", "RTT", "UP FOR", "LAST DOWN"
+            "  {:<28} {:<10} {:>9} {:>10}  LAST DOWN",
+            "PEER", "STATE", "RTT", "UP FOR"
         )?;
         let now = SystemTime::now();
         for p in &self.peers {
-            let rtt = p
-                .rtt
-                .map_or("-".to_owned(), |d| format!("{:.2}ms", d.as_secs_f64() * 1e3));
+            let rtt = p.rtt.map_or_else(
+                || String::from("-"),
+                |d| format!("{:.2}ms", d.as_secs_f64() * 1e3),
+            );
             let up_for = p
                 .connected_since
                 .and_then(|s| now.duration_since(s).ok())
-                .map_or("-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
+                .map_or_else(|| String::from("-"), |d| format!("{:.1}s", d.as_secs_f64()));
             let down = p
                 .last_down
                 .as_ref()

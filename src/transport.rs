@@ -61,7 +61,9 @@ pub(crate) fn connect(
     expected: &NodeName,
     addr: SocketAddr,
 ) -> Result<(quinn::Connecting, quicmesh_identity::DialVerdict), String> {
-    let (tls, verdict) = identity.client_config(expected).map_err(|e| e.to_string())?;
+    let (tls, verdict) = identity
+        .client_config(expected)
+        .map_err(|e| e.to_string())?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
     client.transport_config(transport.clone());
@@ -75,7 +77,10 @@ pub(crate) fn connect(
 pub(crate) fn peer_name(conn: &quinn::Connection) -> Result<NodeName, AuthFailure> {
     let certs = conn
         .peer_identity()
-        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .ok_or(AuthFailure::NoNodeName)?;
     quicmesh_identity::peer_name(&certs)
 }
@@ -103,7 +108,9 @@ pub(crate) fn auth_refusal(e: &ConnectionError) -> Option<AuthFailure> {
         ),
         _ => return None,
     };
-    Some(AuthFailure::RefusedByPeer(format!("TLS alert {alert}: {reason}")))
+    Some(AuthFailure::RefusedByPeer(format!(
+        "TLS alert {alert}: {reason}"
+    )))
 }
 
 /// Why a connection ended, from the transport's error.
@@ -171,26 +178,30 @@ pub(crate) async fn read_frame<T: DeserializeOwned>(
                 "stream ended {n} bytes into a length prefix"
             ))));
         }
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(StreamError::Transport(e.to_string())),
+        Err(quinn::ReadExactError::ReadError(e)) => {
+            return Err(StreamError::Transport(e.to_string()));
+        }
     }
     let len = frame::body_len(prefix, max).map_err(StreamError::Bad)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(n) => StreamError::Bad(FrameError::Malformed(format!(
-            "stream ended {n} bytes into a {len}-byte frame"
-        ))),
+        quinn::ReadExactError::FinishedEarly(n) => StreamError::Bad(FrameError::Malformed(
+            format!("stream ended {n} bytes into a {len}-byte frame"),
+        )),
         quinn::ReadExactError::ReadError(e) => StreamError::Transport(e.to_string()),
     })?;
     frame::decode(&body).map(Some).map_err(StreamError::Bad)
 }
 
 /// Reads a stream's header: its kind, or the unknown kind number.
-pub(crate) async fn read_kind(recv: &mut RecvStream) -> Result<Result<StreamKind, u16>, StreamError> {
+pub(crate) async fn read_kind(
+    recv: &mut RecvStream,
+) -> Result<Result<StreamKind, u16>, StreamError> {
     let mut header = [0u8; 2];
     recv.read_exact(&mut header).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(_) => {
-            StreamError::Bad(FrameError::Malformed("stream ended inside its header".into()))
-        }
+        quinn::ReadExactError::FinishedEarly(_) => StreamError::Bad(FrameError::Malformed(
+            "stream ended inside its header".into(),
+        )),
         quinn::ReadExactError::ReadError(e) => StreamError::Transport(e.to_string()),
     })?;
     Ok(StreamKind::parse(header))

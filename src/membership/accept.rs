@@ -113,7 +113,8 @@ impl Membership {
             return;
         }
         let welcome = Control::Welcome(self.hello(&name));
-        let Err(mut send) = self.install(&name, conn.clone(), send, recv, hello, Some(welcome), true)
+        let Err(mut send) =
+            self.install(&name, conn.clone(), send, recv, hello, Some(welcome), true)
         else {
             return;
         };
@@ -160,7 +161,9 @@ impl Membership {
                 h.major
             ))),
             Ok(Some(other)) => Err(Refuse::Violation(format!("expected Hello, got {other:?}"))),
-            Ok(None) => Err(Refuse::Violation("control stream ended before Hello".into())),
+            Ok(None) => Err(Refuse::Violation(
+                "control stream ended before Hello".into(),
+            )),
             Err(StreamError::Bad(e)) => Err(Refuse::Violation(format!("Hello: {e}"))),
             Err(StreamError::Transport(_)) => Err(Refuse::Quietly),
         }

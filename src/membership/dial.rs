@@ -77,7 +77,11 @@ impl Membership {
         result
     }
 
-    async fn attempt(self: &Arc<Self>, name: &NodeName, addr: SocketAddr) -> Result<(), ConnectError> {
+    async fn attempt(
+        self: &Arc<Self>,
+        name: &NodeName,
+        addr: SocketAddr,
+    ) -> Result<(), ConnectError> {
         let timeout = self.config.handshake_timeout;
         let deadline = Instant::now() + timeout;
         let timed_out = || ConnectError::HandshakeTimeout {
@@ -86,12 +90,11 @@ impl Membership {
             after: timeout,
         };
         let (connecting, verdict) =
-            transport::connect(&self.endpoint, &self.identity, &self.transport, name, addr).map_err(
-                |detail| ConnectError::Unreachable {
+            transport::connect(&self.endpoint, &self.identity, &self.transport, name, addr)
+                .map_err(|detail| ConnectError::Unreachable {
                     addr: addr.to_string(),
                     detail,
-                },
-            )?;
+                })?;
         let conn = match tokio::time::timeout_at(deadline, connecting).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(e)) => return Err(self.classify(name, &e, &verdict)),
@@ -100,8 +103,11 @@ impl Membership {
         // In QUIC the client finishes its handshake before the server has
         // checked the client certificate: the peer is up only once its
         // Welcome arrives; a refusal shows up as a close in the meantime.
-        match tokio::time::timeout_at(deadline, self.hello_exchange(name, &conn, &verdict, deadline))
-            .await
+        match tokio::time::timeout_at(
+            deadline,
+            self.hello_exchange(name, &conn, &verdict, deadline),
+        )
+        .await
         {
             Ok(result) => result,
             Err(_) => {
@@ -154,8 +160,9 @@ impl Membership {
                 } else {
                     Err(ConnectError::ConnectionLost {
                         peer: name.clone(),
-                        detail: "refused as a duplicate, and the peer's own connection did not arrive"
-                            .to_owned(),
+                        detail:
+                            "refused as a duplicate, and the peer's own connection did not arrive"
+                                .to_owned(),
                     })
                 }
             }
@@ -175,7 +182,12 @@ impl Membership {
         }
     }
 
-    fn classify(&self, name: &NodeName, e: &ConnectionError, verdict: &DialVerdict) -> ConnectError {
+    fn classify(
+        &self,
+        name: &NodeName,
+        e: &ConnectionError,
+        verdict: &DialVerdict,
+    ) -> ConnectError {
         if let Some(reason) = verdict.failure().or_else(|| transport::auth_refusal(e)) {
             return ConnectError::AuthenticationFailed {
                 peer: name.clone(),
@@ -203,7 +215,8 @@ impl Membership {
     pub(crate) fn spawn_keeper(self: &Arc<Self>, seed: NodeAddr) {
         let span = info_span!("seed", node = %self.me, peer = %seed);
         let m = self.clone();
-        self.tracker.spawn(async move { m.keep_connected(seed).await }.instrument(span));
+        self.tracker
+            .spawn(async move { m.keep_connected(seed).await }.instrument(span));
     }
 
     async fn keep_connected(self: Arc<Self>, seed: NodeAddr) {

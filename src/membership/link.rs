@@ -205,7 +205,8 @@ async fn serve_bi(
     };
     match kind {
         Ok(StreamKind::Ping) => {
-            let ping = transport::within(patience, transport::read_frame::<Ping>(&mut recv, 64)).await;
+            let ping =
+                transport::within(patience, transport::read_frame::<Ping>(&mut recv, 64)).await;
             match ping {
                 Some(Ok(Some(p))) => {
                     if transport::write_frame(&mut send, &p, 64).await.is_ok() {

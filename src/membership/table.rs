@@ -175,7 +175,8 @@ impl<L: Link + Clone> PeerTable<L> {
         match self.peers.get(name) {
             None => true,
             Some(p) => {
-                let same_incarnation_up = p.up.as_ref().is_some_and(|u| u.incarnation == incarnation);
+                let same_incarnation_up =
+                    p.up.as_ref().is_some_and(|u| u.incarnation == incarnation);
                 p.dialing == 0 && !same_incarnation_up
             }
         }
@@ -196,7 +197,9 @@ impl<L: Link + Clone> PeerTable<L> {
         let new_incarnation = up.incarnation;
         match p.up.replace(up) {
             None => Installed::NewlyUp,
-            Some(old) if old.incarnation == new_incarnation => Installed::Replaced { old: old.link },
+            Some(old) if old.incarnation == new_incarnation => {
+                Installed::Replaced { old: old.link }
+            }
             Some(old) => {
                 p.last_down = Some((DownReason::Restarted, old.since));
                 Installed::Restarted { old: old.link }
@@ -261,9 +264,15 @@ mod tests {
         // a refuses b's dial (a's own dial wins); b accepts a's.
         assert!(!a.should_accept(&n("b@h"), 2));
         assert!(b.should_accept(&n("a@h"), 1));
-        assert!(matches!(b.install(&n("a@h"), up(10, 1), vec![]), Installed::NewlyUp));
+        assert!(matches!(
+            b.install(&n("a@h"), up(10, 1), vec![]),
+            Installed::NewlyUp
+        ));
         // a's dial is welcomed.
-        assert!(matches!(a.install(&n("b@h"), up(10, 2), vec![]), Installed::NewlyUp));
+        assert!(matches!(
+            a.install(&n("b@h"), up(10, 2), vec![]),
+            Installed::NewlyUp
+        ));
         a.end_dial(&n("b@h"), None);
         b.end_dial(&n("a@h"), Some("duplicate".into()));
         assert!(a.is_up(&n("b@h")) && b.is_up(&n("a@h")));
@@ -284,7 +293,12 @@ mod tests {
         // The old connection closing now changes nothing.
         assert!(!a.link_closed(&n("b@h"), 1, DownReason::Restarted, SystemTime::UNIX_EPOCH));
         assert!(a.is_up(&n("b@h")));
-        assert!(a.link_closed(&n("b@h"), 2, DownReason::HeartbeatTimeout, SystemTime::UNIX_EPOCH));
+        assert!(a.link_closed(
+            &n("b@h"),
+            2,
+            DownReason::HeartbeatTimeout,
+            SystemTime::UNIX_EPOCH
+        ));
         assert!(!a.is_up(&n("b@h")));
         assert_eq!(
             a.get(&n("b@h")).unwrap().last_down.as_ref().unwrap().0,
@@ -323,7 +337,10 @@ mod tests {
         assert!(t.begin_dial(&n("c@h")));
         assert!(t.is_known(&n("c@h")));
         t.end_dial(&n("c@h"), Some("x".into()));
-        assert_eq!(t.get(&n("c@h")).unwrap().last_dial_error.as_deref(), Some("x"));
+        assert_eq!(
+            t.get(&n("c@h")).unwrap().last_dial_error.as_deref(),
+            Some("x")
+        );
         assert!(!t.is_known(&n("c@h")));
         assert!(t.is_seed(&n("b@h")));
         assert!(t.remove_seed(&n("b@h")));

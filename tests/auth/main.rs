@@ -4,11 +4,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use quicmesh::identity::{CertificateAuthority, IssuedCert, write_issued};
-use quicmesh::{AuthFailure, CertFiles, ConnectError, Node, NodeName};
+use quicmesh::{AuthFailure, CertFiles, ConnectError, Node};
+use std::sync::Arc;
 use support::*;
 
 #[tokio::test]
@@ -27,9 +25,15 @@ async fn different_cookie_is_refused_on_both_sides() {
         }
         assert!(err.to_string().contains("another cookie"), "{err}");
         // The listener counts (and logs) the refusal.
-        eventually("listener counted the refusal", || a.status().counters.auth_failures == 1).await;
+        eventually("listener counted the refusal", || {
+            a.status().counters.auth_failures == 1
+        })
+        .await;
         assert!(a.nodes().is_empty() && b.nodes().is_empty());
-        assert!(drain(&mut ea).is_empty() && drain(&mut eb).is_empty(), "no NodeUp anywhere");
+        assert!(
+            drain(&mut ea).is_empty() && drain(&mut eb).is_empty(),
+            "no NodeUp anywhere"
+        );
         assert!(!err.is_transient());
         a.shutdown().await;
         b.shutdown().await;
@@ -93,12 +97,24 @@ async fn certificate_from_another_ca_is_refused() {
         let x = theirs.node("x@127.0.0.1").await;
         let err = a.connect(&x.addr()).await.unwrap_err();
         assert!(
-            matches!(&err, ConnectError::AuthenticationFailed { reason: AuthFailure::UnknownIssuer, .. }),
+            matches!(
+                &err,
+                ConnectError::AuthenticationFailed {
+                    reason: AuthFailure::UnknownIssuer,
+                    ..
+                }
+            ),
             "{err}"
         );
         let err = x.connect(&a.addr()).await.unwrap_err();
         assert!(
-            matches!(&err, ConnectError::AuthenticationFailed { reason: AuthFailure::UnknownIssuer, .. }),
+            matches!(
+                &err,
+                ConnectError::AuthenticationFailed {
+                    reason: AuthFailure::UnknownIssuer,
+                    ..
+                }
+            ),
             "{err}"
         );
         eventually("both listeners counted a refusal", || {
@@ -132,7 +148,8 @@ async fn certificate_naming_another_node_than_dialled_is_refused() {
             other => panic!("expected NameMismatch, got {other}"),
         }
         assert!(
-            err.to_string().contains("expected d@127.0.0.1, certificate names c@127.0.0.1"),
+            err.to_string()
+                .contains("expected d@127.0.0.1, certificate names c@127.0.0.1"),
             "{err}"
         );
         assert!(a.nodes().is_empty() && c.nodes().is_empty());
@@ -161,7 +178,11 @@ async fn node_refuses_to_start_with_a_certificate_for_another_name() {
 fn expired(pki: &Pki, node: &str) -> IssuedCert {
     let now = time::OffsetDateTime::now_utc();
     pki.ca
-        .issue_with_validity(&name(node), now - time::Duration::days(10), now - time::Duration::days(1))
+        .issue_with_validity(
+            &name(node),
+            now - time::Duration::days(10),
+            now - time::Duration::days(1),
+        )
         .expect("issue expired")
 }
 
@@ -197,10 +218,19 @@ async fn expired_certificate_is_refused() {
                 }
             }
         });
-        let addr = quicmesh::NodeAddr::new(name("e@127.0.0.1"), server.local_addr().expect("addr").port());
+        let addr = quicmesh::NodeAddr::new(
+            name("e@127.0.0.1"),
+            server.local_addr().expect("addr").port(),
+        );
         let err = a.connect(&addr).await.unwrap_err();
         assert!(
-            matches!(&err, ConnectError::AuthenticationFailed { reason: AuthFailure::Expired, .. }),
+            matches!(
+                &err,
+                ConnectError::AuthenticationFailed {
+                    reason: AuthFailure::Expired,
+                    ..
+                }
+            ),
             "{err}"
         );
         accept.abort();
@@ -335,7 +365,8 @@ async fn ca_signed_certificate_without_node_name_is_refused() {
         let a = pki.node("a@127.0.0.1").await;
         // Signed by the right CA but carrying only a DNS name.
         let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
@@ -363,12 +394,4 @@ async fn ca_signed_certificate_without_node_name_is_refused() {
         a.shutdown().await;
     })
     .await;
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync + Clone + std::fmt::Debug>() {}
-    is::<Node>();
-    let _: Option<NodeName> = None;
-    let _ = Duration::ZERO;
 }

@@ -8,7 +8,9 @@ mod support;
 use std::sync::Arc;
 
 use quicmesh::identity::{Cookie, Identity};
-use quicmesh::wire::{CloseCode, Control, Hello, PROTOCOL_MAJOR, PROTOCOL_MINOR, StreamKind, frame};
+use quicmesh::wire::{
+    CloseCode, Control, Hello, PROTOCOL_MAJOR, PROTOCOL_MINOR, StreamKind, frame,
+};
 use quicmesh::{DownReason, Node};
 use support::*;
 
@@ -27,13 +29,21 @@ impl RawPeer {
     /// exchange, so the node holds it as up.
     async fn join(node: &Node, short: &str) -> Self {
         let me = name(&format!("{short}@127.0.0.1"));
-        let id = Identity::from_cookie(me.clone(), &Cookie::new(COOKIE).expect("cookie"), std::time::Duration::from_secs(3600))
-            .expect("identity");
+        let id = Identity::from_cookie(
+            me.clone(),
+            &Cookie::new(COOKIE).expect("cookie"),
+            std::time::Duration::from_secs(3600),
+        )
+        .expect("identity");
         let (tls, _verdict) = id.client_config(node.name()).expect("client config");
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let conn = endpoint
-            .connect_with(quinn::ClientConfig::new(Arc::new(quic)), node.local_addr(), "quicmesh")
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(quic)),
+                node.local_addr(),
+                "quicmesh",
+            )
             .expect("connect")
             .await
             .expect("handshake");
@@ -55,15 +65,26 @@ impl RawPeer {
         recv.read_exact(&mut prefix).await.expect("welcome prefix");
         let mut body = vec![0u8; frame::body_len(prefix, 1 << 20).expect("len")];
         recv.read_exact(&mut body).await.expect("welcome body");
-        assert!(matches!(frame::decode::<Control>(&body), Ok(Control::Welcome(_))));
-        Self { endpoint, conn, control: (send, recv) }
+        assert!(matches!(
+            frame::decode::<Control>(&body),
+            Ok(Control::Welcome(_))
+        ));
+        Self {
+            endpoint,
+            conn,
+            control: (send, recv),
+        }
     }
 
     /// Waits for the node to close the connection; its close code.
     async fn closed_with(&self) -> CloseCode {
-        let e = tokio::time::timeout(WAIT, self.conn.closed()).await.expect("node closed us");
+        let e = tokio::time::timeout(WAIT, self.conn.closed())
+            .await
+            .expect("node closed us");
         match e {
-            quinn::ConnectionError::ApplicationClosed(c) => CloseCode::from_code(c.error_code.into_inner()),
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                CloseCode::from_code(c.error_code.into_inner())
+            }
             other => panic!("expected an application close, got {other}"),
         }
     }
@@ -81,7 +102,9 @@ async fn garbage_datagrams_are_ignored() {
     bounded(async {
         let a = node("a", COOKIE).await;
         let b = healthy_neighbour(&a).await;
-        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let mut rng = fastrand::Rng::with_seed(7);
         for i in 0..2000usize {
             let len = [1, 20, 64, 1200, 1500][i % 5];
@@ -122,7 +145,10 @@ async fn malformed_frame_on_a_ping_stream_drops_only_that_peer() {
         let _ = send.finish();
 
         assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
-        assert!(matches!(wait_down(&mut ea, &evil).await, DownReason::ProtocolViolation { .. }));
+        assert!(matches!(
+            wait_down(&mut ea, &evil).await,
+            DownReason::ProtocolViolation { .. }
+        ));
         assert_eq!(a.status().counters.protocol_violations, 1);
         b.ping(a.name(), WAIT).await.expect("a still answers b");
         assert_eq!(a.nodes(), vec![b.name().clone()]);
@@ -144,11 +170,17 @@ async fn oversized_frame_on_the_control_stream_drops_only_that_peer() {
         wait_up(&mut ea, &evil).await;
 
         // A length prefix of 4 GiB: refused before anything is allocated.
-        raw.control.0.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.expect("write");
+        raw.control
+            .0
+            .write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+            .await
+            .expect("write");
 
         assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
         match wait_down(&mut ea, &evil).await {
-            DownReason::ProtocolViolation { detail } => assert!(detail.contains("exceeds"), "{detail}"),
+            DownReason::ProtocolViolation { detail } => {
+                assert!(detail.contains("exceeds"), "{detail}")
+            }
             other => panic!("{other:?}"),
         }
         b.ping(a.name(), WAIT).await.expect("a still answers b");
@@ -178,7 +210,12 @@ async fn unknown_stream_kind_is_refused_without_dropping_the_peer() {
         bytes.extend(frame::encode(&quicmesh::wire::Ping { nonce: 9 }, 64).expect("encode"));
         send.write_all(&bytes).await.expect("write");
         let reply = recv.read_to_end(64).await.expect("pong");
-        assert_eq!(frame::decode_from::<quicmesh::wire::Ping>(&reply, 64).expect("frame").map(|p| p.0.nonce), Some(9));
+        assert_eq!(
+            frame::decode_from::<quicmesh::wire::Ping>(&reply, 64)
+                .expect("frame")
+                .map(|p| p.0.nonce),
+            Some(9)
+        );
         assert_eq!(a.status().counters.protocol_violations, 0);
         raw.endpoint.close(0u32.into(), b"");
         a.shutdown().await;

@@ -11,6 +11,19 @@ use support::*;
 
 const COOKIE: &str = "mesh-test-cookie";
 
+#[test]
+fn handles_are_send_sync_clone_debug() {
+    fn handle<T: Send + Sync + Clone + std::fmt::Debug + 'static>() {}
+    handle::<quicmesh::Node>();
+    handle::<quicmesh::NodeName>();
+    handle::<NodeEvent>();
+    handle::<quicmesh::Status>();
+    fn error<T: std::error::Error + Send + Sync + 'static>() {}
+    error::<ConnectError>();
+    error::<quicmesh::StartError>();
+    error::<quicmesh::PingError>();
+}
+
 #[tokio::test]
 async fn same_cookie_connects_with_node_up_on_both_sides() {
     bounded(async {
@@ -53,11 +66,18 @@ async fn four_nodes_each_dialling_one_other_form_a_full_mesh() {
             nodes.push(node(short, COOKIE).await);
         }
         for i in 1..nodes.len() {
-            nodes[i].connect(&nodes[i - 1].addr()).await.expect("connect");
+            nodes[i]
+                .connect(&nodes[i - 1].addr())
+                .await
+                .expect("connect");
         }
         for n in &nodes {
             n.wait_for_nodes(3, WAIT).await.expect("full mesh");
-            let mut want: Vec<_> = nodes.iter().map(|o| o.name().clone()).filter(|o| o != n.name()).collect();
+            let mut want: Vec<_> = nodes
+                .iter()
+                .map(|o| o.name().clone())
+                .filter(|o| o != n.name())
+                .collect();
             want.sort();
             assert_eq!(n.nodes(), want);
         }
@@ -75,7 +95,11 @@ async fn four_nodes_each_dialling_one_other_form_a_full_mesh() {
 async fn hidden_node_is_not_propagated_to_third_nodes() {
     bounded(async {
         let b = node("b", COOKIE).await;
-        let h = builder("h", COOKIE).hidden(true).start().await.expect("hidden node");
+        let h = builder("h", COOKIE)
+            .hidden(true)
+            .start()
+            .await
+            .expect("hidden node");
         let c = node("c", COOKIE).await;
         h.connect(&b.addr()).await.expect("hidden connects");
         c.connect(&b.addr()).await.expect("c connects");
@@ -84,12 +108,29 @@ async fn hidden_node_is_not_propagated_to_third_nodes() {
         // to happen before the checks below.
         let d = node("d", COOKIE).await;
         d.connect(&c.addr()).await.expect("d connects");
-        d.wait_for_nodes(2, WAIT).await.expect("d meets b through c");
+        d.wait_for_nodes(2, WAIT)
+            .await
+            .expect("d meets b through c");
         for n in [&c, &d] {
-            assert!(!n.nodes().contains(h.name()), "{} learnt of the hidden node", n.name());
+            assert!(
+                !n.nodes().contains(h.name()),
+                "{} learnt of the hidden node",
+                n.name()
+            );
         }
-        assert_eq!(h.nodes(), vec![b.name().clone()], "a hidden node dials no one transitively");
-        assert_eq!(b.status().peers.iter().find(|p| &p.node == h.name()).map(|p| p.hidden), Some(true));
+        assert_eq!(
+            h.nodes(),
+            vec![b.name().clone()],
+            "a hidden node dials no one transitively"
+        );
+        assert_eq!(
+            b.status()
+                .peers
+                .iter()
+                .find(|p| &p.node == h.name())
+                .map(|p| p.hidden),
+            Some(true)
+        );
         for n in [b, h, c, d] {
             n.shutdown().await;
         }
@@ -134,8 +175,14 @@ async fn disconnect_is_seen_on_both_sides() {
         let (mut ea, mut eb) = (a.events(), b.events());
         a.connect(&b.addr()).await.expect("connect");
         assert!(a.disconnect(b.name()));
-        assert_eq!(wait_down(&mut ea, b.name()).await, DownReason::DisconnectedByUs);
-        assert_eq!(wait_down(&mut eb, a.name()).await, DownReason::DisconnectedByPeer);
+        assert_eq!(
+            wait_down(&mut ea, b.name()).await,
+            DownReason::DisconnectedByUs
+        );
+        assert_eq!(
+            wait_down(&mut eb, a.name()).await,
+            DownReason::DisconnectedByPeer
+        );
         assert!(!a.disconnect(b.name()), "nothing left to disconnect");
         a.shutdown().await;
         b.shutdown().await;
@@ -180,8 +227,10 @@ async fn seed_is_redialled_after_it_restarts() {
         let b2 = loop {
             match builder("b", COOKIE).listen(listen).start().await {
                 Ok(n) => break n,
-                Err(quicmesh::StartError::Bind { .. }) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                Err(quicmesh::StartError::Bind { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(e) => panic!("b did not restart on its port: {e}"),
             }
@@ -200,7 +249,10 @@ async fn seed_is_redialled_after_it_restarts() {
 async fn wait_for_nodes_times_out_with_the_count() {
     bounded(async {
         let a = node("a", COOKIE).await;
-        let err = a.wait_for_nodes(1, Duration::from_millis(50)).await.unwrap_err();
+        let err = a
+            .wait_for_nodes(1, Duration::from_millis(50))
+            .await
+            .unwrap_err();
         assert_eq!((err.connected, err.wanted), (0, 1));
         a.shutdown().await;
     })
@@ -222,10 +274,15 @@ async fn dial_to_a_silent_port_times_out_and_says_where() {
             .connect(&format!("z@127.0.0.1:{port}").parse().expect("addr"))
             .await
             .unwrap_err();
-        assert!(matches!(err, ConnectError::HandshakeTimeout { .. }), "{err}");
+        assert!(
+            matches!(err, ConnectError::HandshakeTimeout { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains(&port.to_string()), "{err}");
         assert_eq!(
-            a.connect(&a.addr()).await.map_err(|e| matches!(e, ConnectError::Refused { .. })),
+            a.connect(&a.addr())
+                .await
+                .map_err(|e| matches!(e, ConnectError::Refused { .. })),
             Err(true)
         );
         a.shutdown().await;

@@ -68,17 +68,21 @@ pub async fn next_event(
 
 /// Waits for `NodeUp` of `who`.
 pub async fn wait_up(events: &mut EventStream, who: &NodeName) -> NodeEvent {
-    next_event(events, &format!("NodeUp {who}"), |e| {
-        matches!(e, NodeEvent::NodeUp { node, .. } if node == who)
-    })
+    next_event(
+        events,
+        &format!("NodeUp {who}"),
+        |e| matches!(e, NodeEvent::NodeUp { node, .. } if node == who),
+    )
     .await
 }
 
 /// Waits for `NodeDown` of `who` and returns its reason.
 pub async fn wait_down(events: &mut EventStream, who: &NodeName) -> DownReason {
-    match next_event(events, &format!("NodeDown {who}"), |e| {
-        matches!(e, NodeEvent::NodeDown { node, .. } if node == who)
-    })
+    match next_event(
+        events,
+        &format!("NodeDown {who}"),
+        |e| matches!(e, NodeEvent::NodeDown { node, .. } if node == who),
+    )
     .await
     {
         NodeEvent::NodeDown { reason, .. } => reason,

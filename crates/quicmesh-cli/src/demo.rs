@@ -29,7 +29,10 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         .start()
         .await?;
     let mut events = a.events();
-    println!("a@127.0.0.1 runs in this process, listening on {}", a.local_addr());
+    println!(
+        "a@127.0.0.1 runs in this process, listening on {}",
+        a.local_addr()
+    );
 
     let (lines_tx, mut lines) = mpsc::channel(64);
     let b = spawn_node("b", &a, &cookie_text, lines_tx.clone()).await?;

@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
-    /// The node: name@host[:port]. The port (default 4370) is where it
+    /// The node: name@host or name@host:port. The port (default 4370) is where it
     /// listens unless --listen says otherwise.
     #[arg(long)]
     name: Option<NodeAddr>,
@@ -78,7 +78,9 @@ impl NodeArgs {
         cfg.seeds.extend(self.connect);
         cfg.hidden |= self.hidden;
         if cfg.name.is_none() {
-            anyhow::bail!("give the node a name: --name app1@127.0.0.1:4370 (or `name` in --config)");
+            anyhow::bail!(
+                "give the node a name: --name app1@127.0.0.1:4370 (or `name` in --config)"
+            );
         }
         Ok(cfg)
     }

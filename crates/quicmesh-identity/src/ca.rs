@@ -48,11 +48,9 @@ impl ClusterCa {
         let seed = cached_seed(cookie)?;
         let mut pkcs8 = ED25519_PKCS8_PREFIX.to_vec();
         pkcs8.extend_from_slice(seed.as_slice());
-        let key = KeyPair::from_pkcs8_der_and_sign_algo(
-            &PrivatePkcs8KeyDer::from(pkcs8),
-            &PKCS_ED25519,
-        )?;
-        let fingerprint = short_fingerprint(&key.public_key_raw());
+        let key =
+            KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(pkcs8), &PKCS_ED25519)?;
+        let fingerprint = short_fingerprint(key.public_key_raw());
         let mut params = CertificateParams::default();
         params
             .distinguished_name
@@ -85,7 +83,11 @@ impl ClusterCa {
 
     /// Mints a leaf certificate for `name` with a fresh key, valid from five
     /// minutes ago (clock skew) for `validity`.
-    pub fn mint_leaf(&self, name: &NodeName, validity: Duration) -> Result<IssuedCert, IdentityError> {
+    pub fn mint_leaf(
+        &self,
+        name: &NodeName,
+        validity: Duration,
+    ) -> Result<IssuedCert, IdentityError> {
         let now = time::OffsetDateTime::now_utc();
         let skew = time::Duration::minutes(5);
         let validity = time::Duration::try_from(validity).unwrap_or(time::Duration::days(1));
@@ -112,8 +114,11 @@ pub(crate) fn short_fingerprint(bytes: &[u8]) -> String {
 /// Seeds already derived in this process, keyed by a hash of the cookie
 /// (tests and tools start many nodes with one cookie).
 fn cached_seed(cookie: &Cookie) -> Result<Arc<[u8; 32]>, IdentityError> {
-    static CACHE: OnceLock<Mutex<HashMap<Vec<u8>, Arc<[u8; 32]>>>> = OnceLock::new();
-    let key = digest::digest(&digest::SHA256, cookie.expose()).as_ref().to_vec();
+    type SeedCache = Mutex<HashMap<Vec<u8>, Arc<[u8; 32]>>>;
+    static CACHE: OnceLock<SeedCache> = OnceLock::new();
+    let key = digest::digest(&digest::SHA256, cookie.expose())
+        .as_ref()
+        .to_vec();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(seed) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return Ok(seed.clone());

@@ -113,7 +113,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cookie");
         let c1 = Cookie::load_or_create(&p).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(c1.expose().len(), 64);
         let c2 = Cookie::load_or_create(&p).unwrap();
         assert_eq!(c1, c2);
@@ -126,7 +129,10 @@ mod tests {
         fs::write(&p, "secret\n").unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
         let err = Cookie::load_or_create(&p).unwrap_err();
-        assert!(matches!(err, IdentityError::CookieFileOpen { mode: 0o644, .. }));
+        assert!(matches!(
+            err,
+            IdentityError::CookieFileOpen { mode: 0o644, .. }
+        ));
         assert!(err.to_string().contains("chmod 600"), "{err}");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(Cookie::load_or_create(&p).unwrap().expose(), b"secret");
@@ -134,7 +140,13 @@ mod tests {
 
     #[test]
     fn empty_refused_and_debug_redacted() {
-        assert!(matches!(Cookie::new("  \n"), Err(IdentityError::EmptyCookie)));
-        assert_eq!(format!("{:?}", Cookie::new("s3cret").unwrap()), "Cookie(<redacted>)");
+        assert!(matches!(
+            Cookie::new("  \n"),
+            Err(IdentityError::EmptyCookie)
+        ));
+        assert_eq!(
+            format!("{:?}", Cookie::new("s3cret").unwrap()),
+            "Cookie(<redacted>)"
+        );
     }
 }

@@ -44,7 +44,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,7 +62,9 @@ impl CertificateAuthority {
         params
             .distinguished_name
             .push(DnType::OrganizationName, "quicmesh");
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let now = OffsetDateTime::now_utc();
@@ -180,8 +183,14 @@ impl CertFiles {
 
     pub(crate) fn read(
         &self,
-    ) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), IdentityError>
-    {
+    ) -> Result<
+        (
+            CertificateDer<'static>,
+            Vec<CertificateDer<'static>>,
+            PrivateKeyDer<'static>,
+        ),
+        IdentityError,
+    > {
         let ca = read_certs(&self.ca)?
             .into_iter()
             .next()
@@ -276,7 +285,9 @@ pub(crate) fn issue_node_cert(
 ) -> Result<IssuedCert, IdentityError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, name.as_str());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, name.as_str());
     params.subject_alt_names = vec![SanType::URI(node_uri(name).try_into()?)];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,

@@ -31,7 +31,14 @@ impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
             .field("name", &self.name)
-            .field("mode", &if self.minter.is_some() { "cookie" } else { "certificate" })
+            .field(
+                "mode",
+                &if self.minter.is_some() {
+                    "cookie"
+                } else {
+                    "certificate"
+                },
+            )
             .field("ca_fingerprint", &self.ca_fingerprint)
             .finish_non_exhaustive()
     }
@@ -45,7 +52,11 @@ impl Identity {
         cookie: &Cookie,
         leaf_validity: Duration,
     ) -> Result<Self, IdentityError> {
-        Self::from_cluster_ca(name, Arc::new(ClusterCa::from_cookie(cookie)?), leaf_validity)
+        Self::from_cluster_ca(
+            name,
+            Arc::new(ClusterCa::from_cookie(cookie)?),
+            leaf_validity,
+        )
     }
 
     /// Cookie mode with an already derived CA.
@@ -142,8 +153,10 @@ impl Identity {
             return Ok(false);
         }
         let issued = ca.mint_leaf(&self.name, *validity)?;
-        self.leaf
-            .set(issued_key(&issued, &self.provider)?, expiry_of(&issued.cert));
+        self.leaf.set(
+            issued_key(&issued, &self.provider)?,
+            expiry_of(&issued.cert),
+        );
         Ok(true)
     }
 
@@ -364,7 +377,10 @@ impl ResolvesClientCert for LeafResolver {
     }
 }
 
-fn issued_key(issued: &IssuedCert, provider: &CryptoProvider) -> Result<CertifiedKey, IdentityError> {
+fn issued_key(
+    issued: &IssuedCert,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, IdentityError> {
     Ok(CertifiedKey::from_der(
         vec![issued.cert.clone()],
         PrivateKeyDer::Pkcs8(issued.key.clone_key()),
@@ -399,13 +415,20 @@ mod tests {
 
     #[test]
     fn cookie_leaf_names_the_node() {
-        let id = Identity::from_cookie(name("a@h"), &Cookie::new("c").unwrap(), Duration::from_secs(3600))
-            .unwrap();
+        let id = Identity::from_cookie(
+            name("a@h"),
+            &Cookie::new("c").unwrap(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         let (key, expires) = id.leaf.get();
         assert_eq!(peer_name(&key.cert).unwrap(), name("a@h"));
         assert!(expires > SystemTime::now() + Duration::from_secs(3000));
         assert!(!id.renew_if_due(SystemTime::now()).unwrap());
-        assert!(id.renew_if_due(SystemTime::now() + Duration::from_secs(3000)).unwrap());
+        assert!(
+            id.renew_if_due(SystemTime::now() + Duration::from_secs(3000))
+                .unwrap()
+        );
         assert_ne!(id.leaf.get().0.cert, key.cert);
         id.server_config().unwrap();
         id.client_config(&name("b@h")).unwrap();
@@ -421,12 +444,18 @@ mod tests {
         let files = CertFiles::in_dir(dir.path(), &name("a@h"));
         Identity::from_files(name("a@h"), &files).unwrap();
         let err = Identity::from_files(name("b@h"), &files).unwrap_err();
-        assert!(matches!(err, IdentityError::CertNamesOtherNode { .. }), "{err}");
+        assert!(
+            matches!(err, IdentityError::CertNamesOtherNode { .. }),
+            "{err}"
+        );
         // Another CA's certificate is refused at load.
         let other = CertificateAuthority::generate("other CA", 30).unwrap();
         let dir2 = tempfile::tempdir().unwrap();
         other.write_dir(dir2.path(), false).unwrap();
-        let files2 = CertFiles { ca: dir2.path().join("ca.pem"), ..files };
+        let files2 = CertFiles {
+            ca: dir2.path().join("ca.pem"),
+            ..files
+        };
         let err = Identity::from_files(name("a@h"), &files2).unwrap_err();
         assert!(matches!(err, IdentityError::CertNotValid { .. }), "{err}");
         // Files are not overwritten without force.

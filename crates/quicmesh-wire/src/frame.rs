@@ -97,7 +97,10 @@ mod tests {
     fn limits_are_checked_before_reading_the_body() {
         assert_eq!(
             body_len([0xff, 0xff, 0xff, 0xff], 1024),
-            Err(FrameError::TooLarge { len: u32::MAX as usize, max: 1024 })
+            Err(FrameError::TooLarge {
+                len: u32::MAX as usize,
+                max: 1024
+            })
         );
         assert!(matches!(
             encode(&vec![0u8; 2000], 1024),
@@ -112,6 +115,9 @@ mod tests {
             assert_eq!(decode_from::<u32>(&f[..cut], 100).unwrap(), None);
         }
         assert_eq!(decode::<u8>(&[1, 2]), Err(FrameError::Trailing(1)));
-        assert!(matches!(decode::<String>(&[5, b'a']), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode::<String>(&[5, b'a']),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

@@ -257,7 +257,12 @@ mod tests {
 
     #[test]
     fn valid_names() {
-        for s in ["a@b", "app1@127.0.0.1", "my_app-2.x@host.example", "a@[::1]"] {
+        for s in [
+            "a@b",
+            "app1@127.0.0.1",
+            "my_app-2.x@host.example",
+            "a@[::1]",
+        ] {
             let n: NodeName = s.parse().unwrap();
             assert_eq!(n.as_str(), s);
         }
@@ -267,16 +272,33 @@ mod tests {
 
     #[test]
     fn invalid_names_say_why() {
-        assert!(matches!("app1".parse::<NodeName>(), Err(NameError::MissingAt(_))));
-        assert!(matches!("@h".parse::<NodeName>(), Err(NameError::EmptyName(_))));
-        assert!(matches!("a@".parse::<NodeName>(), Err(NameError::EmptyHost(_))));
+        assert!(matches!(
+            "app1".parse::<NodeName>(),
+            Err(NameError::MissingAt(_))
+        ));
+        assert!(matches!(
+            "@h".parse::<NodeName>(),
+            Err(NameError::EmptyName(_))
+        ));
+        assert!(matches!(
+            "a@".parse::<NodeName>(),
+            Err(NameError::EmptyHost(_))
+        ));
         assert!(matches!(
             "-a@h".parse::<NodeName>(),
-            Err(NameError::BadChar { ch: '-', part: "name", .. })
+            Err(NameError::BadChar {
+                ch: '-',
+                part: "name",
+                ..
+            })
         ));
         assert!(matches!(
             "a@h/x".parse::<NodeName>(),
-            Err(NameError::BadChar { ch: '/', part: "host", .. })
+            Err(NameError::BadChar {
+                ch: '/',
+                part: "host",
+                ..
+            })
         ));
         assert!(matches!(
             "ä@h".parse::<NodeName>(),
@@ -289,7 +311,11 @@ mod tests {
         let long = format!("{}@h", "a".repeat(65));
         assert!(matches!(
             long.parse::<NodeName>(),
-            Err(NameError::TooLong { len: 65, max: 64, .. })
+            Err(NameError::TooLong {
+                len: 65,
+                max: 64,
+                ..
+            })
         ));
         let msg = "app1".parse::<NodeName>().unwrap_err().to_string();
         assert!(msg.contains("name@host"), "{msg}");
@@ -307,8 +333,14 @@ mod tests {
         assert_eq!(a.host_port(), "[::1]:9");
         let a: NodeAddr = "b@[::1]".parse().unwrap();
         assert_eq!(a.port, DEFAULT_PORT);
-        assert!(matches!("a@h:x".parse::<NodeAddr>(), Err(NameError::BadPort(_))));
-        assert!(matches!("a@h:70000".parse::<NodeAddr>(), Err(NameError::BadPort(_))));
+        assert!(matches!(
+            "a@h:x".parse::<NodeAddr>(),
+            Err(NameError::BadPort(_))
+        ));
+        assert!(matches!(
+            "a@h:70000".parse::<NodeAddr>(),
+            Err(NameError::BadPort(_))
+        ));
     }
 
     #[test]
@@ -316,6 +348,9 @@ mod tests {
         let bytes = postcard::to_allocvec(&"bad name".to_owned()).unwrap();
         assert!(postcard::from_bytes::<NodeName>(&bytes).is_err());
         let bytes = postcard::to_allocvec(&"a@h".to_owned()).unwrap();
-        assert_eq!(postcard::from_bytes::<NodeName>(&bytes).unwrap().as_str(), "a@h");
+        assert_eq!(
+            postcard::from_bytes::<NodeName>(&bytes).unwrap().as_str(),
+            "a@h"
+        );
     }
 }

@@ -40,9 +40,15 @@ impl NodeProcess {
             .expect("node printed its address")
             .expect("read")
             .expect("a line");
-        let addr = first.strip_prefix("listening ").expect("first line is `listening ADDR`");
+        let addr = first
+            .strip_prefix("listening ")
+            .expect("first line is `listening ADDR`");
         let name = addr.parse::<quicmesh::NodeAddr>().expect("an address").name;
-        Self { child, stdout, name }
+        Self {
+            child,
+            stdout,
+            name,
+        }
     }
 
     /// Waits for an event line such as `up a@127.0.0.1`.
@@ -62,7 +68,10 @@ impl NodeProcess {
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running").to_string();
-        let ok = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill");
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
         assert!(ok.success());
     }
 }
@@ -79,7 +88,11 @@ async fn local_node(short: &str) -> Node {
 
 async fn down_reason(events: &mut EventStream, who: &NodeName) -> DownReason {
     loop {
-        match tokio::time::timeout(WAIT, events.recv()).await.expect("an event").expect("open") {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("an event")
+            .expect("open")
+        {
             NodeEvent::NodeDown { node, reason } if &node == who => return reason,
             _ => {}
         }
@@ -89,12 +102,21 @@ async fn down_reason(events: &mut EventStream, who: &NodeName) -> DownReason {
 async fn connected_process(a: &Node, short: &str) -> NodeProcess {
     let mut events = a.events();
     let p = NodeProcess::start(
-        &["--name", &format!("{short}@127.0.0.1:0"), "--connect", &a.addr().to_string()],
+        &[
+            "--name",
+            &format!("{short}@127.0.0.1:0"),
+            "--connect",
+            &a.addr().to_string(),
+        ],
         &[("QUICMESH_COOKIE", COOKIE)],
     )
     .await;
     loop {
-        match tokio::time::timeout(WAIT, events.recv()).await.expect("NodeUp").expect("open") {
+        match tokio::time::timeout(WAIT, events.recv())
+            .await
+            .expect("NodeUp")
+            .expect("open")
+        {
             NodeEvent::NodeUp { node, .. } if node == p.name => break,
             _ => {}
         }
@@ -129,13 +151,19 @@ async fn sigterm_is_seen_as_shutdown_within_one_second() {
     let took = sent.elapsed();
     assert_eq!(reason, DownReason::Shutdown);
     assert!(took <= Duration::from_secs(1), "seen after {took:?}");
-    let status = tokio::time::timeout(WAIT, p.child.wait()).await.expect("exits").expect("status");
+    let status = tokio::time::timeout(WAIT, p.child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
     assert!(status.success(), "{status}");
     a.shutdown().await;
 }
 
 fn quicmesh(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(EXE).args(args).output().expect("run quicmesh")
+    std::process::Command::new(EXE)
+        .args(args)
+        .output()
+        .expect("run quicmesh")
 }
 
 fn mode(p: &Path) -> u32 {
@@ -147,9 +175,26 @@ fn certs_tool_output_verifies_with_openssl_and_keys_are_private() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf-8 path");
     let out = quicmesh(&["certs", "ca", "--out", d]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = quicmesh(&["certs", "issue", "--name", "app1@host1", "--days", "30", "--ca", d]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = quicmesh(&[
+        "certs",
+        "issue",
+        "--name",
+        "app1@host1",
+        "--days",
+        "30",
+        "--ca",
+        d,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let (ca, cert) = (dir.path().join("ca.pem"), dir.path().join("app1@host1.pem"));
     assert_eq!(mode(&dir.path().join("ca.key")), 0o600);
@@ -161,7 +206,11 @@ fn certs_tool_output_verifies_with_openssl_and_keys_are_private() {
         .arg(&cert)
         .output()
         .expect("openssl is installed");
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     assert!(String::from_utf8_lossy(&verify.stdout).contains(": OK"));
 
     let show = quicmesh(&["certs", "show", cert.to_str().expect("path")]);
@@ -175,7 +224,15 @@ fn certs_tool_output_verifies_with_openssl_and_keys_are_private() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     let again = quicmesh(&["certs", "ca", "--out", d]);
     assert!(!again.status.success());
-    let forced = quicmesh(&["certs", "issue", "--name", "app1@host1", "--ca", d, "--force"]);
+    let forced = quicmesh(&[
+        "certs",
+        "issue",
+        "--name",
+        "app1@host1",
+        "--ca",
+        d,
+        "--force",
+    ]);
     assert!(forced.status.success());
     assert_eq!(mode(&dir.path().join("app1@host1.key")), 0o600);
 
@@ -189,12 +246,19 @@ async fn process_in_certificate_mode_with_config_file_joins() {
     let d = dir.path().to_str().expect("path");
     assert!(quicmesh(&["certs", "ca", "--out", d]).status.success());
     for n in ["a@127.0.0.1", "b@127.0.0.1"] {
-        assert!(quicmesh(&["certs", "issue", "--name", n, "--ca", d]).status.success());
+        assert!(
+            quicmesh(&["certs", "issue", "--name", n, "--ca", d])
+                .status
+                .success()
+        );
     }
     let a = Node::builder()
         .name("a@127.0.0.1")
         .listen("127.0.0.1:0".parse().expect("addr"))
-        .certificates(CertFiles::in_dir(dir.path(), &"a@127.0.0.1".parse().expect("name")))
+        .certificates(CertFiles::in_dir(
+            dir.path(),
+            &"a@127.0.0.1".parse().expect("name"),
+        ))
         .start()
         .await
         .expect("a starts");
@@ -215,7 +279,11 @@ async fn process_in_certificate_mode_with_config_file_joins() {
     a.wait_for_nodes(1, WAIT).await.expect("a sees b");
 
     // A config with a mistake names the key.
-    std::fs::write(&config, "name = \"b@127.0.0.1\"\nheartbeat_interval = \"1s\"\n").expect("write");
+    std::fs::write(
+        &config,
+        "name = \"b@127.0.0.1\"\nheartbeat_interval = \"1s\"\n",
+    )
+    .expect("write");
     let out = quicmesh(&["node", "--config", config.to_str().expect("path")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat_interval"));
@@ -226,7 +294,11 @@ async fn process_in_certificate_mode_with_config_file_joins() {
 fn demo_runs_and_shows_both_kinds_of_node_down() {
     let out = quicmesh(&["demo"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("full mesh of 3 nodes formed"), "{text}");
     assert!(text.contains("reason: HeartbeatTimeout"), "{text}");
     assert!(text.contains("reason: Shutdown"), "{text}");
