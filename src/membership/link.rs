@@ -22,6 +22,8 @@ use crate::config::HeartbeatConfig;
 use crate::event::DownReason;
 use crate::transport::{self, StreamError};
 
+/// Starts the task that owns an installed connection until it ends, then
+/// reports the end to the peer table.
 pub(super) fn spawn(
     m: &Arc<Membership>,
     name: quicmesh_wire::NodeName,
@@ -32,44 +34,35 @@ pub(super) fn spawn(
     first: Option<Control>,
 ) {
     let span = info_span!("link", node = %m.me, peer = %name);
-    let m2 = m.clone();
-    m.tracker
-        .spawn(run(m2, name, handle, send, recv, queue, first).instrument(span));
-}
+    let tracker = m.tracker.clone();
+    let m = m.clone();
+    let task = async move {
+        let conn = handle.conn.clone();
+        let mut tasks = JoinSet::new();
+        let max = m.config.max_frame;
+        tasks.spawn(write_control(send, queue, first, max).in_current_span());
+        tasks.spawn(read_control(m.clone(), name.clone(), handle.clone(), recv).in_current_span());
+        tasks.spawn(serve_streams(m.clone(), name.clone(), handle.clone()).in_current_span());
+        tasks.spawn(drain_datagrams(conn.clone()));
 
-async fn run(
-    m: Arc<Membership>,
-    name: quicmesh_wire::NodeName,
-    handle: LinkHandle,
-    send: SendStream,
-    recv: RecvStream,
-    queue: mpsc::Receiver<Control>,
-    first: Option<Control>,
-) {
-    let conn = handle.conn.clone();
-    let max = m.config.max_frame;
-    let mut tasks = JoinSet::new();
-    tasks.spawn(write_control(send, queue, first, max).in_current_span());
-    tasks.spawn(read_control(m.clone(), name.clone(), handle.clone(), recv).in_current_span());
-    tasks.spawn(serve_streams(m.clone(), name.clone(), handle.clone()).in_current_span());
-    tasks.spawn(drain_datagrams(conn.clone()));
-
-    let reason = tokio::select! {
-        biased;
-        _ = m.token.cancelled() => DownReason::LocalShutdown,
-        e = conn.closed() => handle
-            .closing
-            .get()
-            .cloned()
-            .unwrap_or_else(|| transport::down_reason(&e)),
-        () = heartbeat(&conn, m.config.heartbeat) => {
-            let reason = DownReason::HeartbeatTimeout;
-            handle.close(CloseCode::HeartbeatTimeout, reason.clone(), "no heartbeat");
-            reason
-        }
+        let reason = tokio::select! {
+            biased;
+            _ = m.token.cancelled() => DownReason::LocalShutdown,
+            e = conn.closed() => handle
+                .closing
+                .get()
+                .cloned()
+                .unwrap_or_else(|| transport::down_reason(&e)),
+            () = heartbeat(&conn, m.config.heartbeat) => {
+                let reason = DownReason::HeartbeatTimeout;
+                handle.close(CloseCode::HeartbeatTimeout, reason.clone(), "no heartbeat");
+                reason
+            }
+        };
+        tasks.abort_all();
+        m.link_closed(&name, conn.stable_id(), reason);
     };
-    tasks.abort_all();
-    m.link_closed(&name, conn.stable_id(), reason);
+    tracker.spawn(task.instrument(span));
 }
 
 /// Sends a heartbeat every interval and checks liveness four times as

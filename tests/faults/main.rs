@@ -6,6 +6,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use quicmesh::identity::{Cookie, Identity};
 use quicmesh::wire::{
@@ -32,7 +33,7 @@ impl RawPeer {
         let id = Identity::from_cookie(
             me.clone(),
             &Cookie::new(COOKIE).expect("cookie"),
-            std::time::Duration::from_secs(3600),
+            Duration::from_secs(3600),
         )
         .expect("identity");
         let (tls, _verdict) = id.client_config(node.name()).expect("client config");
@@ -217,6 +218,54 @@ async fn unknown_stream_kind_is_refused_without_dropping_the_peer() {
             Some(9)
         );
         assert_eq!(a.status().counters.protocol_violations, 0);
+        raw.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn busy_link_without_heartbeats_is_not_declared_down() {
+    bounded(async {
+        // An aggressive detector: down after 500 ms of silence.
+        let a = builder("a", COOKIE)
+            .heartbeat(Duration::from_millis(100), Duration::from_millis(500))
+            .start()
+            .await
+            .expect("start");
+        let mut ea = a.events();
+        let mut raw = RawPeer::join(&a, "bulk").await;
+        let bulk = name("bulk@127.0.0.1");
+        wait_up(&mut ea, &bulk).await;
+
+        // The raw peer sends no heartbeat datagrams at all, only bulk
+        // control frames (valid, ~200 KB each) for four detector timeouts.
+        let filler: Vec<_> = (0..20_000)
+            .map(|i| quicmesh::wire::PeerInfo {
+                name: name(&format!("p{i}@h")),
+                addrs: vec![],
+            })
+            .collect();
+        let frame_bytes = frame::encode(&Control::Peers(filler), 1 << 20).expect("encode");
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        let mut sent = 0usize;
+        while tokio::time::Instant::now() < until {
+            raw.control
+                .0
+                .write_all(&frame_bytes)
+                .await
+                .expect("bulk write");
+            sent += frame_bytes.len();
+        }
+        assert!(sent > 1 << 20, "only {sent} bytes sent");
+        let events = drain(&mut ea);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, quicmesh::NodeEvent::NodeDown { .. })),
+            "false NodeDown during bulk traffic: {events:?}"
+        );
+        assert!(a.nodes().contains(&bulk));
         raw.endpoint.close(0u32.into(), b"");
         a.shutdown().await;
     })
