@@ -36,6 +36,9 @@ pub struct NodeConfig {
     /// Re-dialling of seeds.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    /// Remote procedure calls.
+    #[serde(default)]
+    pub rpc: RpcConfig,
     /// Longest wait for a dial's QUIC + TLS handshake and the `Hello`
     /// exchange. Default 5 s.
     #[serde(default = "defaults::handshake_timeout", with = "duration")]
@@ -64,6 +67,7 @@ impl Default for NodeConfig {
             identity: IdentityConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             reconnect: ReconnectConfig::default(),
+            rpc: RpcConfig::default(),
             handshake_timeout: defaults::handshake_timeout(),
             max_frame: defaults::max_frame(),
             leaf_validity: defaults::leaf_validity(),
@@ -167,6 +171,34 @@ impl ReconnectConfig {
     }
 }
 
+/// Limits and defaults of RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Timeout of `call` and `cast` when none is given. Default 5 s.
+    #[serde(default = "defaults::rpc_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Largest request or response body accepted or sent, in bytes; larger
+    /// ones fail with `TooLarge`. Default 16 MiB.
+    #[serde(default = "defaults::max_message")]
+    pub max_message: usize,
+    /// Calls from one peer served at once; more are refused with
+    /// `Overloaded`. Bounds the memory one peer can make this node hold
+    /// (about this many times `max_message`). Default 256.
+    #[serde(default = "defaults::max_inbound")]
+    pub max_inbound_per_peer: usize,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            timeout: defaults::rpc_timeout(),
+            max_message: defaults::max_message(),
+            max_inbound_per_peer: defaults::max_inbound(),
+        }
+    }
+}
+
 /// A configuration value that cannot work, with the values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -209,6 +241,9 @@ pub enum ConfigError {
     /// The leaf validity is under ten minutes.
     #[error("leaf_validity ({0:?}) must be at least 10 minutes")]
     LeafValidityTooShort(Duration),
+    /// An RPC limit is zero.
+    #[error("rpc.{0} must be above zero")]
+    ZeroRpcLimit(&'static str),
     /// The TOML file does not parse or has an unknown key.
     #[error("config file: {0}")]
     Toml(String),
@@ -247,6 +282,15 @@ impl NodeConfig {
         }
         if self.handshake_timeout.is_zero() {
             return Err(ConfigError::ZeroHandshakeTimeout);
+        }
+        if self.rpc.timeout.is_zero() {
+            return Err(ConfigError::ZeroRpcLimit("timeout"));
+        }
+        if self.rpc.max_message == 0 {
+            return Err(ConfigError::ZeroRpcLimit("max_message"));
+        }
+        if self.rpc.max_inbound_per_peer == 0 {
+            return Err(ConfigError::ZeroRpcLimit("max_inbound_per_peer"));
         }
         if self.leaf_validity < Duration::from_secs(600) {
             return Err(ConfigError::LeafValidityTooShort(self.leaf_validity));
@@ -293,6 +337,15 @@ mod defaults {
     }
     pub(super) fn backoff_max() -> Duration {
         Duration::from_secs(10)
+    }
+    pub(super) fn rpc_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn max_message() -> usize {
+        16 << 20
+    }
+    pub(super) fn max_inbound() -> usize {
+        256
     }
 }
 

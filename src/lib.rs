@@ -43,10 +43,13 @@ mod error;
 mod event;
 mod membership;
 mod node;
+mod rpc;
 mod status;
 mod transport;
 
-pub use config::{ConfigError, HeartbeatConfig, IdentityConfig, NodeConfig, ReconnectConfig};
+pub use config::{
+    ConfigError, HeartbeatConfig, IdentityConfig, NodeConfig, ReconnectConfig, RpcConfig,
+};
 pub use error::{ConnectError, PingError, StartError, WaitError};
 pub use event::{DownReason, EventError, EventStream, NodeEvent};
 pub use node::{Builder, Node};
@@ -54,4 +57,5 @@ pub use quicmesh_identity as identity;
 pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie};
 pub use quicmesh_wire as wire;
 pub use quicmesh_wire::{DEFAULT_PORT, NameError, NodeAddr, NodeName};
+pub use rpc::{CallContext, RegisterError, RpcError, Side};
 pub use status::{CounterSnapshot, PeerState, PeerStatus, Status};

@@ -64,6 +64,8 @@ pub(crate) struct Membership {
     changed: watch::Sender<u64>,
     events: broadcast::Sender<NodeEvent>,
     pub(crate) counters: Counters,
+    /// The RPC services this node serves.
+    pub(crate) services: crate::rpc::Services,
     pub(crate) token: CancellationToken,
     pub(crate) tracker: TaskTracker,
     handshakes: Arc<Semaphore>,
@@ -127,6 +129,7 @@ impl Membership {
             changed: watch::Sender::new(0),
             events: broadcast::Sender::new(EVENT_QUEUE),
             counters: Counters::default(),
+            services: crate::rpc::Services::default(),
             token: CancellationToken::new(),
             tracker: TaskTracker::new(),
             handshakes: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
@@ -176,7 +179,7 @@ impl Membership {
         v
     }
 
-    fn link(&self, name: &NodeName) -> Option<LinkHandle> {
+    pub(crate) fn link(&self, name: &NodeName) -> Option<LinkHandle> {
         self.table()
             .get(name)
             .and_then(|p| p.up.as_ref())

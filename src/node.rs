@@ -8,10 +8,15 @@ use quicmesh_identity::{CertFiles, Cookie, Identity};
 use quicmesh_wire::{NameError, NodeAddr, NodeName};
 use tracing::info;
 
+use quicmesh_wire::RpcMode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::config::{ConfigError, IdentityConfig, NodeConfig};
 use crate::error::{ConnectError, PingError, StartError, WaitError};
 use crate::event::EventStream;
 use crate::membership::Membership;
+use crate::rpc::{CallContext, RegisterError, RpcError, Side};
 use crate::status::Status;
 use crate::transport;
 
@@ -131,6 +136,146 @@ impl Node {
     /// Waits until at least `n` other nodes are connected.
     pub async fn wait_for_nodes(&self, n: usize, timeout: Duration) -> Result<(), WaitError> {
         self.m().wait_for_nodes(n, timeout).await
+    }
+
+    /// Serves `handler` as `service`: a call decodes its request as `Req`
+    /// (postcard), runs the handler and sends back its `Resp`, or its error
+    /// as text ([`RpcError::Remote`]). A panic in the handler is caught
+    /// ([`RpcError::Panicked`]); the handler's future is dropped when the
+    /// caller cancels or its deadline passes. Services can be added and
+    /// removed while the node runs; a name can be registered once.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: quicmesh::Node) -> Result<(), quicmesh::RegisterError> {
+    /// node.register("add", |_ctx, (a, b): (i64, i64)| async move {
+    ///     Ok::<_, std::convert::Infallible>(a + b)
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn register<F, Fut, Req, Resp, E>(
+        &self,
+        service: &str,
+        handler: F,
+    ) -> Result<(), RegisterError>
+    where
+        F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.m().services.register(service, handler)
+    }
+
+    /// Stops serving `service`; calls in progress finish. `false` if it
+    /// was not registered.
+    pub fn unregister(&self, service: &str) -> bool {
+        self.m().services.unregister(service)
+    }
+
+    /// Calls `service` on `peer` with the default timeout (`rpc.timeout`).
+    pub async fn call<Req, Resp>(
+        &self,
+        peer: &NodeName,
+        service: &str,
+        request: &Req,
+    ) -> Result<Resp, RpcError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        self.call_timeout(peer, service, request, self.m().config.rpc.timeout)
+            .await
+    }
+
+    /// Calls `service` on `peer`, waiting at most `timeout`; the callee
+    /// stops working on it after that too. Dropping the future cancels
+    /// the call: its stream is reset and the handler's future dropped.
+    pub async fn call_timeout<Req, Resp>(
+        &self,
+        peer: &NodeName,
+        service: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let body = encode(service, request)?;
+        let reply = self
+            .m()
+            .call_raw(peer, service, &body, timeout, RpcMode::Call)
+            .await?;
+        decode(service, &reply)
+    }
+
+    /// Sends `request` to `service` on `peer` without waiting for the
+    /// handler: `Ok` once the request is handed to the transport. Refused
+    /// at once when `peer` is not connected.
+    pub async fn cast<Req>(
+        &self,
+        peer: &NodeName,
+        service: &str,
+        request: &Req,
+    ) -> Result<(), RpcError>
+    where
+        Req: Serialize + ?Sized,
+    {
+        let body = encode(service, request)?;
+        let timeout = self.m().config.rpc.timeout;
+        self.m()
+            .call_raw(peer, service, &body, timeout, RpcMode::Cast)
+            .await
+            .map(drop)
+    }
+
+    /// Calls `service` on every node in `peers` at once, like
+    /// `erpc:multicall`: one result per node, in the order given.
+    pub async fn multicall<Req, Resp>(
+        &self,
+        peers: &[NodeName],
+        service: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Vec<(NodeName, Result<Resp, RpcError>)>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let body = match encode(service, request) {
+            Ok(b) => Arc::new(b),
+            Err(e) => return peers.iter().map(|p| (p.clone(), Err(e.clone()))).collect(),
+        };
+        let mut calls = tokio::task::JoinSet::new();
+        for (i, peer) in peers.iter().cloned().enumerate() {
+            let (m, body, service) = (self.m().clone(), body.clone(), service.to_owned());
+            calls.spawn(async move {
+                let r = m
+                    .call_raw(&peer, &service, &body, timeout, RpcMode::Call)
+                    .await;
+                (i, r)
+            });
+        }
+        let mut results: Vec<Option<Result<Vec<u8>, RpcError>>> = vec![None; peers.len()];
+        while let Some(joined) = calls.join_next().await {
+            if let Ok((i, r)) = joined {
+                results[i] = Some(r);
+            }
+        }
+        peers
+            .iter()
+            .zip(results)
+            .map(|(peer, r)| {
+                let r = r.unwrap_or_else(|| {
+                    Err(RpcError::NodeDown {
+                        peer: peer.clone(),
+                        detail: "the call's task failed".to_owned(),
+                    })
+                });
+                (peer.clone(), r.and_then(|body| decode(service, &body)))
+            })
+            .collect()
     }
 
     /// Shuts down gracefully: peers see `NodeDown { reason: Shutdown }` at
@@ -278,4 +423,20 @@ async fn load_identity(config: &NodeConfig, name: NodeName) -> Result<Identity, 
         Ok(r) => Ok(r?),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
+}
+
+fn encode<Req: Serialize + ?Sized>(service: &str, request: &Req) -> Result<Vec<u8>, RpcError> {
+    postcard::to_allocvec(request).map_err(|e| RpcError::Decode {
+        side: Side::Request,
+        service: service.to_owned(),
+        detail: format!("request did not encode: {e}"),
+    })
+}
+
+fn decode<Resp: DeserializeOwned>(service: &str, body: &[u8]) -> Result<Resp, RpcError> {
+    quicmesh_wire::frame::decode(body).map_err(|e| RpcError::Decode {
+        side: Side::Response,
+        service: service.to_owned(),
+        detail: e.to_string(),
+    })
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use quicmesh_wire::{CloseCode, Control, Datagram, Ping, StreamKind};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
@@ -154,13 +154,13 @@ async fn read_control(
 async fn serve_streams(m: Arc<Membership>, name: quicmesh_wire::NodeName, handle: LinkHandle) {
     let conn = handle.conn.clone();
     let mut streams = JoinSet::new();
+    let rpc_permits = Arc::new(Semaphore::new(m.config.rpc.max_inbound_per_peer));
     loop {
         tokio::select! {
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    streams.spawn(
-                        serve_bi(m.clone(), name.clone(), handle.clone(), send, recv).in_current_span(),
-                    );
+                    let served = serve_bi(m.clone(), name.clone(), handle.clone(), rpc_permits.clone(), send, recv);
+                    streams.spawn(served.in_current_span());
                 }
                 Err(_) => return,
             },
@@ -180,6 +180,7 @@ async fn serve_bi(
     m: Arc<Membership>,
     name: quicmesh_wire::NodeName,
     handle: LinkHandle,
+    rpc_permits: Arc<Semaphore>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
@@ -212,6 +213,13 @@ async fn serve_bi(
                     m.protocol_violation(&name, &handle, "malformed ping".to_owned());
                 }
                 Some(Err(StreamError::Transport(_))) | None => {}
+            }
+        }
+        Ok(StreamKind::Rpc) => {
+            if let Err(detail) =
+                crate::rpc::serve(m.clone(), name.clone(), rpc_permits, send, recv).await
+            {
+                m.protocol_violation(&name, &handle, detail);
             }
         }
         Ok(StreamKind::Control) => {

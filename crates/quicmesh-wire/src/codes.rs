@@ -29,6 +29,12 @@ pub enum CloseCode {
     UnknownStreamKind,
     /// A frame was larger than the receiver accepts.
     FrameTooLarge,
+    /// The caller gave up on the call (dropped it or timed out).
+    Cancelled,
+    /// An application stream named a protocol this node does not serve.
+    UnknownProtocol,
+    /// The application's listener for that protocol is not keeping up.
+    Overloaded,
     /// A code this version does not know.
     Unknown(u32),
 }
@@ -46,6 +52,9 @@ impl CloseCode {
             Self::HandshakeTimeout => 0x07,
             Self::UnknownStreamKind => 0x101,
             Self::FrameTooLarge => 0x102,
+            Self::Cancelled => 0x103,
+            Self::UnknownProtocol => 0x104,
+            Self::Overloaded => 0x105,
             Self::Unknown(c) => c,
         }
     }
@@ -62,6 +71,9 @@ impl CloseCode {
             0x07 => Self::HandshakeTimeout,
             0x101 => Self::UnknownStreamKind,
             0x102 => Self::FrameTooLarge,
+            0x103 => Self::Cancelled,
+            0x104 => Self::UnknownProtocol,
+            0x105 => Self::Overloaded,
             c if c <= u32::MAX as u64 => Self::Unknown(c as u32),
             _ => Self::Unknown(u32::MAX),
         }
@@ -84,6 +96,9 @@ mod tests {
             CloseCode::HandshakeTimeout,
             CloseCode::UnknownStreamKind,
             CloseCode::FrameTooLarge,
+            CloseCode::Cancelled,
+            CloseCode::UnknownProtocol,
+            CloseCode::Overloaded,
             CloseCode::Unknown(0x9999),
         ] {
             assert_eq!(CloseCode::from_code(c.code().into()), c);

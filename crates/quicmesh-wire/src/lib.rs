@@ -11,6 +11,8 @@
 //!   names the subsystem that handles it;
 //! - [`Control`]: the control stream's messages (`Hello`, `Welcome`, …);
 //! - [`Datagram`]: unreliable QUIC datagrams (heartbeats);
+//! - [`RpcHeader`] / [`RpcStatus`]: the two ends of an RPC stream, and
+//!   [`AppHeader`] for application protocols;
 //! - [`CloseCode`]: the QUIC application error codes quicmesh closes
 //!   connections and resets streams with.
 //!
@@ -28,6 +30,7 @@ mod control;
 mod datagram;
 pub mod frame;
 mod name;
+mod rpc;
 mod stream;
 
 pub use codes::CloseCode;
@@ -35,6 +38,7 @@ pub use control::{Control, Hello, PeerInfo, Ping, Refusal};
 pub use datagram::Datagram;
 pub use frame::FrameError;
 pub use name::{DEFAULT_PORT, NameError, NodeAddr, NodeName};
+pub use rpc::{AppHeader, MAX_HEADER_FRAME, RpcFailure, RpcHeader, RpcMode, RpcStatus};
 pub use stream::StreamKind;
 
 /// Major protocol version; it is part of the ALPN.

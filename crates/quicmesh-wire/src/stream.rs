@@ -7,6 +7,8 @@
 //! |---|---|---|---|
 //! | 0x0001 | control | bidirectional, one per connection, opened by the dialler | 1.0 |
 //! | 0x0002 | ping | bidirectional, one per ping | 1.0 |
+//! | 0x0003 | rpc | bidirectional, one per call ([`crate::RpcHeader`]) | 1.0 |
+//! | 0x0004 | app | bidirectional or unidirectional, one per application stream ([`crate::AppHeader`]) | 1.0 |
 //!
 //! Values 0x0100–0x7fff are reserved for built-in services, 0x8000 and up
 //! for applications.
@@ -22,6 +24,12 @@ pub enum StreamKind {
     Control,
     /// An application-level ping: one [`crate::Ping`] each way.
     Ping,
+    /// One RPC call: [`crate::RpcHeader`] and the request body, then
+    /// [`crate::RpcStatus`] and the response body.
+    Rpc,
+    /// A stream of an application protocol registered by name:
+    /// [`crate::AppHeader`], then the application's bytes.
+    App,
 }
 
 impl StreamKind {
@@ -30,6 +38,8 @@ impl StreamKind {
         match self {
             Self::Control => 0x0001,
             Self::Ping => 0x0002,
+            Self::Rpc => 0x0003,
+            Self::App => 0x0004,
         }
     }
 
@@ -39,6 +49,8 @@ impl StreamKind {
         match code {
             0x0001 => Some(Self::Control),
             0x0002 => Some(Self::Ping),
+            0x0003 => Some(Self::Rpc),
+            0x0004 => Some(Self::App),
             _ => None,
         }
     }
@@ -64,7 +76,12 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        for k in [StreamKind::Control, StreamKind::Ping] {
+        for k in [
+            StreamKind::Control,
+            StreamKind::Ping,
+            StreamKind::Rpc,
+            StreamKind::App,
+        ] {
             assert_eq!(StreamKind::parse(k.header()), Ok(k));
         }
         assert_eq!(StreamKind::Control.header(), [0, 1]);

@@ -1,0 +1,135 @@
+//! RPC and application-protocol stream headers.
+//!
+//! An RPC stream (kind `Rpc`) carries one call:
+//!
+//! ```text
+//! caller → callee: [kind 0x0003] [frame: RpcHeader] [request body …] FIN
+//! callee → caller: [frame: RpcStatus] [response body …] FIN   (calls only)
+//! ```
+//!
+//! Bodies are postcard-encoded application values, unframed: the stream's
+//! end delimits them, so no size prefix caps them; each side enforces its
+//! configured message limit while reading. An application stream (kind
+//! `App`) starts with [`AppHeader`] and then belongs to the application.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest header or status frame, in bytes (service names, error texts).
+pub const MAX_HEADER_FRAME: usize = 64 * 1024;
+
+/// What a caller asks for. Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpcHeader {
+    /// The service's registered name.
+    pub service: String,
+    /// How long the caller will wait, in milliseconds, from when it sent
+    /// the request: the callee stops working on the call after that.
+    pub timeout_ms: u32,
+    /// Call (a reply is expected) or cast (none is sent).
+    pub mode: RpcMode,
+}
+
+/// Whether the caller waits for a reply. Append-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RpcMode {
+    /// The callee replies with [`RpcStatus`] and the response body.
+    Call,
+    /// Fire and forget: the callee replies nothing.
+    Cast,
+}
+
+/// The callee's verdict, followed by the response body when `Ok`.
+/// Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RpcStatus {
+    /// The handler returned a response; its body follows.
+    Ok,
+    /// The call failed; no body follows.
+    Failed(RpcFailure),
+}
+
+/// Why a call failed on the callee's side. Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RpcFailure {
+    /// No service of that name is registered (the handler did not run).
+    NoSuchService,
+    /// The handler returned an error, with its message.
+    Remote(String),
+    /// The handler panicked, with the panic message; the callee goes on.
+    Panicked(String),
+    /// The request body did not decode as the handler's request type (the
+    /// handler did not run).
+    BadRequest(String),
+    /// The request or the response exceeded the callee's message limit.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+        /// Whether it was the response (the handler ran) or the request.
+        response: bool,
+    },
+    /// The callee has too many calls from this caller in progress (the
+    /// handler did not run).
+    Overloaded,
+    /// The handler did not finish before the caller's deadline.
+    Timeout,
+}
+
+/// The start of an application-protocol stream. Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppHeader {
+    /// The protocol's registered name.
+    pub protocol: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame;
+
+    #[test]
+    fn golden_bytes() {
+        let h = RpcHeader {
+            service: "echo".into(),
+            timeout_ms: 5000,
+            mode: RpcMode::Call,
+        };
+        let f = frame::encode(&h, MAX_HEADER_FRAME).unwrap();
+        assert_eq!(f, [0, 0, 0, 8, 4, b'e', b'c', b'h', b'o', 0x88, 0x27, 0]);
+        assert_eq!(frame::encode(&RpcStatus::Ok, 64).unwrap(), [0, 0, 0, 1, 0]);
+        let f = frame::encode(
+            &RpcStatus::Failed(RpcFailure::TooLarge {
+                limit: 1024,
+                response: true,
+            }),
+            64,
+        )
+        .unwrap();
+        assert_eq!(f, [0, 0, 0, 5, 1, 4, 0x80, 0x08, 1]);
+        for failure in [
+            RpcFailure::NoSuchService,
+            RpcFailure::Remote("x".into()),
+            RpcFailure::Panicked("p".into()),
+            RpcFailure::BadRequest("b".into()),
+            RpcFailure::Overloaded,
+            RpcFailure::Timeout,
+        ] {
+            let s = RpcStatus::Failed(failure);
+            let f = frame::encode(&s, 64).unwrap();
+            assert_eq!(
+                frame::decode_from::<RpcStatus>(&f, 64).unwrap().unwrap().0,
+                s
+            );
+        }
+        let f = frame::encode(
+            &AppHeader {
+                protocol: "kv".into(),
+            },
+            64,
+        )
+        .unwrap();
+        assert_eq!(f, [0, 0, 0, 3, 2, b'k', b'v']);
+    }
+}

@@ -1,0 +1,146 @@
+//! Typed RPC: named services, `call`, `cast`, `multicall`.
+//!
+//! Every call runs on its own bidirectional QUIC stream, so a large call in
+//! flight never delays a small one behind it (no head-of-line blocking
+//! between calls), and cancelling a call is resetting its stream. The
+//! request carries the caller's timeout; the callee drops the handler's
+//! future when the caller cancels or the deadline passes.
+//!
+//! ```text
+//! caller                                   callee (per connection: a semaphore of
+//!   open stream ─ RpcHeader + body ──▶      rpc.max_inbound_per_peer permits)
+//!                                           service? permit? body ≤ max_message?
+//!                                           spawn handler (panics caught)
+//!   ◀── RpcStatus (+ body) ──────────────   select: handler | caller stopped | deadline
+//! ```
+
+mod client;
+mod error;
+mod server;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use quicmesh_wire::{NodeName, RpcFailure};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use error::{RegisterError, RpcError, Side};
+pub(crate) use server::serve;
+
+/// What a handler knows about the call it serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CallContext {
+    /// The calling node, as its certificate names it.
+    pub from: NodeName,
+    /// The service called.
+    pub service: String,
+    /// When the caller stops waiting; the handler's future is dropped then.
+    pub deadline: tokio::time::Instant,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A service with its types erased: bytes in, bytes out.
+pub(crate) trait Handler: Send + Sync {
+    fn handle(&self, ctx: CallContext, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, RpcFailure>>;
+}
+
+/// Adapts a typed async function to [`Handler`].
+struct Typed<F, Req, Resp, E> {
+    f: F,
+    _types: PhantomData<fn(Req) -> Result<Resp, E>>,
+}
+
+impl<F, Fut, Req, Resp, E> Handler for Typed<F, Req, Resp, E>
+where
+    F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    E: fmt::Display + Send + 'static,
+{
+    fn handle(&self, ctx: CallContext, body: Vec<u8>) -> BoxFuture<Result<Vec<u8>, RpcFailure>> {
+        let req: Req = match quicmesh_wire::frame::decode(&body) {
+            Ok(r) => r,
+            Err(e) => return Box::pin(async move { Err(RpcFailure::BadRequest(e.to_string())) }),
+        };
+        let fut = (self.f)(ctx, req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(resp) => postcard::to_allocvec(&resp)
+                    .map_err(|e| RpcFailure::Remote(format!("response did not encode: {e}"))),
+                Err(e) => Err(RpcFailure::Remote(e.to_string())),
+            }
+        })
+    }
+}
+
+/// The services a node serves, by name; changed at run time.
+#[derive(Default)]
+pub(crate) struct Services(RwLock<HashMap<String, Arc<dyn Handler>>>);
+
+impl fmt::Debug for Services {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.read().keys().cloned().collect();
+        f.debug_tuple("Services").field(&names).finish()
+    }
+}
+
+impl Services {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<dyn Handler>>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.read().get(name).cloned()
+    }
+
+    pub(crate) fn register<F, Fut, Req, Resp, E>(
+        &self,
+        name: &str,
+        f: F,
+    ) -> Result<(), RegisterError>
+    where
+        F: Fn(CallContext, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        check_name(name)?;
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(name) {
+            return Err(RegisterError::AlreadyRegistered(name.to_owned()));
+        }
+        let handler = Typed {
+            f,
+            _types: PhantomData,
+        };
+        map.insert(name.to_owned(), Arc::new(handler));
+        Ok(())
+    }
+
+    pub(crate) fn unregister(&self, name: &str) -> bool {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .is_some()
+    }
+}
+
+/// Longest service or protocol name, in bytes.
+pub(crate) const MAX_NAME: usize = 255;
+
+pub(crate) fn check_name(name: &str) -> Result<(), RegisterError> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(RegisterError::BadName(name.to_owned()));
+    }
+    Ok(())
+}

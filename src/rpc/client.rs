@@ -1,0 +1,180 @@
+//! The caller's side: one stream per call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicmesh_wire::{
+    CloseCode, MAX_HEADER_FRAME, NodeName, RpcFailure, RpcHeader, RpcMode, RpcStatus, StreamKind,
+    frame,
+};
+use quinn::{ReadToEndError, RecvStream, SendStream, VarInt, WriteError};
+
+use super::{RpcError, Side};
+use crate::membership::Membership;
+use crate::transport::{self, StreamError};
+
+/// A call's streams; unless the call completed, dropping them resets
+/// both, which tells the callee to drop the handler.
+struct CallStreams {
+    send: SendStream,
+    recv: RecvStream,
+    done: bool,
+}
+
+impl Drop for CallStreams {
+    fn drop(&mut self) {
+        if !self.done {
+            let code = VarInt::from_u32(CloseCode::Cancelled.code());
+            let _ = self.send.reset(code);
+            let _ = self.recv.stop(code);
+        }
+    }
+}
+
+impl Membership {
+    /// Sends `body` to `service` on `peer`; for a call, waits for the
+    /// response body. Everything under `timeout`.
+    pub(crate) async fn call_raw(
+        self: &Arc<Self>,
+        peer: &NodeName,
+        service: &str,
+        body: &[u8],
+        timeout: Duration,
+        mode: RpcMode,
+    ) -> Result<Vec<u8>, RpcError> {
+        let max = self.config.rpc.max_message;
+        if body.len() > max {
+            return Err(RpcError::TooLarge {
+                side: Side::Request,
+                service: service.to_owned(),
+                limit: max as u64,
+            });
+        }
+        let conn = self
+            .link(peer)
+            .ok_or_else(|| RpcError::NotConnected { peer: peer.clone() })?
+            .conn;
+        let header = RpcHeader {
+            service: service.to_owned(),
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            mode,
+        };
+        let mut head = StreamKind::Rpc.header().to_vec();
+        head.extend(
+            frame::encode(&header, MAX_HEADER_FRAME).map_err(|e| RpcError::Decode {
+                side: Side::Request,
+                service: service.to_owned(),
+                detail: e.to_string(),
+            })?,
+        );
+        let down = |detail: String| RpcError::NodeDown {
+            peer: peer.clone(),
+            detail,
+        };
+        let exchange = async {
+            let (send, recv) = conn.open_bi().await.map_err(|e| down(e.to_string()))?;
+            let mut s = CallStreams {
+                send,
+                recv,
+                done: false,
+            };
+            match write_request(&mut s.send, &head, body).await {
+                Ok(()) => {}
+                // The callee stopped reading: its verdict explains why.
+                Err(WriteError::Stopped(_)) => {}
+                Err(e) => return Err(down(e.to_string())),
+            }
+            if mode == RpcMode::Cast {
+                // Delivery goes on after the handle is dropped.
+                s.done = true;
+                return Ok(Vec::new());
+            }
+            let status =
+                match transport::read_frame::<RpcStatus>(&mut s.recv, MAX_HEADER_FRAME).await {
+                    Ok(Some(status)) => status,
+                    Ok(None) => return Err(self.protocol(peer, "reply ended before its status")),
+                    Err(StreamError::Bad(e)) => return Err(self.protocol(peer, &e.to_string())),
+                    Err(StreamError::Transport(e)) => return Err(down(e)),
+                };
+            let result = match status {
+                RpcStatus::Ok => match s.recv.read_to_end(max).await {
+                    Ok(body) => Ok(body),
+                    Err(ReadToEndError::TooLong) => Err(RpcError::TooLarge {
+                        side: Side::Response,
+                        service: service.to_owned(),
+                        limit: max as u64,
+                    }),
+                    Err(ReadToEndError::Read(e)) => Err(down(e.to_string())),
+                },
+                RpcStatus::Failed(f) => Err(failure(peer, service, timeout, f)),
+                other => Err(self.protocol(peer, &format!("unknown status {other:?}"))),
+            };
+            s.done = true;
+            result
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::Timeout {
+                peer: peer.clone(),
+                service: service.to_owned(),
+                after: timeout,
+            }),
+        }
+    }
+
+    fn protocol(&self, peer: &NodeName, detail: &str) -> RpcError {
+        RpcError::Protocol {
+            peer: peer.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+async fn write_request(send: &mut SendStream, head: &[u8], body: &[u8]) -> Result<(), WriteError> {
+    send.write_all(head).await?;
+    send.write_all(body).await?;
+    // Finishing can only fail if the stream was reset already.
+    let _ = send.finish();
+    Ok(())
+}
+
+fn failure(peer: &NodeName, service: &str, timeout: Duration, f: RpcFailure) -> RpcError {
+    let (peer, service) = (peer.clone(), service.to_owned());
+    match f {
+        RpcFailure::NoSuchService => RpcError::NoSuchService { peer, service },
+        RpcFailure::Remote(message) => RpcError::Remote {
+            peer,
+            service,
+            message,
+        },
+        RpcFailure::Panicked(message) => RpcError::Panicked {
+            peer,
+            service,
+            message,
+        },
+        RpcFailure::BadRequest(detail) => RpcError::Decode {
+            side: Side::Request,
+            service,
+            detail,
+        },
+        RpcFailure::TooLarge { limit, response } => RpcError::TooLarge {
+            side: if response {
+                Side::Response
+            } else {
+                Side::Request
+            },
+            service,
+            limit,
+        },
+        RpcFailure::Overloaded => RpcError::Overloaded { peer },
+        RpcFailure::Timeout => RpcError::Timeout {
+            peer,
+            service,
+            after: timeout,
+        },
+        other => RpcError::Protocol {
+            peer,
+            detail: format!("unknown failure {other:?}"),
+        },
+    }
+}

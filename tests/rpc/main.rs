@@ -1,0 +1,506 @@
+//! Typed RPC between real nodes: every error kind, cancellation, deadline
+//! propagation, back-pressure, multicall.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use quicmesh::{Node, RegisterError, RpcError, Side};
+use support::*;
+
+const COOKIE: &str = "rpc-cookie";
+
+/// Two connected nodes: `a` calls, `b` serves.
+async fn pair() -> (Node, Node) {
+    pair_with(|_| {}).await
+}
+
+async fn pair_with(configure_b: impl FnOnce(&mut quicmesh::NodeConfig)) -> (Node, Node) {
+    let a = node("a", COOKIE).await;
+    let b = builder("b", COOKIE)
+        .configure(configure_b)
+        .start()
+        .await
+        .expect("b starts");
+    a.connect(&b.addr()).await.expect("connect");
+    b.wait_for_nodes(1, WAIT).await.expect("b sees a");
+    (a, b)
+}
+
+/// Sets its flag when dropped: shows that a handler's future was dropped.
+struct DropFlag(Arc<AtomicBool>);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn typed_call_round_trip() {
+    bounded(async {
+        let (a, b) = pair().await;
+        b.register("add", |ctx, (x, y): (i64, i64)| async move {
+            assert_eq!(ctx.from.as_str(), "a@127.0.0.1");
+            Ok::<_, String>(x + y)
+        })
+        .expect("register");
+        let sum: i64 = a.call(b.name(), "add", &(40i64, 2i64)).await.expect("call");
+        assert_eq!(sum, 42);
+        // Services can be added while running; names are unique.
+        assert_eq!(
+            b.register("add", |_, ()| async { Ok::<(), String>(()) }),
+            Err(RegisterError::AlreadyRegistered("add".into()))
+        );
+        assert!(b.unregister("add"));
+        let err = a
+            .call::<_, i64>(b.name(), "add", &(1i64, 1i64))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RpcError::NoSuchService { .. }), "{err}");
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn not_connected_and_no_such_service_did_not_run() {
+    bounded(async {
+        let (a, b) = pair().await;
+        let err = a
+            .call::<_, ()>(&name("z@127.0.0.1"), "x", &())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RpcError::NotConnected { .. }), "{err}");
+        assert!(!err.may_have_run());
+        let err = a.cast(&name("z@127.0.0.1"), "x", &()).await.unwrap_err();
+        assert!(matches!(err, RpcError::NotConnected { .. }), "{err}");
+        let err = a.call::<_, ()>(b.name(), "missing", &()).await.unwrap_err();
+        assert_eq!(
+            err,
+            RpcError::NoSuchService {
+                peer: b.name().clone(),
+                service: "missing".into()
+            }
+        );
+        assert!(!err.may_have_run());
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn handler_error_and_panic_are_reported_and_the_node_keeps_serving() {
+    bounded(async {
+        let (a, b) = pair().await;
+        b.register("div", |_, (x, y): (i64, i64)| async move {
+            if y == 0 {
+                return Err("division by zero");
+            }
+            if y < 0 {
+                panic!("negative divisor {y}");
+            }
+            Ok(x / y)
+        })
+        .expect("register");
+        let err = a
+            .call::<_, i64>(b.name(), "div", &(1i64, 0i64))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Remote { message, .. } if message == "division by zero"),
+            "{err}"
+        );
+        let err = a
+            .call::<_, i64>(b.name(), "div", &(1i64, -1i64))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Panicked { message, .. } if message == "negative divisor -1"),
+            "{err}"
+        );
+        assert!(err.may_have_run());
+        let q: i64 = a
+            .call(b.name(), "div", &(9i64, 3i64))
+            .await
+            .expect("still serving");
+        assert_eq!(q, 3);
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn undecodable_request_and_response_name_the_side() {
+    bounded(async {
+        let (a, b) = pair().await;
+        b.register("greet", |_, who: String| async move {
+            Ok::<_, String>(format!("hi {who}"))
+        })
+        .expect("register");
+        // A u64 is not a String on the wire.
+        let err = a
+            .call::<_, String>(b.name(), "greet", &u64::MAX)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RpcError::Decode {
+                    side: Side::Request,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!err.may_have_run());
+        // A String is not a (u64, u64).
+        let err = a
+            .call::<_, (u64, u64)>(b.name(), "greet", "x")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RpcError::Decode {
+                    side: Side::Response,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn too_large_is_refused_with_the_limit() {
+    bounded(async {
+        let (a, b) = pair_with(|c| c.rpc.max_message = 1024).await;
+        b.register("echo", |_, v: Vec<u8>| async move { Ok::<_, String>(v) })
+            .expect("register");
+        b.register("grow", |_, n: usize| async move {
+            Ok::<_, String>(vec![7u8; n])
+        })
+        .expect("register");
+        // The callee's limit refuses a request the caller's allows.
+        let err = a
+            .call::<_, Vec<u8>>(b.name(), "echo", &vec![1u8; 10_000])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RpcError::TooLarge {
+                    side: Side::Request,
+                    limit: 1024,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A response over the callee's limit is not sent.
+        let err = a
+            .call::<_, Vec<u8>>(b.name(), "grow", &5000usize)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RpcError::TooLarge {
+                    side: Side::Response,
+                    limit: 1024,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The caller's own limit is checked before sending.
+        let err = b
+            .call::<_, Vec<u8>>(a.name(), "echo", &vec![0u8; 2000])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RpcError::TooLarge {
+                    side: Side::Request,
+                    limit: 1024,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let small: Vec<u8> = a
+            .call(b.name(), "echo", &vec![5u8; 100])
+            .await
+            .expect("fits");
+        assert_eq!(small.len(), 100);
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn timeout_cancels_the_handler() {
+    bounded(async {
+        let (a, b) = pair().await;
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        b.register("slow", move |_, ()| {
+            let guard = DropFlag(flag.clone());
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, String>(())
+            }
+        })
+        .expect("register");
+        let err = a
+            .call_timeout::<_, ()>(b.name(), "slow", &(), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
+        assert!(err.may_have_run());
+        eventually("the handler's future was dropped", || {
+            dropped.load(Ordering::SeqCst)
+        })
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_the_call_cancels_the_handler() {
+    bounded(async {
+        let (a, b) = pair().await;
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (started_tx, started_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let flag = dropped.clone();
+        b.register("wait", move |_, ()| {
+            let (guard, started) = (DropFlag(flag.clone()), started_tx.clone());
+            async move {
+                let _guard = guard;
+                let _ = started.send(()).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, String>(())
+            }
+        })
+        .expect("register");
+        let call = {
+            let (a, peer) = (a.clone(), b.name().clone());
+            tokio::spawn(async move {
+                a.call_timeout::<_, ()>(&peer, "wait", &(), Duration::from_secs(60))
+                    .await
+            })
+        };
+        let mut started_rx = started_rx;
+        started_rx.recv().await.expect("handler started");
+        assert!(!dropped.load(Ordering::SeqCst));
+        call.abort();
+        eventually("the handler's future was dropped", || {
+            dropped.load(Ordering::SeqCst)
+        })
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deadline_travels_with_the_request() {
+    bounded(async {
+        let (a, b) = pair_with(|c| c.rpc.timeout = Duration::from_millis(300)).await;
+        b.register("left", |ctx, ()| async move {
+            Ok::<_, String>(
+                ctx.deadline
+                    .saturating_duration_since(tokio::time::Instant::now()),
+            )
+        })
+        .expect("register");
+        let left: Duration = a
+            .call_timeout(b.name(), "left", &(), Duration::from_millis(700))
+            .await
+            .expect("call");
+        assert!(
+            left > Duration::ZERO && left <= Duration::from_millis(700),
+            "{left:?}"
+        );
+        assert!(
+            left > Duration::from_millis(300),
+            "the callee used the caller's timeout: {left:?}"
+        );
+
+        // A cast is not cancelled by its caller; the deadline alone stops it.
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        a.register("sleepy", move |_, ()| {
+            let guard = DropFlag(flag.clone());
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, String>(())
+            }
+        })
+        .expect("register");
+        b.cast(a.name(), "sleepy", &()).await.expect("cast");
+        eventually(
+            "the deadline (b's rpc.timeout, 300 ms) dropped the handler",
+            || dropped.load(Ordering::SeqCst),
+        )
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cast_runs_the_handler_without_a_reply() {
+    bounded(async {
+        let (a, b) = pair().await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(4);
+        b.register("note", move |_, n: u32| {
+            let tx = tx.clone();
+            async move {
+                tx.send(n).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            }
+        })
+        .expect("register");
+        a.cast(b.name(), "note", &7u32).await.expect("cast");
+        let got = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("handler ran");
+        assert_eq!(got, Some(7));
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn peer_going_down_mid_call_is_node_down() {
+    bounded(async {
+        let (a, b) = pair().await;
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<()>(1);
+        b.register("hang", move |_, ()| {
+            let started = started_tx.clone();
+            async move {
+                let _ = started.send(()).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, String>(())
+            }
+        })
+        .expect("register");
+        let call = {
+            let (a, peer) = (a.clone(), b.name().clone());
+            tokio::spawn(async move {
+                a.call_timeout::<_, ()>(&peer, "hang", &(), Duration::from_secs(60))
+                    .await
+            })
+        };
+        started_rx.recv().await.expect("handler started");
+        drop(b); // the last handle: the node stops without a graceful shutdown
+        let err = call.await.expect("joined").unwrap_err();
+        assert!(matches!(err, RpcError::NodeDown { .. }), "{err}");
+        assert!(err.may_have_run());
+        a.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_flood_of_calls_is_bounded_per_peer() {
+    bounded(async {
+        const LIMIT: usize = 8;
+        let (a, b) = pair_with(|c| c.rpc.max_inbound_per_peer = LIMIT).await;
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (r, p) = (running.clone(), peak.clone());
+        b.register("work", move |_, payload: Vec<u8>| {
+            let (running, peak) = (r.clone(), p.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, String>(payload.len())
+            }
+        })
+        .expect("register");
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..300 {
+            let (a, peer) = (a.clone(), b.name().clone());
+            calls.spawn(async move { a.call::<_, usize>(&peer, "work", &vec![0u8; 4096]).await });
+        }
+        let (mut ok, mut overloaded) = (0, 0);
+        while let Some(r) = calls.join_next().await {
+            match r.expect("joined") {
+                Ok(4096) => ok += 1,
+                Err(RpcError::Overloaded { .. }) => overloaded += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            peak.load(Ordering::SeqCst) <= LIMIT,
+            "peak {}",
+            peak.load(Ordering::SeqCst)
+        );
+        assert!(
+            ok >= LIMIT && overloaded > 0,
+            "ok {ok}, overloaded {overloaded}"
+        );
+        assert_eq!(ok + overloaded, 300);
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn multicall_reports_each_node_including_a_down_one() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let b = node("b", COOKIE).await;
+        let c = node("c", COOKIE).await;
+        a.connect(&b.addr()).await.expect("connect b");
+        a.connect(&c.addr()).await.expect("connect c");
+        for n in [&b, &c] {
+            let me = n.name().to_string();
+            n.register("whoami", move |_, ()| {
+                let me = me.clone();
+                async move { Ok::<_, String>(me) }
+            })
+            .expect("register");
+        }
+        let mut events = a.events();
+        c.shutdown().await;
+        wait_down(&mut events, c.name()).await;
+        let peers = vec![b.name().clone(), c.name().clone()];
+        let results = a.multicall::<_, String>(&peers, "whoami", &(), WAIT).await;
+        assert_eq!(results.len(), 2);
+        assert_eq!(&results[0].0, b.name());
+        assert_eq!(results[0].1.as_deref(), Ok("b@127.0.0.1"));
+        assert_eq!(&results[1].0, c.name());
+        assert!(
+            matches!(results[1].1, Err(RpcError::NotConnected { .. })),
+            "{:?}",
+            results[1].1
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
