@@ -38,6 +38,7 @@
 //!   simultaneous dials, heartbeats, transitive mesh, reconnects) and the
 //!   [`Node`] facade.
 
+mod app;
 mod config;
 mod error;
 mod event;
@@ -47,6 +48,7 @@ mod rpc;
 mod status;
 mod transport;
 
+pub use app::{IncomingStream, OpenError, ProtocolListener, is_unknown_protocol};
 pub use config::{
     ConfigError, HeartbeatConfig, IdentityConfig, NodeConfig, ReconnectConfig, RpcConfig,
 };
@@ -57,5 +59,6 @@ pub use quicmesh_identity as identity;
 pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie};
 pub use quicmesh_wire as wire;
 pub use quicmesh_wire::{DEFAULT_PORT, NameError, NodeAddr, NodeName};
+pub use quinn;
 pub use rpc::{CallContext, RegisterError, RpcError, Side};
 pub use status::{CounterSnapshot, PeerState, PeerStatus, Status};

@@ -66,6 +66,8 @@ pub(crate) struct Membership {
     pub(crate) counters: Counters,
     /// The RPC services this node serves.
     pub(crate) services: crate::rpc::Services,
+    /// The application protocols this node serves.
+    pub(crate) protocols: crate::app::Protocols,
     pub(crate) token: CancellationToken,
     pub(crate) tracker: TaskTracker,
     handshakes: Arc<Semaphore>,
@@ -130,6 +132,7 @@ impl Membership {
             events: broadcast::Sender::new(EVENT_QUEUE),
             counters: Counters::default(),
             services: crate::rpc::Services::default(),
+            protocols: crate::app::Protocols::default(),
             token: CancellationToken::new(),
             tracker: TaskTracker::new(),
             handshakes: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),

@@ -12,6 +12,7 @@ use quicmesh_wire::RpcMode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::app::{OpenError, ProtocolListener};
 use crate::config::{ConfigError, IdentityConfig, NodeConfig};
 use crate::error::{ConnectError, PingError, StartError, WaitError};
 use crate::event::EventStream;
@@ -278,6 +279,54 @@ impl Node {
             .collect()
     }
 
+    /// Registers an application protocol: the returned listener accepts
+    /// the streams peers open for it with [`Node::open_bi`] /
+    /// [`Node::open_uni`]. Dropping the listener unregisters it.
+    pub fn protocol(&self, name: &str) -> Result<ProtocolListener, RegisterError> {
+        self.m().protocols.register(name)
+    }
+
+    /// Opens a bidirectional stream of `protocol` to `peer`. A peer that
+    /// does not serve `protocol` resets it with
+    /// [`CloseCode::UnknownProtocol`](crate::wire::CloseCode) (see
+    /// [`is_unknown_protocol`](crate::is_unknown_protocol)).
+    pub async fn open_bi(
+        &self,
+        peer: &NodeName,
+        protocol: &str,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), OpenError> {
+        let conn = self.app_conn(peer, protocol)?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| down(peer, &e))?;
+        send.write_all(&app_header(protocol)?)
+            .await
+            .map_err(|e| down(peer, &e))?;
+        Ok((send, recv))
+    }
+
+    /// Opens a unidirectional stream of `protocol` to `peer`.
+    pub async fn open_uni(
+        &self,
+        peer: &NodeName,
+        protocol: &str,
+    ) -> Result<quinn::SendStream, OpenError> {
+        let conn = self.app_conn(peer, protocol)?;
+        let mut send = conn.open_uni().await.map_err(|e| down(peer, &e))?;
+        send.write_all(&app_header(protocol)?)
+            .await
+            .map_err(|e| down(peer, &e))?;
+        Ok(send)
+    }
+
+    fn app_conn(&self, peer: &NodeName, protocol: &str) -> Result<quinn::Connection, OpenError> {
+        if crate::rpc::check_name(protocol).is_err() {
+            return Err(OpenError::BadName(protocol.to_owned()));
+        }
+        self.m()
+            .link(peer)
+            .map(|l| l.conn)
+            .ok_or_else(|| OpenError::NotConnected(peer.clone()))
+    }
+
     /// Shuts down gracefully: peers see `NodeDown { reason: Shutdown }` at
     /// once. Idempotent; later calls wait for the first to finish. The UDP
     /// port is released when the last handle to the node is dropped.
@@ -439,4 +488,23 @@ fn decode<Resp: DeserializeOwned>(service: &str, body: &[u8]) -> Result<Resp, Rp
         service: service.to_owned(),
         detail: e.to_string(),
     })
+}
+
+fn app_header(protocol: &str) -> Result<Vec<u8>, OpenError> {
+    let mut bytes = quicmesh_wire::StreamKind::App.header().to_vec();
+    let header = quicmesh_wire::AppHeader {
+        protocol: protocol.to_owned(),
+    };
+    bytes.extend(
+        quicmesh_wire::frame::encode(&header, quicmesh_wire::MAX_HEADER_FRAME)
+            .map_err(|_| OpenError::BadName(protocol.to_owned()))?,
+    );
+    Ok(bytes)
+}
+
+fn down(peer: &NodeName, e: &dyn std::fmt::Display) -> OpenError {
+    OpenError::NodeDown {
+        peer: peer.clone(),
+        detail: e.to_string(),
+    }
 }

@@ -165,9 +165,9 @@ async fn serve_streams(m: Arc<Membership>, name: quicmesh_wire::NodeName, handle
                 Err(_) => return,
             },
             uni = conn.accept_uni() => match uni {
-                // No unidirectional kind is defined yet.
-                Ok(mut recv) => {
-                    let _ = recv.stop(VarInt::from_u32(CloseCode::UnknownStreamKind.code()));
+                Ok(recv) => {
+                    let served = serve_uni(m.clone(), name.clone(), handle.clone(), recv);
+                    streams.spawn(served.in_current_span());
                 }
                 Err(_) => return,
             },
@@ -222,6 +222,11 @@ async fn serve_bi(
                 m.protocol_violation(&name, &handle, detail);
             }
         }
+        Ok(StreamKind::App) => {
+            if let Err(detail) = m.protocols.dispatch(name.clone(), Some(send), recv).await {
+                m.protocol_violation(&name, &handle, detail);
+            }
+        }
         Ok(StreamKind::Control) => {
             m.protocol_violation(&name, &handle, "a second control stream".to_owned());
         }
@@ -233,6 +238,30 @@ async fn serve_bi(
         Ok(other) => {
             debug!("refused a stream of kind {other:?}, which this node does not serve");
             refuse(&mut send, &mut recv, CloseCode::UnknownStreamKind);
+        }
+    }
+}
+
+/// Unidirectional streams: only application protocols use them.
+async fn serve_uni(
+    m: Arc<Membership>,
+    name: quicmesh_wire::NodeName,
+    handle: LinkHandle,
+    mut recv: RecvStream,
+) {
+    let patience = m.config.handshake_timeout;
+    match transport::within(patience, transport::read_kind(&mut recv)).await {
+        Some(Ok(Ok(StreamKind::App))) => {
+            if let Err(detail) = m.protocols.dispatch(name.clone(), None, recv).await {
+                m.protocol_violation(&name, &handle, detail);
+            }
+        }
+        Some(Err(StreamError::Bad(e))) => {
+            m.protocol_violation(&name, &handle, format!("stream header: {e}"));
+        }
+        Some(Err(StreamError::Transport(_))) => {}
+        Some(Ok(_)) | None => {
+            let _ = recv.stop(VarInt::from_u32(CloseCode::UnknownStreamKind.code()));
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use quicmesh::{Node, RegisterError, RpcError, Side};
+use quicmesh::{Node, RegisterError, RpcError, Side, quinn};
 use support::*;
 
 const COOKIE: &str = "rpc-cookie";
@@ -499,6 +499,93 @@ async fn multicall_reports_each_node_including_a_down_one() {
             "{:?}",
             results[1].1
         );
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn custom_protocol_exchanges_data_both_ways() {
+    bounded(async {
+        let (a, b) = pair().await;
+        let mut listener = b.protocol("upper").expect("register");
+        assert_eq!(
+            b.protocol("upper").unwrap_err(),
+            RegisterError::AlreadyRegistered("upper".into())
+        );
+        let server = tokio::spawn(async move {
+            let s = listener.accept().await.expect("a stream");
+            let mut send = s.send.expect("bidirectional");
+            let mut recv = s.recv;
+            let mut total = 0usize;
+            // Echo upper-cased as data arrives: both directions at once.
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Some(n) = recv.read(&mut buf).await.expect("read") {
+                total += n;
+                send.write_all(&buf[..n].to_ascii_uppercase())
+                    .await
+                    .expect("write");
+            }
+            send.finish().expect("finish");
+            (s.peer, total, listener)
+        });
+        let (mut send, mut recv) = a.open_bi(b.name(), "upper").await.expect("open");
+        let chunk = b"hello quicmesh ".repeat(1000);
+        let writer = tokio::spawn(async move {
+            for _ in 0..100 {
+                send.write_all(&chunk).await.expect("write");
+            }
+            send.finish().expect("finish");
+        });
+        let reply = recv.read_to_end(16 << 20).await.expect("reply");
+        writer.await.expect("writer");
+        let (peer, total, mut listener) = server.await.expect("server");
+        assert_eq!(&peer, a.name());
+        assert_eq!(total, 1_500_000);
+        assert_eq!(reply, b"HELLO QUICMESH ".repeat(100_000));
+
+        // A unidirectional stream arrives without a send half.
+        let mut uni = a.open_uni(b.name(), "upper").await.expect("open uni");
+        uni.write_all(b"one way").await.expect("write");
+        uni.finish().expect("finish");
+        let s = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .expect("accepted")
+            .expect("stream");
+        assert!(s.send.is_none());
+        let mut recv = s.recv;
+        assert_eq!(recv.read_to_end(64).await.expect("read"), b"one way");
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_protocol_is_refused_with_its_code() {
+    bounded(async {
+        let (a, b) = pair().await;
+        let listener = b.protocol("known").expect("register");
+        drop(listener); // unregisters
+        for protocol in ["never-registered", "known"] {
+            let (mut send, mut recv) = a.open_bi(b.name(), protocol).await.expect("open");
+            let _ = send.write_all(b"x").await;
+            match recv.read_to_end(64).await {
+                Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+                    assert!(
+                        quicmesh::is_unknown_protocol(code),
+                        "{protocol}: code {code}"
+                    );
+                }
+                other => panic!("{protocol}: expected a reset, got {other:?}"),
+            }
+        }
+        // The peer is still connected and serving.
+        a.ping(b.name(), WAIT).await.expect("still up");
+        let _again = b.protocol("known").expect("re-register after drop");
+        let err = a.open_bi(&name("z@127.0.0.1"), "known").await.unwrap_err();
+        assert_eq!(err, quicmesh::OpenError::NotConnected(name("z@127.0.0.1")));
         a.shutdown().await;
         b.shutdown().await;
     })
