@@ -60,5 +60,5 @@ pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie};
 pub use quicmesh_wire as wire;
 pub use quicmesh_wire::{DEFAULT_PORT, NameError, NodeAddr, NodeName};
 pub use quinn;
-pub use rpc::{CallContext, RegisterError, RpcError, Side};
+pub use rpc::{CallContext, RegisterError, Requests, Responses, RpcError, Side, StreamingCall};
 pub use status::{CounterSnapshot, PeerState, PeerStatus, Status};

@@ -17,7 +17,7 @@ use crate::config::{ConfigError, IdentityConfig, NodeConfig};
 use crate::error::{ConnectError, PingError, StartError, WaitError};
 use crate::event::EventStream;
 use crate::membership::Membership;
-use crate::rpc::{CallContext, RegisterError, RpcError, Side};
+use crate::rpc::{CallContext, RegisterError, Requests, Responses, RpcError, Side, StreamingCall};
 use crate::status::Status;
 use crate::transport;
 
@@ -277,6 +277,60 @@ impl Node {
                 (peer.clone(), r.and_then(|body| decode(service, &body)))
             })
             .collect()
+    }
+
+    /// Serves a streaming `service`: the handler gets the caller's initial
+    /// `Req`, the caller's further items ([`Requests`]) and a sink for its
+    /// own items ([`Responses`]); the call ends when it returns. Items flow
+    /// under QUIC flow control, so neither side buffers more than a few;
+    /// `rpc.max_message` bounds each item, not the whole stream. Returning
+    /// an error ends the caller's stream with [`RpcError::Remote`].
+    pub fn register_stream<F, Fut, Req, In, Out, E>(
+        &self,
+        service: &str,
+        handler: F,
+    ) -> Result<(), RegisterError>
+    where
+        F: Fn(CallContext, Req, Requests<In>, Responses<Out>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        In: DeserializeOwned + Send + 'static,
+        Out: Serialize + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.m().services.register_stream(service, handler)
+    }
+
+    /// Starts a streaming call to `service` on `peer` with `request`; send
+    /// more items and read the handler's with the returned
+    /// [`StreamingCall`]. Refusals (no such service, overloaded) arrive as
+    /// its first item. No timeout applies once it is open: drop it to
+    /// cancel.
+    pub async fn call_stream<Req, In, Out>(
+        &self,
+        peer: &NodeName,
+        service: &str,
+        request: &Req,
+    ) -> Result<StreamingCall<In, Out>, RpcError>
+    where
+        Req: Serialize + ?Sized,
+        In: Serialize,
+        Out: DeserializeOwned,
+    {
+        let max = self.m().config.rpc.max_message;
+        let item = quicmesh_wire::encode_item(request, max).map_err(|_| RpcError::TooLarge {
+            side: Side::Request,
+            service: service.to_owned(),
+            limit: max as u64,
+        })?;
+        let (send, recv) = self.m().open_stream(peer, service, &item).await?;
+        Ok(StreamingCall::new(
+            send,
+            recv,
+            peer.clone(),
+            service.to_owned(),
+            max,
+        ))
     }
 
     /// Registers an application protocol: the returned listener accepts

@@ -17,6 +17,7 @@
 mod client;
 mod error;
 mod server;
+mod stream;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,6 +32,7 @@ use serde::de::DeserializeOwned;
 
 pub use error::{RegisterError, RpcError, Side};
 pub(crate) use server::serve;
+pub use stream::{Requests, Responses, StreamingCall};
 
 /// What a handler knows about the call it serves.
 #[derive(Debug, Clone)]
@@ -81,9 +83,65 @@ where
     }
 }
 
+/// A streaming service with its types erased: the request bytes and the
+/// stream halves in, the handler's outcome out.
+pub(crate) trait StreamHandler: Send + Sync {
+    fn handle(
+        &self,
+        ctx: CallContext,
+        request: Vec<u8>,
+        recv: quinn::RecvStream,
+        send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
+        max: usize,
+    ) -> BoxFuture<Result<(), RpcFailure>>;
+}
+
+/// Adapts a typed async streaming function to [`StreamHandler`].
+struct TypedStream<F, Req, In, Out, E> {
+    f: F,
+    _types: PhantomData<fn(Req, In, Out) -> E>,
+}
+
+impl<F, Fut, Req, In, Out, E> StreamHandler for TypedStream<F, Req, In, Out, E>
+where
+    F: Fn(CallContext, Req, Requests<In>, Responses<Out>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    Req: DeserializeOwned + Send + 'static,
+    In: DeserializeOwned + Send + 'static,
+    Out: Serialize + Send + 'static,
+    E: fmt::Display + Send + 'static,
+{
+    fn handle(
+        &self,
+        ctx: CallContext,
+        request: Vec<u8>,
+        recv: quinn::RecvStream,
+        send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
+        max: usize,
+    ) -> BoxFuture<Result<(), RpcFailure>> {
+        let req: Req = match quicmesh_wire::frame::decode(&request) {
+            Ok(r) => r,
+            Err(e) => return Box::pin(async move { Err(RpcFailure::BadRequest(e.to_string())) }),
+        };
+        let (requests, responses) =
+            stream::handler_ends(recv, send, ctx.from.clone(), ctx.service.clone(), max);
+        let fut = (self.f)(ctx, req, requests, responses);
+        Box::pin(async move { fut.await.map_err(|e| RpcFailure::Remote(e.to_string())) })
+    }
+}
+
+/// A registered service.
+#[derive(Clone)]
+pub(crate) enum Service {
+    /// Request in, response out.
+    Unary(Arc<dyn Handler>),
+    /// Items both ways.
+    Streaming(Arc<dyn StreamHandler>),
+}
+
 /// The services a node serves, by name; changed at run time.
 #[derive(Default)]
-pub(crate) struct Services(RwLock<HashMap<String, Arc<dyn Handler>>>);
+pub(crate) struct Services(RwLock<HashMap<String, Service>>);
 
 impl fmt::Debug for Services {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,12 +151,42 @@ impl fmt::Debug for Services {
 }
 
 impl Services {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<dyn Handler>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Service>> {
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Service> {
         self.read().get(name).cloned()
+    }
+
+    fn insert(&self, name: &str, service: Service) -> Result<(), RegisterError> {
+        check_name(name)?;
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(name) {
+            return Err(RegisterError::AlreadyRegistered(name.to_owned()));
+        }
+        map.insert(name.to_owned(), service);
+        Ok(())
+    }
+
+    pub(crate) fn register_stream<F, Fut, Req, In, Out, E>(
+        &self,
+        name: &str,
+        f: F,
+    ) -> Result<(), RegisterError>
+    where
+        F: Fn(CallContext, Req, Requests<In>, Responses<Out>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        Req: DeserializeOwned + Send + 'static,
+        In: DeserializeOwned + Send + 'static,
+        Out: Serialize + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        let handler = TypedStream {
+            f,
+            _types: PhantomData,
+        };
+        self.insert(name, Service::Streaming(Arc::new(handler)))
     }
 
     pub(crate) fn register<F, Fut, Req, Resp, E>(
@@ -113,17 +201,11 @@ impl Services {
         Resp: Serialize + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        check_name(name)?;
-        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if map.contains_key(name) {
-            return Err(RegisterError::AlreadyRegistered(name.to_owned()));
-        }
         let handler = Typed {
             f,
             _types: PhantomData,
         };
-        map.insert(name.to_owned(), Arc::new(handler));
-        Ok(())
+        self.insert(name, Service::Unary(Arc::new(handler)))
     }
 
     pub(crate) fn unregister(&self, name: &str) -> bool {

@@ -122,6 +122,54 @@ impl Membership {
         }
     }
 
+    /// Opens a streaming call: header and first item sent, nothing awaited
+    /// from the callee (its refusals arrive as the stream's failure item).
+    pub(crate) async fn open_stream(
+        self: &Arc<Self>,
+        peer: &NodeName,
+        service: &str,
+        first_item: &[u8],
+    ) -> Result<(SendStream, RecvStream), RpcError> {
+        let conn = self
+            .link(peer)
+            .ok_or_else(|| RpcError::NotConnected { peer: peer.clone() })?
+            .conn;
+        let timeout = self.config.rpc.timeout;
+        let header = RpcHeader {
+            service: service.to_owned(),
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            mode: RpcMode::Stream,
+        };
+        let mut head = StreamKind::Rpc.header().to_vec();
+        head.extend(
+            frame::encode(&header, MAX_HEADER_FRAME)
+                .map_err(|e| self.protocol(peer, &e.to_string()))?,
+        );
+        let down = |detail: String| RpcError::NodeDown {
+            peer: peer.clone(),
+            detail,
+        };
+        let open = async {
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| down(e.to_string()))?;
+            send.write_all(&head)
+                .await
+                .map_err(|e| down(e.to_string()))?;
+            send.write_all(first_item)
+                .await
+                .map_err(|e| down(e.to_string()))?;
+            Ok((send, recv))
+        };
+        tokio::time::timeout(timeout, open)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RpcError::Timeout {
+                    peer: peer.clone(),
+                    service: service.to_owned(),
+                    after: timeout,
+                })
+            })
+    }
+
     fn protocol(&self, peer: &NodeName, detail: &str) -> RpcError {
         RpcError::Protocol {
             peer: peer.clone(),
@@ -138,7 +186,12 @@ async fn write_request(send: &mut SendStream, head: &[u8], body: &[u8]) -> Resul
     Ok(())
 }
 
-fn failure(peer: &NodeName, service: &str, timeout: Duration, f: RpcFailure) -> RpcError {
+pub(super) fn failure(
+    peer: &NodeName,
+    service: &str,
+    timeout: Duration,
+    f: RpcFailure,
+) -> RpcError {
     let (peer, service) = (peer.clone(), service.to_owned());
     match f {
         RpcFailure::NoSuchService => RpcError::NoSuchService { peer, service },

@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use quicmesh_wire::{
     CloseCode, MAX_HEADER_FRAME, NodeName, RpcFailure, RpcHeader, RpcMode, RpcStatus,
+    encode_item_failure,
 };
 use quinn::{ReadToEndError, RecvStream, SendStream, VarInt};
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
-use super::CallContext;
+use super::{CallContext, Service, StreamHandler, stream};
 use crate::membership::Membership;
 use crate::transport::{self, StreamError};
 
@@ -31,16 +32,34 @@ pub(crate) async fn serve(
         Err(StreamError::Bad(e)) => return Err(format!("RPC header: {e}")),
         Err(StreamError::Transport(_)) => return Ok(()),
     };
-    let call = header.mode == RpcMode::Call;
+    let mode = header.mode;
     let deadline = Instant::now() + Duration::from_millis(header.timeout_ms.into());
     let max = m.config.rpc.max_message;
     let refuse = |send: SendStream, recv: RecvStream, failure| {
-        finish(send, recv, call, RpcStatus::Failed(failure), Vec::new())
+        finish(send, recv, mode, RpcStatus::Failed(failure), Vec::new())
     };
-
-    let Some(handler) = m.services.get(&header.service) else {
-        debug!(peer = %from, service = %header.service, "no such service");
-        return refuse(send, recv, RpcFailure::NoSuchService).await;
+    let handler = match (mode, m.services.get(&header.service)) {
+        (_, None) => {
+            debug!(peer = %from, service = %header.service, "no such service");
+            return refuse(send, recv, RpcFailure::NoSuchService).await;
+        }
+        (RpcMode::Stream, Some(Service::Streaming(h))) => {
+            let ctx = CallContext {
+                from,
+                service: header.service,
+                deadline,
+            };
+            return serve_stream(h, ctx, permits, max, send, recv).await;
+        }
+        (RpcMode::Stream, Some(Service::Unary(_))) => {
+            let msg = format!("{} is not a streaming service: use call", header.service);
+            return refuse(send, recv, RpcFailure::BadRequest(msg)).await;
+        }
+        (_, Some(Service::Streaming(_))) => {
+            let msg = format!("{} is a streaming service: use call_stream", header.service);
+            return refuse(send, recv, RpcFailure::BadRequest(msg)).await;
+        }
+        (_, Some(Service::Unary(h))) => h,
     };
     // The permit bounds this caller's calls in progress, and so the memory
     // its requests and handlers can hold here.
@@ -74,7 +93,7 @@ pub(crate) async fn serve(
     let stopped = send.stopped();
     let outcome = tokio::select! {
         joined = &mut task => joined,
-        _ = stopped, if call => return Ok(()), // the caller gave up
+        _ = stopped, if mode == RpcMode::Call => return Ok(()), // the caller gave up
         _ = tokio::time::sleep_until(deadline) => {
             return refuse(send, recv, RpcFailure::Timeout).await;
         }
@@ -95,27 +114,87 @@ pub(crate) async fn serve(
         }
         Err(_) => return Ok(()),
     };
-    finish(send, recv, call, status, body).await
+    finish(send, recv, mode, status, body).await
 }
 
-/// Sends the verdict (for calls) and ends both directions.
+/// A streaming call: no status frame; the callee's items follow, and a
+/// failure (including a refusal) is the last item.
+async fn serve_stream(
+    handler: Arc<dyn StreamHandler>,
+    ctx: CallContext,
+    permits: Arc<Semaphore>,
+    max: usize,
+    send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), String> {
+    let refuse = |send, recv, f| {
+        finish(
+            send,
+            recv,
+            RpcMode::Stream,
+            RpcStatus::Failed(f),
+            Vec::new(),
+        )
+    };
+    let Ok(_permit) = permits.try_acquire_owned() else {
+        return refuse(send, recv, RpcFailure::Overloaded).await;
+    };
+    let request =
+        match tokio::time::timeout_at(ctx.deadline, stream::read_request(&mut recv, max)).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(failure)) => return refuse(send, recv, failure).await,
+            Err(_) => return refuse(send, recv, RpcFailure::Timeout).await,
+        };
+    let stopped = send.stopped();
+    let send = Arc::new(Mutex::new(send));
+    let mut task = AbortOnDropHandle::new(tokio::spawn(handler.handle(
+        ctx,
+        request,
+        recv,
+        send.clone(),
+        max,
+    )));
+    let failure = tokio::select! {
+        joined = &mut task => match joined {
+            Ok(Ok(())) => None,
+            Ok(Err(failure)) => Some(failure),
+            Err(e) if e.is_panic() => Some(RpcFailure::Panicked(panic_message(e.into_panic()))),
+            Err(_) => return Ok(()),
+        },
+        _ = stopped => return Ok(()), // the caller gave up
+    };
+    let mut send = send.lock().await;
+    if let Some(f) = failure {
+        let _ = send.write_all(&encode_item_failure(&f)).await;
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Sends the verdict (a status frame for calls, a failure item for
+/// streams, nothing for casts) and ends both directions.
 async fn finish(
     mut send: SendStream,
     mut recv: RecvStream,
-    call: bool,
+    mode: RpcMode,
     status: RpcStatus,
     body: Vec<u8>,
 ) -> Result<(), String> {
     // Whatever of the request is left unread is not wanted any more.
     let _ = recv.stop(VarInt::from_u32(0));
-    if !call {
-        return Ok(());
-    }
-    if transport::write_frame(&mut send, &status, MAX_HEADER_FRAME)
-        .await
-        .is_ok()
-        && send.write_all(&body).await.is_ok()
-    {
+    let written = match (mode, status) {
+        (RpcMode::Call, status) => {
+            transport::write_frame(&mut send, &status, MAX_HEADER_FRAME)
+                .await
+                .is_ok()
+                && send.write_all(&body).await.is_ok()
+        }
+        (RpcMode::Stream, RpcStatus::Failed(f)) => {
+            send.write_all(&encode_item_failure(&f)).await.is_ok()
+        }
+        _ => return Ok(()),
+    };
+    if written {
         let _ = send.finish();
     } else {
         let _ = send.reset(VarInt::from_u32(CloseCode::Cancelled.code()));

@@ -591,3 +591,162 @@ async fn unknown_protocol_is_refused_with_its_code() {
     })
     .await;
 }
+
+/// 64 KiB chunks as bytes (`serde_bytes`), not as a sequence of u8.
+type Chunk = serde_bytes::ByteBuf;
+
+#[tokio::test]
+async fn streaming_call_moves_100_mb_with_bounded_buffering() {
+    bounded(async {
+        const CHUNK: usize = 64 * 1024;
+        const CHUNKS: usize = 1600; // 100 MiB
+        let (a, b) = pair().await;
+        let produced = Arc::new(AtomicUsize::new(0));
+        let p = produced.clone();
+        b.register_stream(
+            "download",
+            move |_, n: usize, _in: quicmesh::Requests<()>, mut out| {
+                let produced = p.clone();
+                async move {
+                    let chunk = Chunk::from(vec![0xab; CHUNK]);
+                    for _ in 0..n {
+                        out.send(&chunk).await.map_err(|e| e.to_string())?;
+                        produced.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok::<_, String>(())
+                }
+            },
+        )
+        .expect("register");
+        let mut call = a
+            .call_stream::<_, (), Chunk>(b.name(), "download", &CHUNKS)
+            .await
+            .expect("open");
+        let (mut bytes, mut consumed, mut max_ahead) = (0usize, 0usize, 0usize);
+        while let Some(item) = call.next().await {
+            let item = item.expect("item");
+            assert!(item.iter().all(|&x| x == 0xab));
+            bytes += item.len();
+            consumed += 1;
+            max_ahead = max_ahead.max(produced.load(Ordering::SeqCst).saturating_sub(consumed));
+            if consumed < 200 {
+                // A slow reader at first: the producer must wait for it.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        assert_eq!(bytes, CHUNK * CHUNKS);
+        // Flow control: the producer never got further ahead than the QUIC
+        // windows allow (a few MiB), far from the whole 100 MiB.
+        assert!(max_ahead < 400, "producer ran {max_ahead} chunks ahead");
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streaming_upload_and_refusals() {
+    bounded(async {
+        let (a, b) = pair().await;
+        b.register_stream(
+            "sum",
+            |_, label: String, mut input: quicmesh::Requests<Chunk>, mut out| async move {
+                let mut total = 0u64;
+                while let Some(chunk) = input.next().await {
+                    total += chunk.map_err(|e| e.to_string())?.len() as u64;
+                }
+                out.send(&format!("{label}: {total}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            },
+        )
+        .expect("register");
+        b.register_stream(
+            "fail",
+            |_, (): (), _in: quicmesh::Requests<()>, mut out| async move {
+                out.send(&1u8).await.map_err(|e| e.to_string())?;
+                Err::<(), _>("gave up after one item".to_owned())
+            },
+        )
+        .expect("register");
+
+        let mut call = a
+            .call_stream::<_, Chunk, String>(b.name(), "sum", "up")
+            .await
+            .expect("open");
+        for _ in 0..100 {
+            call.send(&Chunk::from(vec![1u8; 10_000]))
+                .await
+                .expect("send");
+        }
+        call.finish();
+        assert_eq!(
+            call.next().await.expect("an item").expect("ok"),
+            "up: 1000000"
+        );
+        assert!(call.next().await.is_none());
+
+        let mut call = a
+            .call_stream::<_, (), u8>(b.name(), "fail", &())
+            .await
+            .expect("open");
+        assert_eq!(call.next().await.expect("item").expect("ok"), 1);
+        let err = call.next().await.expect("the failure").unwrap_err();
+        assert!(
+            matches!(&err, RpcError::Remote { message, .. } if message == "gave up after one item"),
+            "{err}"
+        );
+        assert!(call.next().await.is_none());
+
+        let mut call = a
+            .call_stream::<_, (), u8>(b.name(), "nope", &())
+            .await
+            .expect("open");
+        let err = call.next().await.expect("the refusal").unwrap_err();
+        assert!(matches!(err, RpcError::NoSuchService { .. }), "{err}");
+        // A streaming service is not callable as a unary one, and back.
+        let err = a.call::<_, u8>(b.name(), "sum", "x").await.unwrap_err();
+        assert!(err.to_string().contains("call_stream"), "{err}");
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dropping_a_streaming_call_cancels_the_handler() {
+    bounded(async {
+        let (a, b) = pair().await;
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = dropped.clone();
+        b.register_stream(
+            "forever",
+            move |_, (): (), _in: quicmesh::Requests<()>, mut out| {
+                let guard = DropFlag(flag.clone());
+                async move {
+                    let _guard = guard;
+                    // Sends until the caller goes away.
+                    while out.send(&0u64).await.is_ok() {}
+                    Ok::<(), String>(())
+                }
+            },
+        )
+        .expect("register");
+        let mut call = a
+            .call_stream::<_, (), u64>(b.name(), "forever", &())
+            .await
+            .expect("open");
+        for _ in 0..10 {
+            call.next().await.expect("item").expect("ok");
+        }
+        drop(call);
+        eventually("the streaming handler was dropped", || {
+            dropped.load(Ordering::SeqCst)
+        })
+        .await;
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}

@@ -38,7 +38,10 @@ pub use control::{Control, Hello, PeerInfo, Ping, Refusal};
 pub use datagram::Datagram;
 pub use frame::FrameError;
 pub use name::{DEFAULT_PORT, NameError, NodeAddr, NodeName};
-pub use rpc::{AppHeader, MAX_HEADER_FRAME, RpcFailure, RpcHeader, RpcMode, RpcStatus};
+pub use rpc::{
+    AppHeader, Item, MAX_HEADER_FRAME, RpcFailure, RpcHeader, RpcMode, RpcStatus, decode_item,
+    encode_item, encode_item_failure,
+};
 pub use stream::StreamKind;
 
 /// Major protocol version; it is part of the ALPN.

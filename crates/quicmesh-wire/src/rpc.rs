@@ -9,10 +9,20 @@
 //!
 //! Bodies are postcard-encoded application values, unframed: the stream's
 //! end delimits them, so no size prefix caps them; each side enforces its
-//! configured message limit while reading. An application stream (kind
+//! configured message limit while reading.
+//!
+//! A streaming call (mode `Stream`) sends items as frames instead, each a
+//! tag byte and a postcard value ([`encode_item`], [`decode_item`]):
+//!
+//! ```text
+//! caller → callee: [kind] [frame: RpcHeader] [item: request] [item …] FIN
+//! callee → caller: [frame: RpcStatus] [item …] [failure item]? FIN
+//! ``` An application stream (kind
 //! `App`) starts with [`AppHeader`] and then belongs to the application.
 
 use serde::{Deserialize, Serialize};
+
+use crate::FrameError;
 
 /// Largest header or status frame, in bytes (service names, error texts).
 pub const MAX_HEADER_FRAME: usize = 64 * 1024;
@@ -37,6 +47,8 @@ pub enum RpcMode {
     Call,
     /// Fire and forget: the callee replies nothing.
     Cast,
+    /// A streaming call: items flow both ways until each side finishes.
+    Stream,
 }
 
 /// The callee's verdict, followed by the response body when `Ok`.
@@ -75,6 +87,59 @@ pub enum RpcFailure {
     Overloaded,
     /// The handler did not finish before the caller's deadline.
     Timeout,
+}
+
+/// Tag of a stream item frame holding a value.
+const ITEM_VALUE: u8 = 0;
+/// Tag of a stream item frame holding the callee's failure (the last item).
+const ITEM_FAILED: u8 = 1;
+
+/// One item of a streaming call, decoded.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Item<'a> {
+    /// A value: postcard bytes of the item type.
+    Value(&'a [u8]),
+    /// The callee failed; nothing follows.
+    Failed(RpcFailure),
+}
+
+/// Encodes a stream item frame holding `value`, refusing one over `max`.
+pub fn encode_item<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    let mut out = vec![0, 0, 0, 0, ITEM_VALUE];
+    out = postcard::to_extend(value, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    finish_item(out, max)
+}
+
+/// Encodes the failure item that ends a streaming call's responses.
+pub fn encode_item_failure(failure: &RpcFailure) -> Vec<u8> {
+    let out = vec![0, 0, 0, 0, ITEM_FAILED];
+    postcard::to_extend(failure, out)
+        .ok()
+        .and_then(|out| finish_item(out, MAX_HEADER_FRAME).ok())
+        .unwrap_or_default()
+}
+
+fn finish_item(mut out: Vec<u8>, max: usize) -> Result<Vec<u8>, FrameError> {
+    let len = out.len() - crate::frame::PREFIX_LEN;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?;
+    out[..crate::frame::PREFIX_LEN].copy_from_slice(&len32.to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes a stream item frame's body (without its length prefix).
+pub fn decode_item(body: &[u8]) -> Result<Item<'_>, FrameError> {
+    match body.split_first() {
+        Some((&ITEM_VALUE, value)) => Ok(Item::Value(value)),
+        Some((&ITEM_FAILED, rest)) => crate::frame::decode(rest).map(Item::Failed),
+        Some((tag, _)) => Err(FrameError::Malformed(format!(
+            "unknown stream item tag {tag}"
+        ))),
+        None => Err(FrameError::Malformed("empty stream item".into())),
+    }
 }
 
 /// The start of an application-protocol stream. Append-only.
