@@ -47,6 +47,8 @@ use table::{Installed, PeerTable, UpPeer};
 const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 /// Control messages queued per peer before announcements are dropped.
 const CONTROL_QUEUE: usize = 64;
+/// Send priority of control and ping streams: above all application data.
+pub(crate) const CONTROL_PRIORITY: i32 = 2;
 /// Event queue per subscriber.
 const EVENT_QUEUE: usize = 1024;
 
@@ -398,6 +400,7 @@ impl Membership {
         let start = Instant::now();
         let exchange = async {
             let (mut send, mut recv) = link.conn.open_bi().await.map_err(|e| down(&e))?;
+            let _ = send.set_priority(CONTROL_PRIORITY);
             let mut buf = StreamKind::Ping.header().to_vec();
             buf.extend(frame::encode(&Ping { nonce }, 64).map_err(|e| down(&e))?);
             send.write_all(&buf).await.map_err(|e| down(&e))?;

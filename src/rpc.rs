@@ -217,6 +217,37 @@ impl Services {
     }
 }
 
+/// Messages up to this size are "small": their streams are sent before
+/// the data of larger ones, so a 64-byte call never waits behind a 1 MiB
+/// one on the same connection.
+const SMALL_MESSAGE: usize = 64 * 1024;
+
+/// The QUIC send priority for a message of `len` bytes (higher goes
+/// first): small messages above bulk data.
+pub(crate) fn priority_for(len: usize) -> i32 {
+    if len <= SMALL_MESSAGE { 1 } else { 0 }
+}
+
+/// Polls a handler's future, turning a panic into an error instead of
+/// unwinding into the node's task.
+pub(crate) struct CatchUnwind<T>(pub(crate) BoxFuture<T>);
+
+impl<T> Future for CatchUnwind<T> {
+    type Output = Result<T, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
 /// Longest service or protocol name, in bytes.
 pub(crate) const MAX_NAME: usize = 255;
 

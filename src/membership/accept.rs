@@ -155,7 +155,10 @@ impl Membership {
             Err(StreamError::Transport(_)) => return Err(Refuse::Quietly),
         }
         match transport::read_frame::<Control>(&mut recv, self.config.max_frame).await {
-            Ok(Some(Control::Hello(h))) if h.major == PROTOCOL_MAJOR => Ok((send, recv, h)),
+            Ok(Some(Control::Hello(h))) if h.major == PROTOCOL_MAJOR => {
+                let _ = send.set_priority(super::CONTROL_PRIORITY);
+                Ok((send, recv, h))
+            }
             Ok(Some(Control::Hello(h))) => Err(Refuse::Violation(format!(
                 "protocol major {} where {PROTOCOL_MAJOR} was expected",
                 h.major

@@ -136,6 +136,7 @@ impl Membership {
             Ok(s) => s,
             Err(e) => return Err(self.classify(name, &e, verdict)),
         };
+        let _ = send.set_priority(super::CONTROL_PRIORITY);
         let mut opening = StreamKind::Control.header().to_vec();
         let hello = Control::Hello(self.hello(name));
         opening.extend(frame::encode(&hello, max).map_err(|e| violation(e.to_string()))?);

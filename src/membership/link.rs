@@ -199,6 +199,7 @@ async fn serve_bi(
     };
     match kind {
         Ok(StreamKind::Ping) => {
+            let _ = send.set_priority(super::CONTROL_PRIORITY);
             let ping =
                 transport::within(patience, transport::read_frame::<Ping>(&mut recv, 64)).await;
             match ping {

@@ -73,6 +73,7 @@ impl Membership {
         };
         let exchange = async {
             let (send, recv) = conn.open_bi().await.map_err(|e| down(e.to_string()))?;
+            let _ = send.set_priority(super::priority_for(body.len()));
             let mut s = CallStreams {
                 send,
                 recv,

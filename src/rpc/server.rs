@@ -10,10 +10,9 @@ use quicmesh_wire::{
 use quinn::{ReadToEndError, RecvStream, SendStream, VarInt};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
-use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
 
-use super::{CallContext, Service, StreamHandler, stream};
+use super::{CallContext, CatchUnwind, Service, StreamHandler, stream};
 use crate::membership::Membership;
 use crate::transport::{self, StreamError};
 
@@ -86,13 +85,13 @@ pub(crate) async fn serve(
         service: header.service,
         deadline,
     };
-    // The handler runs in its own task so a panic is caught as a JoinError;
-    // dropping the handle (cancel, deadline, connection gone) aborts it,
-    // which drops the handler's future.
-    let mut task = AbortOnDropHandle::new(tokio::spawn(handler.handle(ctx, body)));
+    // The handler runs inside this stream's task, its panics caught;
+    // leaving this function (cancel, deadline, connection gone) drops its
+    // future.
+    let mut handling = CatchUnwind(handler.handle(ctx, body));
     let stopped = send.stopped();
     let outcome = tokio::select! {
-        joined = &mut task => joined,
+        done = &mut handling => done,
         _ = stopped, if mode == RpcMode::Call => return Ok(()), // the caller gave up
         _ = tokio::time::sleep_until(deadline) => {
             return refuse(send, recv, RpcFailure::Timeout).await;
@@ -108,12 +107,12 @@ pub(crate) async fn serve(
         ),
         Ok(Ok(resp)) => (RpcStatus::Ok, resp),
         Ok(Err(failure)) => (RpcStatus::Failed(failure), Vec::new()),
-        Err(e) if e.is_panic() => {
-            let msg = panic_message(e.into_panic());
+        Err(panic) => {
+            let msg = panic_message(panic);
             (RpcStatus::Failed(RpcFailure::Panicked(msg)), Vec::new())
         }
-        Err(_) => return Ok(()),
     };
+    let _ = send.set_priority(super::priority_for(body.len()));
     finish(send, recv, mode, status, body).await
 }
 
@@ -147,19 +146,12 @@ async fn serve_stream(
         };
     let stopped = send.stopped();
     let send = Arc::new(Mutex::new(send));
-    let mut task = AbortOnDropHandle::new(tokio::spawn(handler.handle(
-        ctx,
-        request,
-        recv,
-        send.clone(),
-        max,
-    )));
+    let mut handling = CatchUnwind(handler.handle(ctx, request, recv, send.clone(), max));
     let failure = tokio::select! {
-        joined = &mut task => match joined {
+        done = &mut handling => match done {
             Ok(Ok(())) => None,
             Ok(Err(failure)) => Some(failure),
-            Err(e) if e.is_panic() => Some(RpcFailure::Panicked(panic_message(e.into_panic()))),
-            Err(_) => return Ok(()),
+            Err(panic) => Some(RpcFailure::Panicked(panic_message(panic))),
         },
         _ = stopped => return Ok(()), // the caller gave up
     };

@@ -1,5 +1,6 @@
 //! `quicmesh`: run a node, issue certificates, run the demo cluster.
 
+mod bench;
 mod certs;
 mod demo;
 mod node;
@@ -24,6 +25,9 @@ enum Command {
     Certs(certs::CertsCommand),
     /// Start a 3-node cluster on loopback, kill a node, show what happens.
     Demo,
+    /// Benchmark RPC between two processes against a raw quinn baseline.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Node(args) => runtime().and_then(|rt| rt.block_on(node::run(args))),
         Command::Demo => runtime().and_then(|rt| rt.block_on(demo::run())),
+        Command::Bench(cmd) => runtime().and_then(|rt| rt.block_on(bench::run(cmd))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
