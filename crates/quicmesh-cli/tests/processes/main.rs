@@ -303,3 +303,77 @@ fn demo_runs_and_shows_both_kinds_of_node_down() {
     assert!(text.contains("reason: HeartbeatTimeout"), "{text}");
     assert!(text.contains("reason: Shutdown"), "{text}");
 }
+
+#[test]
+fn bench_runs_between_two_processes_and_writes_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("bench.json");
+    // The server on a free port: bench serve prints its address first.
+    let mut server = std::process::Command::new(EXE)
+        .args([
+            "bench",
+            "serve",
+            "--name",
+            "bench@127.0.0.1:0",
+            "--cookie",
+            COOKIE,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn bench serve");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("stdout")),
+        &mut first,
+    )
+    .expect("read");
+    let addr = first
+        .trim()
+        .strip_prefix("listening ")
+        .expect("listening line")
+        .to_owned();
+    let out = std::process::Command::new(EXE)
+        .args(["bench", "rpc", "--connect", &addr, "--cookie", COOKIE])
+        .args([
+            "--payload",
+            "64,64KiB",
+            "--concurrency",
+            "1,4",
+            "--duration",
+            "200ms",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run bench rpc");
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "quicmesh call",
+        "raw stream per call",
+        "raw lane per caller",
+        "quicmesh stream upload",
+        "mixed: 64B beside 1MiB",
+        "ratios",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid json");
+    let runs = doc["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2 * 2 * 3 + 2 + 2);
+    assert!(runs.iter().all(|r| r["errors"] == 0), "{runs:?}");
+    assert!(
+        runs.iter()
+            .filter(|r| r["label"] == "quicmesh call")
+            .all(|r| r["calls"].as_u64() > Some(0))
+    );
+}
