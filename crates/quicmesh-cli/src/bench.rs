@@ -407,11 +407,10 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
                         errors: 0,
                         bytes: 0,
                     };
-                    match raw::bulk(&raw, &chunk, deadline).await {
+                    match raw::bulk(&raw, &chunk, deadline, &mut r.hist).await {
                         Ok(total) => {
                             r.bytes = total;
                             done.fetch_add(total / CHUNK as u64, Ordering::Relaxed);
-                            let _ = r.hist.record(1);
                         }
                         Err(_) => r.errors += 1,
                     }

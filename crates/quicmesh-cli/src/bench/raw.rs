@@ -150,11 +150,14 @@ pub(crate) async fn bulk(
     conn: &quinn::Connection,
     chunk: &[u8],
     until: tokio::time::Instant,
+    hist: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<u64> {
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&[SINK]).await?;
     while tokio::time::Instant::now() < until {
+        let t = tokio::time::Instant::now();
         send.write_all(chunk).await?;
+        let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
     }
     send.finish()?;
     let mut total = [0u8; 8];
