@@ -377,3 +377,57 @@ fn bench_runs_between_two_processes_and_writes_json() {
             .all(|r| r["calls"].as_u64() > Some(0))
     );
 }
+
+#[tokio::test]
+async fn peer_process_killed_mid_call_is_node_down() {
+    let mut server = Command::new(EXE)
+        .args([
+            "bench",
+            "serve",
+            "--name",
+            "bench@127.0.0.1:0",
+            "--cookie",
+            COOKIE,
+        ])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn bench serve");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("started")
+        .expect("read")
+        .expect("line");
+    let addr: quicmesh::NodeAddr = first
+        .strip_prefix("listening ")
+        .expect("address")
+        .parse()
+        .expect("addr");
+    let a = local_node("caller").await;
+    a.connect(&addr).await.expect("connect");
+
+    // A streaming call into the server process, in flight when it dies.
+    let mut call = a
+        .call_stream::<_, serde_bytes::ByteBuf, u64>(&addr.name, "bench.sink", &())
+        .await
+        .expect("open");
+    let chunk = serde_bytes::ByteBuf::from(vec![0u8; 256 * 1024]);
+    for _ in 0..8 {
+        call.send(&chunk).await.expect("send while alive");
+    }
+    server.start_kill().expect("SIGKILL");
+    let err = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = call.send(&chunk).await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the call fails once the peer is gone");
+    assert!(matches!(err, quicmesh::RpcError::NodeDown { .. }), "{err}");
+    assert!(err.may_have_run());
+    a.shutdown().await;
+}
