@@ -261,7 +261,7 @@ impl Membership {
         let newly_up = match installed {
             Installed::NewlyUp => true,
             Installed::Replaced { old } => {
-                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                count(&self.counters.duplicates);
                 let why = "replaced by a newer connection";
                 let reason = DownReason::ConnectionLost {
                     detail: why.to_owned(),
@@ -342,9 +342,7 @@ impl Membership {
 
     /// A peer broke the protocol: drop it (only it) with a named error.
     fn protocol_violation(&self, name: &NodeName, handle: &LinkHandle, detail: String) {
-        self.counters
-            .protocol_violations
-            .fetch_add(1, Ordering::Relaxed);
+        count(&self.counters.protocol_violations);
         warn!(peer = %name, "protocol violation, dropping the peer: {detail}");
         handle.close(
             CloseCode::ProtocolViolation,

@@ -120,9 +120,7 @@ impl Membership {
         };
         // The tie-break kept another connection: tell the dialler, which
         // closes this one.
-        self.counters
-            .duplicates
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        count(&self.counters.duplicates);
         debug!(peer = %name, "refusing a duplicate connection");
         let _ = transport::write_frame(&mut send, &Control::Refuse(Refusal::Duplicate), 1024).await;
         let _ = send.finish();

@@ -271,3 +271,54 @@ async fn busy_link_without_heartbeats_is_not_declared_down() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn authenticated_peer_that_never_says_hello_is_dropped_after_the_handshake_timeout() {
+    bounded(async {
+        let a = builder("a", COOKIE)
+            .configure(|c| c.handshake_timeout = Duration::from_millis(300))
+            .start()
+            .await
+            .expect("start");
+        let b = healthy_neighbour(&a).await;
+        // A valid identity completes TLS, then sends nothing at all.
+        let me = name("mute@127.0.0.1");
+        let id = Identity::from_cookie(
+            me,
+            &Cookie::new(COOKIE).expect("cookie"),
+            Duration::from_secs(3600),
+        )
+        .expect("identity");
+        let (tls, _) = id.client_config(a.name()).expect("client config");
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let conn = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(quic)),
+                a.local_addr(),
+                "quicmesh",
+            )
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let closed = tokio::time::timeout(WAIT, conn.closed())
+            .await
+            .expect("closed by the node");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                assert_eq!(
+                    CloseCode::from_code(c.error_code.into_inner()),
+                    CloseCode::HandshakeTimeout
+                );
+            }
+            other => panic!("expected HandshakeTimeout, got {other}"),
+        }
+        assert_eq!(a.status().counters.handshake_failures, 1);
+        assert!(!a.nodes().contains(&name("mute@127.0.0.1")));
+        b.ping(a.name(), WAIT).await.expect("a still answers b");
+        endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}

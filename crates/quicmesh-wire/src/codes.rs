@@ -1,7 +1,7 @@
 //! QUIC application error codes used by quicmesh.
 //!
 //! One registry for connection-close and stream-reset codes; values are
-//! never reused. A peer that receives a code it does not know reports it
+//! never reused (0x102 is reserved: it was never sent). A peer that receives a code it does not know reports it
 //! as [`CloseCode::Unknown`].
 
 /// Why a connection was closed or a stream reset, as sent on the wire.
@@ -27,8 +27,6 @@ pub enum CloseCode {
     HandshakeTimeout,
     /// A stream's header named a kind this node does not serve.
     UnknownStreamKind,
-    /// A frame was larger than the receiver accepts.
-    FrameTooLarge,
     /// The caller gave up on the call (dropped it or timed out).
     Cancelled,
     /// An application stream named a protocol this node does not serve.
@@ -51,7 +49,6 @@ impl CloseCode {
             Self::NotAuthenticated => 0x06,
             Self::HandshakeTimeout => 0x07,
             Self::UnknownStreamKind => 0x101,
-            Self::FrameTooLarge => 0x102,
             Self::Cancelled => 0x103,
             Self::UnknownProtocol => 0x104,
             Self::Overloaded => 0x105,
@@ -70,7 +67,6 @@ impl CloseCode {
             0x06 => Self::NotAuthenticated,
             0x07 => Self::HandshakeTimeout,
             0x101 => Self::UnknownStreamKind,
-            0x102 => Self::FrameTooLarge,
             0x103 => Self::Cancelled,
             0x104 => Self::UnknownProtocol,
             0x105 => Self::Overloaded,
@@ -95,7 +91,6 @@ mod tests {
             CloseCode::NotAuthenticated,
             CloseCode::HandshakeTimeout,
             CloseCode::UnknownStreamKind,
-            CloseCode::FrameTooLarge,
             CloseCode::Cancelled,
             CloseCode::UnknownProtocol,
             CloseCode::Overloaded,
