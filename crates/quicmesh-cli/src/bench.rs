@@ -143,8 +143,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             out.send(&total).await.map_err(|e| e.to_string())
         },
     )?;
-    println!("listening {}", node.addr());
-    println!("raw baseline on {raw_addr}");
+    crate::node::say(format_args!("listening {}", node.addr()));
+    crate::node::say(format_args!("raw baseline on {raw_addr}"));
     tokio::signal::ctrl_c().await?;
     node.shutdown().await;
     Ok(())

@@ -90,7 +90,7 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     let node = quicmesh::Builder::from_config(config).start().await?;
     // The first line on stdout says where the node is (scripts read it).
-    println!("listening {}", node.addr());
+    say(format_args!("listening {}", node.addr()));
     let mut events = node.events();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -99,8 +99,8 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             e = events.recv() => match e {
-                Ok(NodeEvent::NodeUp { node, .. }) => println!("up {node}"),
-                Ok(NodeEvent::NodeDown { node, reason }) => println!("down {node} {reason}"),
+                Ok(NodeEvent::NodeUp { node, .. }) => say(format_args!("up {node}")),
+                Ok(NodeEvent::NodeDown { node, reason }) => say(format_args!("down {node} {reason}")),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("{e}"),
             },
@@ -108,4 +108,12 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     Ok(())
+}
+
+/// Prints one line to stdout; a reader that went away (closed pipe) must
+/// not take the node down with it, so write errors are ignored.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }

@@ -322,12 +322,11 @@ fn bench_runs_between_two_processes_and_writes_json() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn bench serve");
+    // Keep the pipe open until the end: the server prints more lines, and
+    // a closed pipe would kill it.
+    let mut server_out = std::io::BufReader::new(server.stdout.take().expect("stdout"));
     let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().expect("stdout")),
-        &mut first,
-    )
-    .expect("read");
+    std::io::BufRead::read_line(&mut server_out, &mut first).expect("read");
     let addr = first
         .trim()
         .strip_prefix("listening ")
@@ -349,6 +348,7 @@ fn bench_runs_between_two_processes_and_writes_json() {
         .expect("run bench rpc");
     let _ = server.kill();
     let _ = server.wait();
+    drop(server_out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
