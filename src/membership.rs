@@ -511,20 +511,22 @@ impl Membership {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    /// Stops everything: tasks first, then the endpoint closes every
-    /// connection with `Shutdown`, so peers see `NodeDown { Shutdown }`
-    /// at once; then waits (bounded) for the close to be delivered.
+    /// Stops everything: the endpoint closes every connection with
+    /// `Shutdown` first, so peers see `NodeDown { Shutdown }` at once, then
+    /// the tasks stop; then waits (bounded) for the close to be delivered.
+    /// The order matters: a task that ended first would drop the last
+    /// handle of its connection, which quinn closes with code 0.
     pub(crate) async fn shutdown(&self) {
         if self.shutting_down.swap(true, Ordering::AcqRel) {
             self.tracker.wait().await;
             return;
         }
         info!(node = %self.me, "shutting down");
-        self.token.cancel();
         self.endpoint.close(
             quinn::VarInt::from_u32(CloseCode::Shutdown.code()),
             b"node shutting down",
         );
+        self.token.cancel();
         let deadline = self.config.shutdown_timeout;
         let _ = transport::within(deadline, self.endpoint.wait_idle()).await;
         self.tracker.close();

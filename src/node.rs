@@ -53,11 +53,12 @@ struct Owner(Arc<Membership>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        self.0.token.cancel();
+        // Close before cancelling: see `Membership::shutdown`.
         self.0.endpoint.close(
             quinn::VarInt::from_u32(quicmesh_wire::CloseCode::Shutdown.code()),
             b"node dropped",
         );
+        self.0.token.cancel();
     }
 }
 
