@@ -511,22 +511,36 @@ impl Membership {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    /// Stops everything: the endpoint closes every connection with
-    /// `Shutdown` first, so peers see `NodeDown { Shutdown }` at once, then
-    /// the tasks stop; then waits (bounded) for the close to be delivered.
-    /// The order matters: a task that ended first would drop the last
-    /// handle of its connection, which quinn closes with code 0.
+    /// Closes every connection with `Shutdown`, then stops the tasks.
+    ///
+    /// The order matters. A task that ends drops its handles to its
+    /// connection, and quinn closes a connection whose last handle is
+    /// dropped with code 0 at once, while `Endpoint::close` only queues its
+    /// close to each connection's driver. So the live connections are
+    /// closed directly first; the endpoint close covers those still
+    /// handshaking.
+    pub(crate) fn close_all(&self, reason: &str) {
+        let links: Vec<LinkHandle> = self.table().up().map(|(_, u)| u.link.clone()).collect();
+        for link in links {
+            link.close(CloseCode::Shutdown, DownReason::LocalShutdown, reason);
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(CloseCode::Shutdown.code()),
+            reason.as_bytes(),
+        );
+        self.token.cancel();
+    }
+
+    /// Stops everything: peers see `NodeDown { Shutdown }` at once (see
+    /// [`Membership::close_all`]); then waits, bounded, for the close to be
+    /// delivered and the tasks to end.
     pub(crate) async fn shutdown(&self) {
         if self.shutting_down.swap(true, Ordering::AcqRel) {
             self.tracker.wait().await;
             return;
         }
         info!(node = %self.me, "shutting down");
-        self.endpoint.close(
-            quinn::VarInt::from_u32(CloseCode::Shutdown.code()),
-            b"node shutting down",
-        );
-        self.token.cancel();
+        self.close_all("node shutting down");
         let deadline = self.config.shutdown_timeout;
         let _ = transport::within(deadline, self.endpoint.wait_idle()).await;
         self.tracker.close();

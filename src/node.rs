@@ -53,12 +53,7 @@ struct Owner(Arc<Membership>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        // Close before cancelling: see `Membership::shutdown`.
-        self.0.endpoint.close(
-            quinn::VarInt::from_u32(quicmesh_wire::CloseCode::Shutdown.code()),
-            b"node dropped",
-        );
-        self.0.token.cancel();
+        self.0.close_all("node dropped");
     }
 }
 
