@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use quicmesh_wire::{AppHeader, CloseCode, MAX_HEADER_FRAME, NodeName};
 use quinn::{RecvStream, SendStream, VarInt};
@@ -70,12 +71,21 @@ impl Protocols {
         peer: NodeName,
         mut send: Option<SendStream>,
         mut recv: RecvStream,
+        patience: Duration,
     ) -> Result<(), String> {
-        let header: AppHeader = match transport::read_frame(&mut recv, MAX_HEADER_FRAME).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return Err("application stream ended before its header".to_owned()),
-            Err(StreamError::Bad(e)) => return Err(format!("application stream header: {e}")),
-            Err(StreamError::Transport(_)) => return Ok(()),
+        let header =
+            transport::within(patience, transport::read_frame(&mut recv, MAX_HEADER_FRAME));
+        let header: AppHeader = match header.await {
+            Some(Ok(Some(h))) => h,
+            Some(Ok(None)) => return Err("application stream ended before its header".to_owned()),
+            Some(Err(StreamError::Bad(e))) => {
+                return Err(format!("application stream header: {e}"));
+            }
+            Some(Err(StreamError::Transport(_))) => return Ok(()),
+            None => {
+                let _ = recv.stop(VarInt::from_u32(CloseCode::HandshakeTimeout.code()));
+                return Ok(());
+            }
         };
         let queue = self
             .queues

@@ -92,6 +92,8 @@ pub(crate) struct LinkHandle {
     pub(crate) conn: quinn::Connection,
     control: mpsc::Sender<Control>,
     closing: Arc<OnceLock<DownReason>>,
+    /// This side's RPC lane on the connection, opened by the first small call.
+    pub(crate) lane: Arc<tokio::sync::OnceCell<Arc<crate::rpc::Lane>>>,
 }
 
 impl table::Link for LinkHandle {
@@ -229,6 +231,7 @@ impl Membership {
             conn: conn.clone(),
             control: tx,
             closing: Arc::default(),
+            lane: Arc::default(),
         };
         let addrs = observed_addrs(&hello.listen, conn.remote_address());
         let up = UpPeer {

@@ -8,6 +8,7 @@ use quicmesh_identity::{CertFiles, Cookie, Identity};
 use quicmesh_wire::{NameError, NodeAddr, NodeName};
 use tracing::info;
 
+use bytes::Bytes;
 use quicmesh_wire::RpcMode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,7 +18,9 @@ use crate::config::{ConfigError, IdentityConfig, NodeConfig};
 use crate::error::{ConnectError, PingError, StartError, WaitError};
 use crate::event::EventStream;
 use crate::membership::Membership;
-use crate::rpc::{CallContext, RegisterError, Requests, Responses, RpcError, Side, StreamingCall};
+use crate::rpc::{
+    CallContext, ENCODE_START, RegisterError, Requests, Responses, RpcError, Side, StreamingCall,
+};
 use crate::status::Status;
 use crate::transport;
 
@@ -202,7 +205,7 @@ impl Node {
         let body = encode(service, request)?;
         let reply = self
             .m()
-            .call_raw(peer, service, &body, timeout, RpcMode::Call)
+            .call_raw(peer, service, body, timeout, RpcMode::Call)
             .await?;
         decode(service, &reply)
     }
@@ -222,7 +225,7 @@ impl Node {
         let body = encode(service, request)?;
         let timeout = self.m().config.rpc.timeout;
         self.m()
-            .call_raw(peer, service, &body, timeout, RpcMode::Cast)
+            .call_raw(peer, service, body, timeout, RpcMode::Cast)
             .await
             .map(drop)
     }
@@ -241,7 +244,7 @@ impl Node {
         Resp: DeserializeOwned,
     {
         let body = match encode(service, request) {
-            Ok(b) => Arc::new(b),
+            Ok(b) => b,
             Err(e) => return peers.iter().map(|p| (p.clone(), Err(e.clone()))).collect(),
         };
         let mut calls = tokio::task::JoinSet::new();
@@ -249,7 +252,7 @@ impl Node {
             let (m, body, service) = (self.m().clone(), body.clone(), service.to_owned());
             calls.spawn(async move {
                 let r = m
-                    .call_raw(&peer, &service, &body, timeout, RpcMode::Call)
+                    .call_raw(&peer, &service, body, timeout, RpcMode::Call)
                     .await;
                 (i, r)
             });
@@ -524,8 +527,9 @@ async fn load_identity(config: &NodeConfig, name: NodeName) -> Result<Identity, 
     }
 }
 
-fn encode<Req: Serialize + ?Sized>(service: &str, request: &Req) -> Result<Vec<u8>, RpcError> {
-    postcard::to_allocvec(request).map_err(|e| RpcError::Decode {
+fn encode<Req: Serialize + ?Sized>(service: &str, request: &Req) -> Result<Bytes, RpcError> {
+    let body = postcard::to_extend(request, Vec::with_capacity(ENCODE_START));
+    body.map(Bytes::from).map_err(|e| RpcError::Decode {
         side: Side::Request,
         service: service.to_owned(),
         detail: format!("request did not encode: {e}"),

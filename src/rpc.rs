@@ -1,10 +1,15 @@
 //! Typed RPC: named services, `call`, `cast`, `multicall`.
 //!
-//! Every call runs on its own bidirectional QUIC stream, so a large call in
-//! flight never delays a small one behind it (no head-of-line blocking
-//! between calls), and cancelling a call is resetting its stream. The
-//! request carries the caller's timeout; the callee drops the handler's
-//! future when the caller cancels or the deadline passes.
+//! A call whose request is small (up to [`quicmesh_wire::LANE_MAX_BODY`])
+//! travels on its caller's lane to that peer, a long-lived stream shared by
+//! calls and tagged with call ids (see `lane`); a larger call runs on a
+//! bidirectional QUIC stream of its own, as do streaming calls. Large
+//! messages never share a stream with small ones, and small streams are
+//! sent first, so a large call in flight never delays a small one behind
+//! it (no head-of-line blocking between calls). Cancelling a call resets
+//! its stream or sends a `Cancel` on the lane. The request carries the
+//! caller's timeout; the callee drops the handler's future when the caller
+//! cancels or the deadline passes.
 //!
 //! ```text
 //! caller                                   callee (per connection: a semaphore of
@@ -16,6 +21,7 @@
 
 mod client;
 mod error;
+mod lane;
 mod server;
 mod stream;
 
@@ -31,6 +37,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use error::{RegisterError, RpcError, Side};
+pub(crate) use lane::{Lane, receive_reply, serve_lane};
+use server::panic_message;
 pub(crate) use server::serve;
 pub use stream::{Requests, Responses, StreamingCall};
 
@@ -75,7 +83,7 @@ where
         let fut = (self.f)(ctx, req);
         Box::pin(async move {
             match fut.await {
-                Ok(resp) => postcard::to_allocvec(&resp)
+                Ok(resp) => postcard::to_extend(&resp, Vec::with_capacity(ENCODE_START))
                     .map_err(|e| RpcFailure::Remote(format!("response did not encode: {e}"))),
                 Err(e) => Err(RpcFailure::Remote(e.to_string())),
             }
@@ -216,6 +224,10 @@ impl Services {
             .is_some()
     }
 }
+
+/// Bytes reserved before encoding a message: most fit without the buffer
+/// growing, larger ones grow it by doubling.
+pub(crate) const ENCODE_START: usize = 256;
 
 /// Messages up to this size are "small": their streams are sent before
 /// the data of larger ones, so a 64-byte call never waits behind a 1 MiB

@@ -223,8 +223,20 @@ async fn serve_bi(
                 m.protocol_violation(&name, &handle, detail);
             }
         }
+        Ok(StreamKind::RpcLane) => {
+            let conn = handle.conn.clone();
+            let served =
+                crate::rpc::serve_lane(m.clone(), name.clone(), conn, rpc_permits, send, recv);
+            if let Err(detail) = served.await {
+                m.protocol_violation(&name, &handle, detail);
+            }
+        }
         Ok(StreamKind::App) => {
-            if let Err(detail) = m.protocols.dispatch(name.clone(), Some(send), recv).await {
+            if let Err(detail) = m
+                .protocols
+                .dispatch(name.clone(), Some(send), recv, patience)
+                .await
+            {
                 m.protocol_violation(&name, &handle, detail);
             }
         }
@@ -243,7 +255,7 @@ async fn serve_bi(
     }
 }
 
-/// Unidirectional streams: only application protocols use them.
+/// Unidirectional streams: application protocols and large lane replies.
 async fn serve_uni(
     m: Arc<Membership>,
     name: quicmesh_wire::NodeName,
@@ -253,7 +265,18 @@ async fn serve_uni(
     let patience = m.config.handshake_timeout;
     match transport::within(patience, transport::read_kind(&mut recv)).await {
         Some(Ok(Ok(StreamKind::App))) => {
-            if let Err(detail) = m.protocols.dispatch(name.clone(), None, recv).await {
+            if let Err(detail) = m
+                .protocols
+                .dispatch(name.clone(), None, recv, patience)
+                .await
+            {
+                m.protocol_violation(&name, &handle, detail);
+            }
+        }
+        Some(Ok(Ok(StreamKind::RpcReply))) => {
+            let lane = handle.lane.get().cloned();
+            let received = transport::within(patience, crate::rpc::receive_reply(lane, recv)).await;
+            if let Some(Err(detail)) = received {
                 m.protocol_violation(&name, &handle, detail);
             }
         }

@@ -1,16 +1,18 @@
-//! The caller's side: one stream per call.
+//! The caller's side: small calls on the lane, large ones on a stream each.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quicmesh_wire::{
-    CloseCode, MAX_HEADER_FRAME, NodeName, RpcFailure, RpcHeader, RpcMode, RpcStatus, StreamKind,
-    frame,
+    CloseCode, LANE_MAX_BODY, MAX_HEADER_FRAME, NodeName, RpcFailure, RpcHeader, RpcMode,
+    RpcStatus, StreamKind, frame,
 };
 use quinn::{ReadToEndError, RecvStream, SendStream, VarInt, WriteError};
 
+use super::lane::{Lane, Reply};
 use super::{RpcError, Side};
-use crate::membership::Membership;
+use crate::membership::{LinkHandle, Membership};
 use crate::transport::{self, StreamError};
 
 /// A call's streams; unless the call completed, dropping them resets
@@ -38,7 +40,7 @@ impl Membership {
         self: &Arc<Self>,
         peer: &NodeName,
         service: &str,
-        body: &[u8],
+        body: Bytes,
         timeout: Duration,
         mode: RpcMode,
     ) -> Result<Vec<u8>, RpcError> {
@@ -50,68 +52,22 @@ impl Membership {
                 limit: max as u64,
             });
         }
-        let conn = self
+        let link = self
             .link(peer)
-            .ok_or_else(|| RpcError::NotConnected { peer: peer.clone() })?
-            .conn;
-        let header = RpcHeader {
-            service: service.to_owned(),
-            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            .ok_or_else(|| RpcError::NotConnected { peer: peer.clone() })?;
+        let call = Call {
+            peer,
+            service,
+            timeout,
             mode,
-        };
-        let mut head = StreamKind::Rpc.header().to_vec();
-        head.extend(
-            frame::encode(&header, MAX_HEADER_FRAME).map_err(|e| RpcError::Decode {
-                side: Side::Request,
-                service: service.to_owned(),
-                detail: e.to_string(),
-            })?,
-        );
-        let down = |detail: String| RpcError::NodeDown {
-            peer: peer.clone(),
-            detail,
+            max,
         };
         let exchange = async {
-            let (send, recv) = conn.open_bi().await.map_err(|e| down(e.to_string()))?;
-            let _ = send.set_priority(super::priority_for(body.len()));
-            let mut s = CallStreams {
-                send,
-                recv,
-                done: false,
-            };
-            match write_request(&mut s.send, &head, body).await {
-                Ok(()) => {}
-                // The callee stopped reading: its verdict explains why.
-                Err(WriteError::Stopped(_)) => {}
-                Err(e) => return Err(down(e.to_string())),
+            if body.len() <= LANE_MAX_BODY {
+                call.on_lane(&link, &body).await
+            } else {
+                call.on_stream(&link.conn, body).await
             }
-            if mode == RpcMode::Cast {
-                // Delivery goes on after the handle is dropped.
-                s.done = true;
-                return Ok(Vec::new());
-            }
-            let status =
-                match transport::read_frame::<RpcStatus>(&mut s.recv, MAX_HEADER_FRAME).await {
-                    Ok(Some(status)) => status,
-                    Ok(None) => return Err(self.protocol(peer, "reply ended before its status")),
-                    Err(StreamError::Bad(e)) => return Err(self.protocol(peer, &e.to_string())),
-                    Err(StreamError::Transport(e)) => return Err(down(e)),
-                };
-            let result = match status {
-                RpcStatus::Ok => match s.recv.read_to_end(max).await {
-                    Ok(body) => Ok(body),
-                    Err(ReadToEndError::TooLong) => Err(RpcError::TooLarge {
-                        side: Side::Response,
-                        service: service.to_owned(),
-                        limit: max as u64,
-                    }),
-                    Err(ReadToEndError::Read(e)) => Err(down(e.to_string())),
-                },
-                RpcStatus::Failed(f) => Err(failure(peer, service, timeout, f)),
-                other => Err(self.protocol(peer, &format!("unknown status {other:?}"))),
-            };
-            s.done = true;
-            result
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
@@ -179,9 +135,133 @@ impl Membership {
     }
 }
 
-async fn write_request(send: &mut SendStream, head: &[u8], body: &[u8]) -> Result<(), WriteError> {
+/// One unary call or cast on its way.
+struct Call<'a> {
+    peer: &'a NodeName,
+    service: &'a str,
+    timeout: Duration,
+    mode: RpcMode,
+    max: usize,
+}
+
+impl Call<'_> {
+    fn timeout_ms(&self) -> u32 {
+        u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX)
+    }
+
+    fn down(&self, detail: String) -> RpcError {
+        RpcError::NodeDown {
+            peer: self.peer.clone(),
+            detail,
+        }
+    }
+
+    fn protocol(&self, detail: &str) -> RpcError {
+        RpcError::Protocol {
+            peer: self.peer.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    fn too_large_response(&self) -> RpcError {
+        RpcError::TooLarge {
+            side: Side::Response,
+            service: self.service.to_owned(),
+            limit: self.max as u64,
+        }
+    }
+
+    /// The call's outcome for a status other than `Ok`.
+    fn failed(&self, status: RpcStatus) -> RpcError {
+        match status {
+            RpcStatus::Failed(f) => failure(self.peer, self.service, self.timeout, f),
+            other => self.protocol(&format!("unknown status {other:?}")),
+        }
+    }
+
+    /// Reads a response body that is the rest of `recv`.
+    async fn read_body(&self, recv: &mut RecvStream) -> Result<Vec<u8>, RpcError> {
+        match recv.read_to_end(self.max).await {
+            Ok(body) => Ok(body),
+            Err(ReadToEndError::TooLong) => Err(self.too_large_response()),
+            Err(ReadToEndError::Read(e)) => Err(self.down(e.to_string())),
+        }
+    }
+
+    /// A small call, on the lane of `link` (opened by the first one).
+    async fn on_lane(&self, link: &LinkHandle, body: &[u8]) -> Result<Vec<u8>, RpcError> {
+        let lane = link
+            .lane
+            .get_or_try_init(|| Lane::open(&link.conn))
+            .await
+            .map_err(|e| self.down(e.to_string()))?;
+        let reply = lane
+            .call(self.service, self.timeout_ms(), self.mode, body)
+            .await
+            .map_err(|e| self.down(e))?;
+        match reply {
+            Reply::Inline(RpcStatus::Ok, body) if body.len() > self.max => {
+                Err(self.too_large_response())
+            }
+            Reply::Inline(RpcStatus::Ok, body) => Ok(body),
+            Reply::Streamed(RpcStatus::Ok, mut recv) => self.read_body(&mut recv).await,
+            Reply::Inline(status, _) | Reply::Streamed(status, _) => Err(self.failed(status)),
+            Reply::Down(detail) => Err(self.down(detail)),
+        }
+    }
+
+    /// A large call, on a stream of its own.
+    async fn on_stream(&self, conn: &quinn::Connection, body: Bytes) -> Result<Vec<u8>, RpcError> {
+        let header = RpcHeader {
+            service: self.service.to_owned(),
+            timeout_ms: self.timeout_ms(),
+            mode: self.mode,
+        };
+        let mut head = StreamKind::Rpc.header().to_vec();
+        head.extend(
+            frame::encode(&header, MAX_HEADER_FRAME).map_err(|e| RpcError::Decode {
+                side: Side::Request,
+                service: self.service.to_owned(),
+                detail: e.to_string(),
+            })?,
+        );
+        let (send, recv) = conn.open_bi().await.map_err(|e| self.down(e.to_string()))?;
+        let _ = send.set_priority(super::priority_for(body.len()));
+        let mut s = CallStreams {
+            send,
+            recv,
+            done: false,
+        };
+        match write_request(&mut s.send, &head, body).await {
+            Ok(()) => {}
+            // The callee stopped reading: its verdict explains why.
+            Err(WriteError::Stopped(_)) => {}
+            Err(e) => return Err(self.down(e.to_string())),
+        }
+        if self.mode == RpcMode::Cast {
+            // Delivery goes on after the handle is dropped.
+            s.done = true;
+            return Ok(Vec::new());
+        }
+        let status = match transport::read_frame::<RpcStatus>(&mut s.recv, MAX_HEADER_FRAME).await {
+            Ok(Some(status)) => status,
+            Ok(None) => return Err(self.protocol("reply ended before its status")),
+            Err(StreamError::Bad(e)) => return Err(self.protocol(&e.to_string())),
+            Err(StreamError::Transport(e)) => return Err(self.down(e)),
+        };
+        let result = match status {
+            RpcStatus::Ok => self.read_body(&mut s.recv).await,
+            other => Err(self.failed(other)),
+        };
+        s.done = true;
+        result
+    }
+}
+
+async fn write_request(send: &mut SendStream, head: &[u8], body: Bytes) -> Result<(), WriteError> {
     send.write_all(head).await?;
-    send.write_all(body).await?;
+    // Handed over without a copy.
+    send.write_chunk(body).await?;
     // Finishing can only fail if the stream was reset already.
     let _ = send.finish();
     Ok(())

@@ -25,11 +25,17 @@ pub(crate) async fn serve(
     send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), String> {
-    let header: RpcHeader = match transport::read_frame(&mut recv, MAX_HEADER_FRAME).await {
-        Ok(Some(h)) => h,
-        Ok(None) => return Err("RPC stream ended before its header".to_owned()),
-        Err(StreamError::Bad(e)) => return Err(format!("RPC header: {e}")),
-        Err(StreamError::Transport(_)) => return Ok(()),
+    let patience = m.config.handshake_timeout;
+    let header = transport::within(patience, transport::read_frame(&mut recv, MAX_HEADER_FRAME));
+    let header: RpcHeader = match header.await {
+        Some(Ok(Some(h))) => h,
+        Some(Ok(None)) => return Err("RPC stream ended before its header".to_owned()),
+        Some(Err(StreamError::Bad(e))) => return Err(format!("RPC header: {e}")),
+        Some(Err(StreamError::Transport(_))) => return Ok(()),
+        None => {
+            let _ = recv.stop(VarInt::from_u32(CloseCode::HandshakeTimeout.code()));
+            return Ok(());
+        }
     };
     let mode = header.mode;
     let deadline = Instant::now() + Duration::from_millis(header.timeout_ms.into());
@@ -179,7 +185,7 @@ async fn finish(
             transport::write_frame(&mut send, &status, MAX_HEADER_FRAME)
                 .await
                 .is_ok()
-                && send.write_all(&body).await.is_ok()
+                && send.write_chunk(body.into()).await.is_ok()
         }
         (RpcMode::Stream, RpcStatus::Failed(f)) => {
             send.write_all(&encode_item_failure(&f)).await.is_ok()
@@ -194,7 +200,7 @@ async fn finish(
     Ok(())
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+pub(super) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use quicmesh::identity::{Cookie, Identity};
 use quicmesh::wire::{
-    CloseCode, Control, Hello, PROTOCOL_MAJOR, PROTOCOL_MINOR, StreamKind, frame,
+    CloseCode, Control, Hello, LANE_MAX_FRAME, LaneReply, LaneRequest, PROTOCOL_MAJOR,
+    PROTOCOL_MINOR, RpcMode, RpcStatus, StreamKind, frame,
 };
 use quicmesh::{DownReason, Node};
 use support::*;
@@ -160,6 +161,113 @@ async fn malformed_frame_on_a_ping_stream_drops_only_that_peer() {
     .await;
 }
 
+/// Sends `bytes` on a new stream of `kind` from a raw peer and checks that
+/// only that peer is dropped, with `ProtocolViolation`.
+async fn bad_stream_drops_only_that_peer(kind: StreamKind, bidi: bool, bytes: &[u8]) {
+    let a = node("a", COOKIE).await;
+    let mut ea = a.events();
+    let b = healthy_neighbour(&a).await;
+    let raw = RawPeer::join(&a, "evil").await;
+    let evil = name("evil@127.0.0.1");
+    wait_up(&mut ea, &evil).await;
+    let mut send = if bidi {
+        raw.conn.open_bi().await.expect("stream").0
+    } else {
+        raw.conn.open_uni().await.expect("stream")
+    };
+    let mut all = kind.header().to_vec();
+    all.extend_from_slice(bytes);
+    send.write_all(&all).await.expect("write");
+    assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
+    assert!(matches!(
+        wait_down(&mut ea, &evil).await,
+        DownReason::ProtocolViolation { .. }
+    ));
+    b.ping(a.name(), WAIT).await.expect("a still answers b");
+    raw.endpoint.close(0u32.into(), b"");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_rpc_lane_and_reply_frames_drop_only_that_peer() {
+    bounded(async {
+        // Undecodable, oversized (before any body byte arrives), a
+        // duplicate call id, and a reply stream whose head is garbage.
+        bad_stream_drops_only_that_peer(StreamKind::RpcLane, true, &[0, 0, 0, 3, 0xff, 0xff, 0xff])
+            .await;
+        bad_stream_drops_only_that_peer(StreamKind::RpcLane, true, &[0xff, 0xff, 0xff, 0xff]).await;
+        // A second call with the id of one still running.
+        let a = node("a", COOKIE).await;
+        a.register("nap", |_, ()| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, String>(())
+        })
+        .expect("register");
+        let raw = RawPeer::join(&a, "evil").await;
+        let (mut send, _recv) = raw.conn.open_bi().await.expect("lane");
+        let call = LaneRequest::Call {
+            id: 7,
+            service: "nap",
+            timeout_ms: 60_000,
+            mode: RpcMode::Call,
+            body: &[], // `()`
+        };
+        let mut bytes = StreamKind::RpcLane.header().to_vec();
+        for _ in 0..2 {
+            bytes.extend(frame::encode(&call, LANE_MAX_FRAME).expect("encode"));
+        }
+        send.write_all(&bytes).await.expect("write");
+        assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
+        a.shutdown().await;
+        bad_stream_drops_only_that_peer(StreamKind::RpcReply, false, &[0, 0, 0, 2, 0xff, 0xff])
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lane_call_from_a_raw_peer_is_answered_on_the_lane() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        a.register("double", |_, x: u32| async move { Ok::<_, String>(x * 2) })
+            .expect("register");
+        let raw = RawPeer::join(&a, "plain").await;
+        let (mut send, mut recv) = raw.conn.open_bi().await.expect("lane");
+        let mut bytes = StreamKind::RpcLane.header().to_vec();
+        for (id, x) in [(1u64, 20u32), (2, 21)] {
+            let body = postcard::to_allocvec(&x).expect("body");
+            let call = LaneRequest::Call {
+                id,
+                service: "double",
+                timeout_ms: 5000,
+                mode: RpcMode::Call,
+                body: &body,
+            };
+            bytes.extend(frame::encode(&call, LANE_MAX_FRAME).expect("encode"));
+        }
+        send.write_all(&bytes).await.expect("write");
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let mut prefix = [0u8; 4];
+            recv.read_exact(&mut prefix).await.expect("prefix");
+            let mut body = vec![0u8; frame::body_len(prefix, LANE_MAX_FRAME).expect("len")];
+            recv.read_exact(&mut body).await.expect("body");
+            let reply: LaneReply<'_> = frame::decode(&body).expect("reply");
+            assert_eq!(reply.status, RpcStatus::Ok);
+            got.push((
+                reply.id,
+                postcard::from_bytes::<u32>(reply.body).expect("u32"),
+            ));
+        }
+        got.sort();
+        assert_eq!(got, vec![(1, 40), (2, 42)]);
+        raw.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn oversized_frame_on_the_control_stream_drops_only_that_peer() {
     bounded(async {
@@ -216,6 +324,48 @@ async fn unknown_stream_kind_is_refused_without_dropping_the_peer() {
                 .expect("frame")
                 .map(|p| p.0.nonce),
             Some(9)
+        );
+        assert_eq!(a.status().counters.protocol_violations, 0);
+        raw.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streams_whose_header_never_comes_are_stopped_without_dropping_the_peer() {
+    bounded(async {
+        let a = builder("a", COOKIE)
+            .configure(|c| c.handshake_timeout = Duration::from_millis(300))
+            .start()
+            .await
+            .expect("a starts");
+        let raw = RawPeer::join(&a, "slow").await;
+        for (kind, bidi) in [
+            (StreamKind::Rpc, true),
+            (StreamKind::App, true),
+            (StreamKind::App, false),
+        ] {
+            let mut send = if bidi {
+                raw.conn.open_bi().await.expect("stream").0
+            } else {
+                raw.conn.open_uni().await.expect("stream")
+            };
+            // The kind, then silence where the header should be.
+            send.write_all(&kind.header()).await.expect("write");
+            let stopped = tokio::time::timeout(WAIT, send.stopped())
+                .await
+                .expect("stopped before the test's wait ran out")
+                .expect("stopped");
+            assert_eq!(
+                stopped,
+                Some(quinn::VarInt::from_u32(CloseCode::HandshakeTimeout.code())),
+                "{kind:?}"
+            );
+        }
+        assert!(
+            raw.conn.close_reason().is_none(),
+            "the peer stays connected"
         );
         assert_eq!(a.status().counters.protocol_violations, 0);
         raw.endpoint.close(0u32.into(), b"");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use quicmesh::wire::LANE_MAX_BODY;
 use quicmesh::{Node, RegisterError, RpcError, Side, quinn};
 use support::*;
 
@@ -284,34 +285,121 @@ async fn timeout_cancels_the_handler() {
 async fn dropping_the_call_cancels_the_handler() {
     bounded(async {
         let (a, b) = pair().await;
-        let dropped = Arc::new(AtomicBool::new(false));
-        let (started_tx, started_rx) = tokio::sync::mpsc::channel::<()>(1);
-        let flag = dropped.clone();
-        b.register("wait", move |_, ()| {
-            let (guard, started) = (DropFlag(flag.clone()), started_tx.clone());
-            async move {
-                let _guard = guard;
-                let _ = started.send(()).await;
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                Ok::<_, String>(())
-            }
+        // A small request travels on the lane (cancelled by a Cancel
+        // frame), a large one on a stream of its own (cancelled by a reset).
+        for size in [16, LANE_MAX_BODY + 1] {
+            let dropped = Arc::new(AtomicBool::new(false));
+            let (started_tx, mut started_rx) = tokio::sync::mpsc::channel::<()>(1);
+            let flag = dropped.clone();
+            let service = format!("wait{size}");
+            b.register(&service, move |_, _: Vec<u8>| {
+                let (guard, started) = (DropFlag(flag.clone()), started_tx.clone());
+                async move {
+                    let _guard = guard;
+                    let _ = started.send(()).await;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok::<_, String>(())
+                }
+            })
+            .expect("register");
+            let call = {
+                let (a, peer) = (a.clone(), b.name().clone());
+                tokio::spawn(async move {
+                    let body = vec![1u8; size];
+                    a.call_timeout::<_, ()>(&peer, &service, &body, Duration::from_secs(60))
+                        .await
+                })
+            };
+            started_rx.recv().await.expect("handler started");
+            assert!(!dropped.load(Ordering::SeqCst));
+            call.abort();
+            eventually("the handler's future was dropped", || {
+                dropped.load(Ordering::SeqCst)
+            })
+            .await;
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn small_and_large_requests_and_responses_round_trip() {
+    bounded(async {
+        let (a, b) = pair_with(|c| c.rpc.max_message = 200_000).await;
+        b.register("echo", |_, v: serde_bytes::ByteBuf| async move {
+            Ok::<_, String>(v)
         })
         .expect("register");
-        let call = {
-            let (a, peer) = (a.clone(), b.name().clone());
-            tokio::spawn(async move {
-                a.call_timeout::<_, ()>(&peer, "wait", &(), Duration::from_secs(60))
-                    .await
-            })
-        };
-        let mut started_rx = started_rx;
-        started_rx.recv().await.expect("handler started");
-        assert!(!dropped.load(Ordering::SeqCst));
-        call.abort();
-        eventually("the handler's future was dropped", || {
-            dropped.load(Ordering::SeqCst)
+        b.register("grow", |_, n: usize| async move {
+            Ok::<_, String>(serde_bytes::ByteBuf::from(vec![7u8; n]))
         })
-        .await;
+        .expect("register");
+        // Around the lane's limit both ways, and far over it.
+        for n in [0, 1, LANE_MAX_BODY - 8, LANE_MAX_BODY + 8, 150_000] {
+            let body = serde_bytes::ByteBuf::from(vec![3u8; n]);
+            let back: serde_bytes::ByteBuf = a.call(b.name(), "echo", &body).await.expect("echo");
+            assert_eq!(back, body, "echo of {n} bytes");
+            // A small request with a response too large for the lane: the
+            // reply comes on a stream of its own.
+            let grown: serde_bytes::ByteBuf = a.call(b.name(), "grow", &n).await.expect("grow");
+            assert_eq!(grown.len(), n);
+        }
+        // Many concurrent small calls whose large replies overtake each other.
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..64usize {
+            let (a, peer) = (a.clone(), b.name().clone());
+            let n = if i % 2 == 0 { 40 } else { 60_000 + i };
+            calls.spawn(async move {
+                let got: serde_bytes::ByteBuf = a.call(&peer, "grow", &n).await.expect("grow");
+                assert_eq!(got.len(), n);
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            done.expect("call");
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn caller_limit_applies_to_replies_on_either_path() {
+    bounded(async {
+        let a = builder("a", COOKIE)
+            .configure(|c| c.rpc.max_message = 1000)
+            .start()
+            .await
+            .expect("a starts");
+        let b = node("b", COOKIE).await;
+        a.connect(&b.addr()).await.expect("connect");
+        b.register("grow", |_, n: usize| async move {
+            Ok::<_, String>(serde_bytes::ByteBuf::from(vec![7u8; n]))
+        })
+        .expect("register");
+        // One reply within the lane frame, one on its own stream; both over
+        // the caller's limit of 1000 bytes.
+        for n in [2000usize, LANE_MAX_BODY * 2] {
+            let err = a
+                .call::<_, serde_bytes::ByteBuf>(b.name(), "grow", &n)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    RpcError::TooLarge {
+                        side: Side::Response,
+                        limit: 1000,
+                        ..
+                    }
+                ),
+                "{n}: {err}"
+            );
+        }
+        let ok: serde_bytes::ByteBuf = a.call(b.name(), "grow", &900usize).await.expect("fits");
+        assert_eq!(ok.len(), 900);
         a.shutdown().await;
         b.shutdown().await;
     })

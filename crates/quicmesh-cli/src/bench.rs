@@ -32,6 +32,14 @@ const SINK: &str = "bench.sink";
 const CPU: &str = "bench.cpu";
 const RAW_ADDR: &str = "bench.raw_addr";
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The raw modes a quicmesh call is compared with; the best one counts.
+const RAW_PER_CALL: &str = "raw stream per call";
+const RAW_LANES: &str = "raw lane per caller";
+const RAW_SHARED: &str = "raw shared lane, ids";
+const MIXED_IDLE: &str = "mixed: 64B idle";
+const MIXED_BUSY: &str = "mixed: 64B beside 1MiB";
+const RAW_MIXED_IDLE: &str = "raw mixed: 64B idle";
+const RAW_MIXED_BUSY: &str = "raw mixed: 64B beside 1MiB";
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
@@ -71,6 +79,10 @@ pub(crate) struct RpcArgs {
     /// Length of each measured run (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
+    /// How many times to measure everything; with more than one, the
+    /// median of each ratio is reported too.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -253,7 +265,7 @@ where
 }
 
 async fn client(args: RpcArgs) -> anyhow::Result<()> {
-    let cookie = cookie(args.cookie)?;
+    let cookie = cookie(args.cookie.clone())?;
     let node = start_node(&args.name, &cookie).await?;
     node.connect(&args.connect).await?;
     let server = args.connect.name.clone();
@@ -267,6 +279,46 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
         args.duration.as_secs_f64()
     );
 
+    let mut all_ratios = Vec::new();
+    let mut rounds = Vec::new();
+    for round_no in 1..=args.repeat {
+        if args.repeat > 1 {
+            println!("\nround {round_no} of {}", args.repeat);
+        }
+        let (runs, big_calls) = round(&node, &server, &raw, &args).await?;
+        stats::print_table(&runs);
+        let ratios = ratios(&runs, big_calls);
+        println!("\nratios (quicmesh / raw best mode, same run):");
+        for (k, v) in &ratios {
+            println!("  {k:<62} {v:.2}");
+        }
+        rounds.push(serde_json::json!({ "runs": runs, "ratios": ratios }));
+        all_ratios.push(ratios);
+    }
+    let medians = medians(&all_ratios);
+    if args.repeat > 1 {
+        println!("\nmedian ratios over {} rounds:", args.repeat);
+        for (k, v) in &medians {
+            println!("  {k:<62} {v:.2}");
+        }
+    }
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({ "rounds": rounds, "median_ratios": medians });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+        println!("\nwrote {}", path.display());
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+/// One measurement of every mode: the runs and how many 1 MiB calls ran
+/// beside the small ones in the mixed run.
+async fn round(
+    node: &Node,
+    server: &NodeName,
+    raw: &quicmesh::quinn::Connection,
+    args: &RpcArgs,
+) -> anyhow::Result<(Vec<Run>, u64)> {
     let mut runs = Vec::new();
     for &payload in &args.payload {
         let body = ByteBuf::from(vec![0x5a; payload]);
@@ -274,8 +326,8 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
             let bytes = payload as u64;
             runs.push(
                 measure(
-                    &node,
-                    &server,
+                    node,
+                    server,
                     "quicmesh call",
                     payload,
                     conc,
@@ -297,9 +349,9 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
             );
             runs.push(
                 measure(
-                    &node,
-                    &server,
-                    "raw stream per call",
+                    node,
+                    server,
+                    RAW_PER_CALL,
                     payload,
                     conc,
                     args.duration,
@@ -315,9 +367,9 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
             );
             runs.push(
                 measure(
-                    &node,
-                    &server,
-                    "raw lane per caller",
+                    node,
+                    server,
+                    RAW_LANES,
                     payload,
                     conc,
                     args.duration,
@@ -341,6 +393,24 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
                 )
                 .await?,
             );
+            let shared = Arc::new(raw::SharedLane::open(raw).await?);
+            runs.push(
+                measure(
+                    node,
+                    server,
+                    RAW_SHARED,
+                    payload,
+                    conc,
+                    args.duration,
+                    |_, deadline, done| {
+                        let (shared, body) = (shared.clone(), body.clone());
+                        async move {
+                            loop_calls(deadline, done, bytes, || shared.call(&body)).await
+                        }
+                    },
+                )
+                .await?,
+            );
         }
     }
 
@@ -349,8 +419,8 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
     let chunk = ByteBuf::from(vec![0x33; CHUNK]);
     runs.push(
         measure(
-            &node,
-            &server,
+            node,
+            server,
             "quicmesh stream upload",
             CHUNK,
             1,
@@ -392,8 +462,8 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
     );
     runs.push(
         measure(
-            &node,
-            &server,
+            node,
+            server,
             "raw single stream bulk",
             CHUNK,
             1,
@@ -422,7 +492,7 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
     );
 
     // Mixed: 64-byte calls one at a time, idle and then with 1 MiB calls alongside.
-    runs.push(small_calls(&node, &server, "mixed: 64B idle", args.duration).await?);
+    runs.push(small_calls(node, server, MIXED_IDLE, args.duration).await?);
     let background = {
         let (node, server) = (node.clone(), server.clone());
         let big = ByteBuf::from(vec![2u8; 1 << 20]);
@@ -438,22 +508,28 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
             n
         })
     };
-    runs.push(small_calls(&node, &server, "mixed: 64B beside 1MiB", args.duration).await?);
+    runs.push(small_calls(node, server, MIXED_BUSY, args.duration).await?);
     let big_calls: u64 = background.await?;
 
-    stats::print_table(&runs);
-    let ratios = ratios(&runs, big_calls);
-    println!("\nratios (quicmesh / raw best mode, same run):");
-    for (k, v) in &ratios {
-        println!("  {k:<58} {v:.2}");
-    }
-    if let Some(path) = args.json {
-        let doc = serde_json::json!({ "runs": runs, "ratios": ratios });
-        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
-        println!("\nwrote {}", path.display());
-    }
-    node.shutdown().await;
-    Ok(())
+    // The same for the raw baseline: its best small-call mode, with raw
+    // 1 MiB stream-per-call echoes alongside.
+    let shared = Arc::new(raw::SharedLane::open(raw).await?);
+    runs.push(raw_small_calls(node, server, &shared, RAW_MIXED_IDLE, args.duration).await?);
+    let background = {
+        let raw = raw.clone();
+        let big = vec![2u8; 1 << 20];
+        let stop = Instant::now() + args.duration + Duration::from_secs(1);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                n += u64::from(raw::call_per_stream(&raw, &big).await.is_ok());
+            }
+            n
+        })
+    };
+    runs.push(raw_small_calls(node, server, &shared, RAW_MIXED_BUSY, args.duration).await?);
+    background.await?;
+    Ok((runs, big_calls))
 }
 
 /// 64-byte quicmesh calls, one at a time.
@@ -479,6 +555,40 @@ async fn small_calls(
     .await
 }
 
+/// 64-byte raw calls on the shared lane, one at a time.
+async fn raw_small_calls(
+    node: &Node,
+    server: &NodeName,
+    shared: &Arc<raw::SharedLane>,
+    label: &str,
+    duration: Duration,
+) -> anyhow::Result<Run> {
+    let small = vec![1u8; 64];
+    measure(node, server, label, 64, 1, duration, |_, deadline, done| {
+        let (shared, small) = (shared.clone(), small.clone());
+        async move { loop_calls(deadline, done, 64, || shared.call(&small)).await }
+    })
+    .await
+}
+
+/// The median of each ratio over the rounds.
+fn medians(rounds: &[Vec<(String, f64)>]) -> Vec<(String, f64)> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|(key, _)| {
+            let mut values: Vec<f64> = rounds
+                .iter()
+                .filter_map(|r| r.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
+                .collect();
+            values.sort_by(f64::total_cmp);
+            (key.clone(), values[values.len() / 2])
+        })
+        .collect()
+}
+
 /// The figures the targets are stated in.
 fn ratios(runs: &[Run], big_calls: u64) -> Vec<(String, f64)> {
     let find = |label: &str, payload: usize, conc: usize| {
@@ -486,13 +596,10 @@ fn ratios(runs: &[Run], big_calls: u64) -> Vec<(String, f64)> {
             .find(|r| r.label == label && r.payload == payload && r.concurrency == conc)
     };
     let raw_best = |payload: usize, conc: usize, key: fn(&Run) -> f64, higher_better: bool| {
-        let a = find("raw stream per call", payload, conc).map(key);
-        let b = find("raw lane per caller", payload, conc).map(key);
-        match (a, b) {
-            (Some(a), Some(b)) if higher_better => Some(a.max(b)),
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [RAW_PER_CALL, RAW_LANES, RAW_SHARED]
+            .into_iter()
+            .filter_map(|label| find(label, payload, conc).map(key))
+            .reduce(|a, b| if (a > b) == higher_better { a } else { b })
     };
     let mut out = Vec::new();
     let mut push = |k: String, q: Option<f64>, r: Option<f64>| {
@@ -537,20 +644,22 @@ fn ratios(runs: &[Run], big_calls: u64) -> Vec<(String, f64)> {
         stream,
         bulk,
     );
-    let idle = runs
-        .iter()
-        .find(|r| r.label == "mixed: 64B idle")
-        .map(|r| r.p99_us as f64);
-    let busy = runs
-        .iter()
-        .find(|r| r.label == "mixed: 64B beside 1MiB")
-        .map(|r| r.p99_us as f64);
+    let p99 = |label: &str| {
+        runs.iter()
+            .find(|r| r.label == label)
+            .map(|r| r.p99_us as f64)
+    };
     if big_calls > 0 {
         push(
-            format!("mixed: 64B p99 beside {big_calls} 1MiB calls / idle (target ≤ 3)"),
-            busy,
-            idle,
+            "mixed: 64B p99 beside 1MiB calls / idle (target ≤ 3)".into(),
+            p99(MIXED_BUSY),
+            p99(MIXED_IDLE),
         );
     }
+    push(
+        "raw reference: 64B p99 beside 1MiB calls / idle (no target)".into(),
+        p99(RAW_MIXED_BUSY),
+        p99(RAW_MIXED_IDLE),
+    );
     out
 }

@@ -35,15 +35,50 @@ pub enum FrameError {
 /// Encodes `msg` as a whole frame (prefix included), refusing a body over
 /// `max` bytes.
 pub fn encode<T: Serialize + ?Sized>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; PREFIX_LEN];
-    out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len = out.len() - PREFIX_LEN;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    let len32 = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?;
-    out[..PREFIX_LEN].copy_from_slice(&len32.to_be_bytes());
+    let mut out = Vec::new();
+    encode_into(msg, max, &mut out)?;
     Ok(out)
+}
+
+/// Appends `msg` as a whole frame to `out` (which is left as it was on
+/// error), refusing a body over `max` bytes.
+pub fn encode_into<T: Serialize + ?Sized>(
+    msg: &T,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; PREFIX_LEN]);
+    let body = start + PREFIX_LEN;
+    let written = postcard::to_extend(msg, Append(out)).map(|_| ());
+    let len = out.len() - body;
+    let checked = written
+        .map_err(|e| FrameError::Malformed(e.to_string()))
+        .and_then(|()| {
+            if len > max {
+                return Err(FrameError::TooLarge { len, max });
+            }
+            u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })
+        });
+    match checked {
+        Ok(len32) => {
+            out[start..body].copy_from_slice(&len32.to_be_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Lets postcard append to a borrowed buffer.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
 }
 
 /// Reads a length prefix; the body length, or `TooLarge` if over `max`.
@@ -106,6 +141,15 @@ mod tests {
             encode(&vec![0u8; 2000], 1024),
             Err(FrameError::TooLarge { max: 1024, .. })
         ));
+    }
+
+    #[test]
+    fn encode_into_appends_and_leaves_the_buffer_on_error() {
+        let mut out = vec![9];
+        encode_into(&(7u8, "hi"), 100, &mut out).unwrap();
+        assert_eq!(out, [9, 0, 0, 0, 4, 7, 2, b'h', b'i']);
+        assert!(encode_into(&vec![0u8; 50], 10, &mut out).is_err());
+        assert_eq!(out, [9, 0, 0, 0, 4, 7, 2, b'h', b'i']);
     }
 
     #[test]

@@ -39,8 +39,9 @@ pub use datagram::Datagram;
 pub use frame::FrameError;
 pub use name::{DEFAULT_PORT, NameError, NodeAddr, NodeName};
 pub use rpc::{
-    AppHeader, Item, MAX_HEADER_FRAME, RpcFailure, RpcHeader, RpcMode, RpcStatus, decode_item,
-    encode_item, encode_item_failure,
+    AppHeader, Item, LANE_MAX_BODY, LANE_MAX_FRAME, LaneReply, LaneRequest, MAX_HEADER_FRAME,
+    ReplyHead, RpcFailure, RpcHeader, RpcMode, RpcStatus, decode_item, encode_item,
+    encode_item_failure,
 };
 pub use stream::StreamKind;
 

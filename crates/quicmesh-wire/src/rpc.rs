@@ -17,8 +17,22 @@
 //! ```text
 //! caller → callee: [kind] [frame: RpcHeader] [item: request] [item …] FIN
 //! callee → caller: [frame: RpcStatus] [item …] [failure item]? FIN
-//! ``` An application stream (kind
-//! `App`) starts with [`AppHeader`] and then belongs to the application.
+//! ```
+//!
+//! Small calls (request body up to [`LANE_MAX_BODY`]) share a long-lived
+//! lane per caller and connection (kind `RpcLane`) instead, each a frame
+//! with a call id; the callee answers on the same stream in any order, or,
+//! for a response body over [`LANE_MAX_BODY`], on a unidirectional stream
+//! of its own (kind `RpcReply`) so it never holds up the lane:
+//!
+//! ```text
+//! caller → callee: [kind 0x0005] [frame: LaneRequest] [frame: LaneRequest] …
+//! callee → caller: [frame: LaneReply] [frame: LaneReply] …
+//! callee → caller: [kind 0x0006] [frame: ReplyHead] [response body …] FIN
+//! ```
+//!
+//! An application stream (kind `App`) starts with [`AppHeader`] and then
+//! belongs to the application.
 
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +101,73 @@ pub enum RpcFailure {
     Overloaded,
     /// The handler did not finish before the caller's deadline.
     Timeout,
+}
+
+/// Largest request or response body carried inside a lane frame; larger
+/// ones travel on streams of their own.
+pub const LANE_MAX_BODY: usize = 16 * 1024;
+
+/// Largest lane frame: a body of [`LANE_MAX_BODY`] and the call's fields.
+pub const LANE_MAX_FRAME: usize = LANE_MAX_BODY + 1024;
+
+/// A caller's message on a lane. Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum LaneRequest<'a> {
+    /// A call or a cast, identified by an id unique on this lane.
+    Call {
+        /// Chosen by the caller; a reply carries it back.
+        id: u64,
+        /// The service's registered name.
+        service: &'a str,
+        /// As in [`RpcHeader::timeout_ms`].
+        timeout_ms: u32,
+        /// [`RpcMode::Call`] or [`RpcMode::Cast`] (no reply is sent).
+        mode: RpcMode,
+        /// The request body: postcard bytes of the request type.
+        #[serde(with = "bytes")]
+        body: &'a [u8],
+    },
+    /// The caller no longer waits for call `id`: drop its handler.
+    Cancel {
+        /// The call's id.
+        id: u64,
+    },
+}
+
+/// The callee's answer to a lane call, on the lane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneReply<'a> {
+    /// The call's id.
+    pub id: u64,
+    /// The verdict.
+    pub status: RpcStatus,
+    /// The response body when `status` is `Ok`, else empty.
+    #[serde(with = "bytes")]
+    pub body: &'a [u8],
+}
+
+/// The start of an `RpcReply` stream: which lane call it answers; the
+/// response body follows when `status` is `Ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyHead {
+    /// The call's id on the caller's lane.
+    pub id: u64,
+    /// The verdict.
+    pub status: RpcStatus,
+}
+
+/// Byte strings as one length and the bytes (not element by element).
+mod bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(b: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<&'de [u8], D::Error> {
+        <&'de [u8]>::deserialize(d)
+    }
 }
 
 /// Tag of a stream item frame holding a value.
@@ -196,5 +277,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f, [0, 0, 0, 3, 2, b'k', b'v']);
+    }
+
+    #[test]
+    fn lane_golden_bytes() {
+        let call = LaneRequest::Call {
+            id: 300,
+            service: "kv",
+            timeout_ms: 1000,
+            mode: RpcMode::Cast,
+            body: &[9, 8],
+        };
+        let f = frame::encode(&call, LANE_MAX_FRAME).unwrap();
+        assert_eq!(
+            f,
+            [
+                0, 0, 0, 12, 0, 0xac, 0x02, 2, b'k', b'v', 0xe8, 0x07, 1, 2, 9, 8
+            ]
+        );
+        let (back, used) = frame::decode_from::<LaneRequest<'_>>(&f, LANE_MAX_FRAME)
+            .unwrap()
+            .unwrap();
+        assert_eq!((back, used), (call, f.len()));
+        let cancel = frame::encode(&LaneRequest::Cancel { id: 5 }, 64).unwrap();
+        assert_eq!(cancel, [0, 0, 0, 2, 1, 5]);
+        let reply = LaneReply {
+            id: 1,
+            status: RpcStatus::Ok,
+            body: b"ok",
+        };
+        let f = frame::encode(&reply, LANE_MAX_FRAME).unwrap();
+        assert_eq!(f, [0, 0, 0, 5, 1, 0, 2, b'o', b'k']);
+        assert_eq!(frame::decode::<LaneReply<'_>>(&f[4..]).unwrap(), reply);
+        let head = ReplyHead {
+            id: 2,
+            status: RpcStatus::Failed(RpcFailure::Overloaded),
+        };
+        let f = frame::encode(&head, 64).unwrap();
+        assert_eq!(f, [0, 0, 0, 3, 2, 1, 5]);
     }
 }

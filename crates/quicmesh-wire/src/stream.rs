@@ -9,6 +9,8 @@
 //! | 0x0002 | ping | bidirectional, one per ping | 1.0 |
 //! | 0x0003 | rpc | bidirectional, one per call ([`crate::RpcHeader`]) | 1.0 |
 //! | 0x0004 | app | bidirectional or unidirectional, one per application stream ([`crate::AppHeader`]) | 1.0 |
+//! | 0x0005 | rpc lane | bidirectional, long-lived, opened by a caller: small calls by id ([`crate::LaneRequest`]) | 1.0 |
+//! | 0x0006 | rpc reply | unidirectional, opened by a callee: a large reply to a lane call ([`crate::ReplyHead`]) | 1.0 |
 //!
 //! Values 0x0100–0x7fff are reserved for built-in services, 0x8000 and up
 //! for applications.
@@ -30,6 +32,12 @@ pub enum StreamKind {
     /// A stream of an application protocol registered by name:
     /// [`crate::AppHeader`], then the application's bytes.
     App,
+    /// A caller's long-lived lane: small calls as [`crate::LaneRequest`]
+    /// frames, answered by [`crate::LaneReply`] frames on the same stream.
+    RpcLane,
+    /// A lane call's reply too large for the lane: [`crate::ReplyHead`],
+    /// then the response body.
+    RpcReply,
 }
 
 impl StreamKind {
@@ -40,6 +48,8 @@ impl StreamKind {
             Self::Ping => 0x0002,
             Self::Rpc => 0x0003,
             Self::App => 0x0004,
+            Self::RpcLane => 0x0005,
+            Self::RpcReply => 0x0006,
         }
     }
 
@@ -51,6 +61,8 @@ impl StreamKind {
             0x0002 => Some(Self::Ping),
             0x0003 => Some(Self::Rpc),
             0x0004 => Some(Self::App),
+            0x0005 => Some(Self::RpcLane),
+            0x0006 => Some(Self::RpcReply),
             _ => None,
         }
     }
@@ -81,6 +93,8 @@ mod tests {
             StreamKind::Ping,
             StreamKind::Rpc,
             StreamKind::App,
+            StreamKind::RpcLane,
+            StreamKind::RpcReply,
         ] {
             assert_eq!(StreamKind::parse(k.header()), Ok(k));
         }

@@ -7,10 +7,15 @@
 //! - `LANE`: a long-lived stream of `[u32 length][payload]` requests, each
 //!   echoed in the same form (one outstanding call per lane);
 //! - `SINK`: bytes are read and counted until the end; the count (u64) is
-//!   the reply (bulk throughput of a single stream).
+//!   the reply (bulk throughput of a single stream);
+//! - `SHARED`: one long-lived stream shared by all callers, requests
+//!   `[u64 id][u32 length][payload]` pipelined and echoed in the same form,
+//!   as many in flight as there are callers (requests multiplexed by id).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use quicmesh::identity::Identity;
@@ -20,6 +25,9 @@ use quicmesh::quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 pub(crate) const PER_CALL: u8 = 0;
 pub(crate) const LANE: u8 = 1;
 pub(crate) const SINK: u8 = 2;
+pub(crate) const SHARED: u8 = 3;
+/// Bytes before a `SHARED` frame's payload: id and length.
+const SHARED_HEAD: usize = 12;
 /// Largest echo the raw server accepts.
 const MAX_ECHO: usize = 64 << 20;
 
@@ -69,6 +77,21 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) 
                     || send.write_all(&buf).await.is_err()
                 {
                     return;
+                }
+            }
+            let _ = send.finish();
+        }
+        SHARED => {
+            // Echo every whole frame received, all of a read in one write.
+            let mut buf = Vec::new();
+            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                buf.extend_from_slice(&chunk.bytes);
+                let whole = whole_frames(&buf);
+                if whole > 0 {
+                    if send.write_all(&buf[..whole]).await.is_err() {
+                        return;
+                    }
+                    buf.drain(..whole);
                 }
             }
             let _ = send.finish();
@@ -163,4 +186,95 @@ pub(crate) async fn bulk(
     let mut total = [0u8; 8];
     recv.read_exact(&mut total).await?;
     Ok(u64::from_be_bytes(total))
+}
+
+/// The length of the whole `SHARED` frames at the start of `buf`.
+fn whole_frames(buf: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(head) = buf.get(at..at + SHARED_HEAD) {
+        let len = u32::from_be_bytes([head[8], head[9], head[10], head[11]]) as usize;
+        if buf.len() < at + SHARED_HEAD + len {
+            break;
+        }
+        at += SHARED_HEAD + len;
+    }
+    at
+}
+
+/// One stream shared by every caller: a writer task sends queued requests
+/// (all that are queued in one write) and a reader task hands each echo
+/// to its caller by id.
+pub(crate) struct SharedLane {
+    requests: tokio::sync::mpsc::Sender<Vec<u8>>,
+    waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<usize>>>>,
+    next_id: AtomicU64,
+}
+
+impl SharedLane {
+    pub(crate) async fn open(conn: &quinn::Connection) -> anyhow::Result<Self> {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&[SHARED]).await?;
+        let (requests, mut queue) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = queue.recv().await {
+                batch.clear();
+                batch.extend_from_slice(&first);
+                while let Ok(more) = queue.try_recv() {
+                    batch.extend_from_slice(&more);
+                }
+                if send.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<usize>>>> = Arc::default();
+        let replies = waiting.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                buf.extend_from_slice(&chunk.bytes);
+                let whole = whole_frames(&buf);
+                let mut at = 0;
+                while at < whole {
+                    let id = u64::from_be_bytes(buf[at..at + 8].try_into().unwrap_or_default());
+                    let len =
+                        u32::from_be_bytes(buf[at + 8..at + 12].try_into().unwrap_or_default());
+                    let tx = replies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(len as usize);
+                    }
+                    at += SHARED_HEAD + len as usize;
+                }
+                buf.drain(..whole);
+            }
+        });
+        Ok(Self {
+            requests,
+            waiting,
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// One echo call; many may be in flight at once.
+    pub(crate) async fn call(&self, payload: &[u8]) -> anyhow::Result<usize> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::with_capacity(SHARED_HEAD + payload.len());
+        frame.extend_from_slice(&id.to_be_bytes());
+        frame.extend_from_slice(&u32::try_from(payload.len())?.to_be_bytes());
+        frame.extend_from_slice(payload);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        self.requests
+            .send(frame)
+            .await
+            .map_err(|_| anyhow::anyhow!("shared lane closed"))?;
+        Ok(rx.await?)
+    }
 }
