@@ -344,7 +344,7 @@ impl Membership {
     }
 
     /// A peer broke the protocol: drop it (only it) with a named error.
-    fn protocol_violation(&self, name: &NodeName, handle: &LinkHandle, detail: String) {
+    pub(crate) fn protocol_violation(&self, name: &NodeName, handle: &LinkHandle, detail: String) {
         count(&self.counters.protocol_violations);
         warn!(peer = %name, "protocol violation, dropping the peer: {detail}");
         handle.close(

@@ -64,7 +64,7 @@ impl Membership {
         };
         let exchange = async {
             if body.len() <= LANE_MAX_BODY {
-                call.on_lane(&link, &body).await
+                call.on_lane(self, &link, &body).await
             } else {
                 call.on_stream(&link.conn, body).await
             }
@@ -189,10 +189,19 @@ impl Call<'_> {
     }
 
     /// A small call, on the lane of `link` (opened by the first one).
-    async fn on_lane(&self, link: &LinkHandle, body: &[u8]) -> Result<Vec<u8>, RpcError> {
+    async fn on_lane(
+        &self,
+        m: &Arc<Membership>,
+        link: &LinkHandle,
+        body: &[u8],
+    ) -> Result<Vec<u8>, RpcError> {
+        let violation = {
+            let (m, peer, link) = (m.clone(), self.peer.clone(), link.clone());
+            move |detail| m.protocol_violation(&peer, &link, detail)
+        };
         let lane = link
             .lane
-            .get_or_try_init(|| Lane::open(&link.conn))
+            .get_or_try_init(|| Lane::open(&link.conn, violation))
             .await
             .map_err(|e| self.down(e.to_string()))?;
         let reply = lane
@@ -207,6 +216,7 @@ impl Call<'_> {
             Reply::Streamed(RpcStatus::Ok, mut recv) => self.read_body(&mut recv).await,
             Reply::Inline(status, _) | Reply::Streamed(status, _) => Err(self.failed(status)),
             Reply::Down(detail) => Err(self.down(detail)),
+            Reply::Broken(detail) => Err(self.protocol(&detail)),
         }
     }
 

@@ -3,10 +3,12 @@
 //! A stream per call costs the opening, flow-control and closing frames of
 //! a QUIC stream and a task on each side for every call. For calls whose
 //! request fits [`LANE_MAX_BODY`] a caller instead keeps one lane per
-//! connection: a writer task batches the frames of concurrent calls into
-//! few stream writes, and a reader task hands each reply to its waiting
-//! call by id. The callee runs each call in a task of its own, so replies
-//! come back in any order, and sends a reply over [`LANE_MAX_BODY`] on a
+//! connection, for as long as the connection lives: a writer task batches
+//! the frames of concurrent calls into few stream writes, and a reader task
+//! hands each reply to its waiting call by id. The callee reads the lane and
+//! writes the replies from one task; a handler that does not finish when
+//! first polled moves to a task of its own, so calls run in parallel and
+//! replies come back in any order. A reply over [`LANE_MAX_BODY`] goes on a
 //! unidirectional stream of its own, so a large response never holds up
 //! the small ones behind it. Large requests keep a stream per call.
 
@@ -45,6 +47,8 @@ pub(super) enum Reply {
     Streamed(RpcStatus, RecvStream),
     /// The lane ended before the reply: the connection went.
     Down(String),
+    /// The callee's replies broke the protocol (it is dropped).
+    Broken(String),
 }
 
 /// Calls waiting for replies; `None` once the lane has ended.
@@ -67,8 +71,12 @@ impl std::fmt::Debug for Lane {
 }
 
 impl Lane {
-    /// Opens a lane on `conn` and starts its writer and reader.
-    pub(crate) async fn open(conn: &Connection) -> Result<Arc<Self>, quinn::ConnectionError> {
+    /// Opens a lane on `conn` and starts its writer and reader;
+    /// `violation` runs if the callee's replies break the protocol.
+    pub(crate) async fn open(
+        conn: &Connection,
+        violation: impl FnOnce(String) + Send + 'static,
+    ) -> Result<Arc<Self>, quinn::ConnectionError> {
         let (send, recv) = conn.open_bi().await?;
         let _ = send.set_priority(super::priority_for(0));
         let (frames, queue) = mpsc::channel(QUEUE);
@@ -78,7 +86,7 @@ impl Lane {
             queue,
             Some(StreamKind::RpcLane.header().to_vec()),
         ));
-        tokio::spawn(read_replies(recv, waiting.clone()));
+        tokio::spawn(read_replies(recv, waiting.clone(), violation));
         Ok(Arc::new(Self {
             frames,
             waiting,
@@ -222,7 +230,7 @@ impl Frames {
         }
     }
 
-    /// The next whole frame already buffered: the message and its length.
+    /// The next whole frame already buffered, decoded.
     fn next<'a, T: serde::Deserialize<'a>>(&'a mut self) -> Result<Option<T>, FrameError> {
         match frame::decode_from::<T>(&self.buf[self.start..], LANE_MAX_FRAME)? {
             Some((msg, used)) => {
@@ -254,7 +262,7 @@ impl Frames {
 
 /// Hands each reply on the lane to its call; when the lane ends, fails
 /// every call still waiting.
-async fn read_replies(recv: RecvStream, waiting: Arc<Waiting>) {
+async fn read_replies(recv: RecvStream, waiting: Arc<Waiting>, violation: impl FnOnce(String)) {
     let mut frames = Frames::new(recv);
     let why = loop {
         loop {
@@ -271,13 +279,10 @@ async fn read_replies(recv: RecvStream, waiting: Arc<Waiting>) {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    // The callee broke the protocol; its calls cannot be
-                    // answered any more.
+                    // The callee broke the protocol: its connection goes.
                     let detail = format!("bad lane reply: {e}");
-                    let _ = frames
-                        .recv
-                        .stop(VarInt::from_u32(CloseCode::ProtocolViolation.code()));
-                    fail_all(&waiting, &detail);
+                    fail_all(&waiting, || Reply::Broken(detail.clone()));
+                    violation(detail);
                     return;
                 }
             }
@@ -288,13 +293,14 @@ async fn read_replies(recv: RecvStream, waiting: Arc<Waiting>) {
             Err(e) => break e.to_string(),
         }
     };
-    fail_all(&waiting, &why);
+    fail_all(&waiting, || Reply::Down(why.clone()));
 }
 
-fn fail_all(waiting: &Waiting, why: &str) {
+/// Ends the lane: every waiting call gets `reply()`, later ones are refused.
+fn fail_all(waiting: &Waiting, reply: impl Fn() -> Reply) {
     let calls = waiting.lock().unwrap_or_else(|e| e.into_inner()).take();
     for (_, tx) in calls.into_iter().flatten() {
-        let _ = tx.send(Reply::Down(why.to_owned()));
+        let _ = tx.send(reply());
     }
 }
 

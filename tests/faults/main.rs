@@ -13,7 +13,7 @@ use quicmesh::wire::{
     CloseCode, Control, Hello, LANE_MAX_FRAME, LaneReply, LaneRequest, PROTOCOL_MAJOR,
     PROTOCOL_MINOR, RpcMode, RpcStatus, StreamKind, frame,
 };
-use quicmesh::{DownReason, Node};
+use quicmesh::{DownReason, Node, RpcError};
 use support::*;
 
 const COOKIE: &str = "faults-cookie";
@@ -222,6 +222,44 @@ async fn bad_rpc_lane_and_reply_frames_drop_only_that_peer() {
         a.shutdown().await;
         bad_stream_drops_only_that_peer(StreamKind::RpcReply, false, &[0, 0, 0, 2, 0xff, 0xff])
             .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_callee_sending_a_bad_lane_reply_is_dropped() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let mut ea = a.events();
+        let b = healthy_neighbour(&a).await;
+        let raw = RawPeer::join(&a, "liar").await;
+        let liar = name("liar@127.0.0.1");
+        wait_up(&mut ea, &liar).await;
+        let answer = {
+            let conn = raw.conn.clone();
+            tokio::spawn(async move {
+                let (mut send, mut recv) = conn.accept_bi().await.expect("a's lane");
+                let mut kind = [0u8; 2];
+                recv.read_exact(&mut kind).await.expect("kind");
+                assert_eq!(kind, StreamKind::RpcLane.header());
+                send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+                    .await
+                    .expect("write");
+                (send, recv)
+            })
+        };
+        let err = a.call::<_, ()>(&liar, "anything", &()).await.unwrap_err();
+        assert!(matches!(err, RpcError::Protocol { .. }), "{err}");
+        let _streams = answer.await.expect("answered");
+        assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
+        assert!(matches!(
+            wait_down(&mut ea, &liar).await,
+            DownReason::ProtocolViolation { .. }
+        ));
+        b.ping(a.name(), WAIT).await.expect("a still answers b");
+        raw.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+        b.shutdown().await;
     })
     .await;
 }

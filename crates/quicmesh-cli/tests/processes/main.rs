@@ -341,6 +341,8 @@ fn bench_runs_between_two_processes_and_writes_json() {
             "1,4",
             "--duration",
             "200ms",
+            "--repeat",
+            "2",
         ])
         .arg("--json")
         .arg(&json)
@@ -359,23 +361,39 @@ fn bench_runs_between_two_processes_and_writes_json() {
         "quicmesh call",
         "raw stream per call",
         "raw lane per caller",
+        "raw shared lane, ids",
         "quicmesh stream upload",
         "mixed: 64B beside 1MiB",
-        "ratios",
+        "raw mixed: 64B beside 1MiB",
+        "median ratios over 2 rounds",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
             .expect("valid json");
-    let runs = doc["runs"].as_array().expect("runs");
-    assert_eq!(runs.len(), 2 * 2 * 3 + 2 + 2);
-    assert!(runs.iter().all(|r| r["errors"] == 0), "{runs:?}");
-    assert!(
-        runs.iter()
-            .filter(|r| r["label"] == "quicmesh call")
-            .all(|r| r["calls"].as_u64() > Some(0))
-    );
+    let rounds = doc["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2);
+    for round in rounds {
+        let runs = round["runs"].as_array().expect("runs");
+        // payloads × concurrencies × 4 modes, stream upload and bulk, and
+        // the idle and busy mixed runs of quicmesh and raw quinn.
+        assert_eq!(runs.len(), 2 * 2 * 4 + 2 + 2 + 2);
+        assert!(runs.iter().all(|r| r["errors"] == 0), "{runs:?}");
+        assert!(
+            runs.iter()
+                .filter(|r| r["label"] == "quicmesh call")
+                .all(|r| r["calls"].as_u64() > Some(0))
+        );
+    }
+    // A median for every ratio the rounds report (those this matrix has).
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let pairs = v.as_array().expect("ratios");
+        pairs.iter().map(|p| p[0].to_string()).collect()
+    };
+    let medians = keys(&doc["median_ratios"]);
+    assert!(medians.len() >= 3, "{medians:?}");
+    assert_eq!(medians, keys(&rounds[0]["ratios"]));
 }
 
 #[tokio::test]
