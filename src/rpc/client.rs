@@ -195,13 +195,13 @@ impl Call<'_> {
         link: &LinkHandle,
         body: &[u8],
     ) -> Result<Vec<u8>, RpcError> {
-        let violation = {
-            let (m, peer, link) = (m.clone(), self.peer.clone(), link.clone());
-            move |detail| m.protocol_violation(&peer, &link, detail)
-        };
         let lane = link
             .lane
-            .get_or_try_init(|| Lane::open(&link.conn, violation))
+            .get_or_try_init(|| {
+                let (m, peer, owner) = (m.clone(), self.peer.clone(), link.clone());
+                let violation = move |detail| m.protocol_violation(&peer, &owner, detail);
+                Lane::open(&link.conn, violation)
+            })
             .await
             .map_err(|e| self.down(e.to_string()))?;
         let reply = lane

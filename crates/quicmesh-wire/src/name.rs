@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -67,14 +68,14 @@ pub enum NameError {
 /// and 253 after it.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct NodeName(String);
+pub struct NodeName(Arc<str>);
 
 impl NodeName {
     /// Validates and wraps `s`.
     pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
         let s = s.into();
         validate_name(&s)?;
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 
     /// The whole name, `name@host`.
@@ -84,7 +85,7 @@ impl NodeName {
 
     /// The part before `@`.
     pub fn short(&self) -> &str {
-        self.0.split_once('@').map_or(&self.0, |(n, _)| n)
+        self.0.split_once('@').map_or(self.as_str(), |(n, _)| n)
     }
 
     /// The part after `@`, with IPv6 brackets as written.
@@ -161,7 +162,7 @@ impl TryFrom<String> for NodeName {
 
 impl From<NodeName> for String {
     fn from(n: NodeName) -> Self {
-        n.0
+        n.0.to_string()
     }
 }
 
