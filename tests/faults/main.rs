@@ -13,7 +13,7 @@ use quicmesh::wire::{
     CloseCode, Control, Hello, LANE_MAX_FRAME, LaneReply, LaneRequest, PROTOCOL_MAJOR,
     PROTOCOL_MINOR, RpcMode, RpcStatus, StreamKind, frame,
 };
-use quicmesh::{DownReason, Node, RpcError};
+use quicmesh::{DownReason, EventStream, Node, RpcError};
 use support::*;
 
 const COOKIE: &str = "faults-cookie";
@@ -132,61 +132,74 @@ async fn garbage_datagrams_are_ignored() {
 
 #[tokio::test]
 async fn malformed_frame_on_a_ping_stream_drops_only_that_peer() {
-    bounded(async {
+    bounded(bad_stream_drops_only_that_peer(
+        StreamKind::Ping,
+        true,
+        &[0, 0, 0, 3, 0xff, 0xff, 0xff], // not a Ping
+    ))
+    .await;
+}
+
+/// A node `a`, a healthy neighbour `b` connected to it, and a raw peer that
+/// `a` holds as up.
+struct Scene {
+    a: Node,
+    events: EventStream,
+    b: Node,
+    raw: RawPeer,
+    raw_name: quicmesh::NodeName,
+}
+
+impl Scene {
+    async fn new(raw_short: &str) -> Self {
         let a = node("a", COOKIE).await;
-        let mut ea = a.events();
+        let mut events = a.events();
         let b = healthy_neighbour(&a).await;
-        let raw = RawPeer::join(&a, "evil").await;
-        let evil = name("evil@127.0.0.1");
-        wait_up(&mut ea, &evil).await;
+        let raw = RawPeer::join(&a, raw_short).await;
+        let raw_name = name(&format!("{raw_short}@127.0.0.1"));
+        wait_up(&mut events, &raw_name).await;
+        Self {
+            a,
+            events,
+            b,
+            raw,
+            raw_name,
+        }
+    }
 
-        let (mut send, _recv) = raw.conn.open_bi().await.expect("stream");
-        let mut bytes = StreamKind::Ping.header().to_vec();
-        bytes.extend([0, 0, 0, 3, 0xff, 0xff, 0xff]); // not a Ping
-        send.write_all(&bytes).await.expect("write");
-        let _ = send.finish();
-
-        assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
+    /// Checks that `a` dropped the raw peer, and only it, for a protocol
+    /// violation, then stops everything.
+    async fn only_the_raw_peer_was_dropped(mut self) {
+        assert_eq!(self.raw.closed_with().await, CloseCode::ProtocolViolation);
         assert!(matches!(
-            wait_down(&mut ea, &evil).await,
+            wait_down(&mut self.events, &self.raw_name).await,
             DownReason::ProtocolViolation { .. }
         ));
-        assert_eq!(a.status().counters.protocol_violations, 1);
-        b.ping(a.name(), WAIT).await.expect("a still answers b");
-        assert_eq!(a.nodes(), vec![b.name().clone()]);
-        raw.endpoint.close(0u32.into(), b"");
-        a.shutdown().await;
-        b.shutdown().await;
-    })
-    .await;
+        assert_eq!(self.a.status().counters.protocol_violations, 1);
+        self.b
+            .ping(self.a.name(), WAIT)
+            .await
+            .expect("a still answers b");
+        assert_eq!(self.a.nodes(), vec![self.b.name().clone()]);
+        self.raw.endpoint.close(0u32.into(), b"");
+        self.a.shutdown().await;
+        self.b.shutdown().await;
+    }
 }
 
 /// Sends `bytes` on a new stream of `kind` from a raw peer and checks that
 /// only that peer is dropped, with `ProtocolViolation`.
 async fn bad_stream_drops_only_that_peer(kind: StreamKind, bidi: bool, bytes: &[u8]) {
-    let a = node("a", COOKIE).await;
-    let mut ea = a.events();
-    let b = healthy_neighbour(&a).await;
-    let raw = RawPeer::join(&a, "evil").await;
-    let evil = name("evil@127.0.0.1");
-    wait_up(&mut ea, &evil).await;
+    let scene = Scene::new("evil").await;
     let mut send = if bidi {
-        raw.conn.open_bi().await.expect("stream").0
+        scene.raw.conn.open_bi().await.expect("stream").0
     } else {
-        raw.conn.open_uni().await.expect("stream")
+        scene.raw.conn.open_uni().await.expect("stream")
     };
     let mut all = kind.header().to_vec();
     all.extend_from_slice(bytes);
     send.write_all(&all).await.expect("write");
-    assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
-    assert!(matches!(
-        wait_down(&mut ea, &evil).await,
-        DownReason::ProtocolViolation { .. }
-    ));
-    b.ping(a.name(), WAIT).await.expect("a still answers b");
-    raw.endpoint.close(0u32.into(), b"");
-    a.shutdown().await;
-    b.shutdown().await;
+    scene.only_the_raw_peer_was_dropped().await;
 }
 
 #[tokio::test]
@@ -229,14 +242,9 @@ async fn bad_rpc_lane_and_reply_frames_drop_only_that_peer() {
 #[tokio::test]
 async fn a_callee_sending_a_bad_lane_reply_is_dropped() {
     bounded(async {
-        let a = node("a", COOKIE).await;
-        let mut ea = a.events();
-        let b = healthy_neighbour(&a).await;
-        let raw = RawPeer::join(&a, "liar").await;
-        let liar = name("liar@127.0.0.1");
-        wait_up(&mut ea, &liar).await;
+        let scene = Scene::new("liar").await;
         let answer = {
-            let conn = raw.conn.clone();
+            let conn = scene.raw.conn.clone();
             tokio::spawn(async move {
                 let (mut send, mut recv) = conn.accept_bi().await.expect("a's lane");
                 let mut kind = [0u8; 2];
@@ -248,18 +256,14 @@ async fn a_callee_sending_a_bad_lane_reply_is_dropped() {
                 (send, recv)
             })
         };
-        let err = a.call::<_, ()>(&liar, "anything", &()).await.unwrap_err();
+        let err = scene
+            .a
+            .call::<_, ()>(&scene.raw_name, "anything", &())
+            .await
+            .unwrap_err();
         assert!(matches!(err, RpcError::Protocol { .. }), "{err}");
         let _streams = answer.await.expect("answered");
-        assert_eq!(raw.closed_with().await, CloseCode::ProtocolViolation);
-        assert!(matches!(
-            wait_down(&mut ea, &liar).await,
-            DownReason::ProtocolViolation { .. }
-        ));
-        b.ping(a.name(), WAIT).await.expect("a still answers b");
-        raw.endpoint.close(0u32.into(), b"");
-        a.shutdown().await;
-        b.shutdown().await;
+        scene.only_the_raw_peer_was_dropped().await;
     })
     .await;
 }
