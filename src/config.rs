@@ -1,12 +1,15 @@
 //! Node configuration: one serde struct, so the builder, a TOML file and
 //! the CLI all set the same fields. Every field documents its default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use quicmesh_wire::{NodeAddr, NodeName};
 use serde::{Deserialize, Serialize};
+
+use crate::discovery::TopologyConfig;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +29,10 @@ pub struct NodeConfig {
     /// they are absent: static discovery. Default: none.
     #[serde(default)]
     pub seeds: Vec<NodeAddr>,
+    /// Discovery: named topologies, each a strategy and its options
+    /// (`[topologies.<name>]` in a file). Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topologies: BTreeMap<String, TopologyConfig>,
     /// Who this node is and whom it trusts. Default: cookie mode with the
     /// cookie from `QUICMESH_COOKIE` or `~/.quicmesh.cookie`.
     #[serde(default)]
@@ -64,6 +71,7 @@ impl Default for NodeConfig {
             listen: None,
             hidden: false,
             seeds: Vec::new(),
+            topologies: BTreeMap::new(),
             identity: IdentityConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             reconnect: ReconnectConfig::default(),
@@ -366,6 +374,30 @@ pub(crate) mod duration {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// `Option<Duration>` as an optional duration string.
+    pub(crate) mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub(crate) fn serialize<S: Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            let s = String::deserialize(d)?;
+            super::parse(&s).map(Some).map_err(serde::de::Error::custom)
+        }
     }
 
     /// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h`.

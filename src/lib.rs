@@ -35,11 +35,12 @@
 //!   certificate files, rustls configs;
 //! - [`quicmesh_wire`]: every byte on the wire, without I/O;
 //! - this crate: the QUIC transport, membership (handshake, tie-break of
-//!   simultaneous dials, heartbeats, transitive mesh, reconnects) and the
-//!   [`Node`] facade.
+//!   simultaneous dials, heartbeats, transitive mesh, reconnects),
+//!   [`discovery`], RPC, application protocols and the [`Node`] facade.
 
 mod app;
 mod config;
+pub mod discovery;
 mod error;
 mod event;
 mod membership;

@@ -20,6 +20,7 @@ mod dial;
 mod link;
 pub(crate) mod table;
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -36,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::NodeConfig;
+use crate::discovery::Candidate;
 use crate::error::{PingError, WaitError};
 use crate::event::{DownReason, NodeEvent};
 use crate::status::{Counters, PeerState, PeerStatus, Status};
@@ -74,6 +76,18 @@ pub(crate) struct Membership {
     pub(crate) tracker: TaskTracker,
     handshakes: Arc<Semaphore>,
     shutting_down: AtomicBool,
+    /// Candidates reported by discovery: where to dial them, and which
+    /// topologies report them.
+    discovered: Mutex<HashMap<NodeName, Discovered>>,
+}
+
+/// A peer that discovery reported.
+#[derive(Debug, Default)]
+struct Discovered {
+    /// Addresses the strategy resolved; empty: resolve the name's host.
+    addrs: Vec<SocketAddr>,
+    /// The topologies that report it.
+    by: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -141,6 +155,7 @@ impl Membership {
             tracker: TaskTracker::new(),
             handshakes: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
             shutting_down: AtomicBool::new(false),
+            discovered: Mutex::default(),
         }))
     }
 
@@ -354,6 +369,55 @@ impl Membership {
             },
             &detail,
         );
+    }
+
+    fn discovered_peers(&self) -> MutexGuard<'_, HashMap<NodeName, Discovered>> {
+        self.discovered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Discovery reported `candidate` through `topology`: keep it connected.
+    pub(crate) fn discovered(self: &Arc<Self>, topology: &str, candidate: Candidate) {
+        {
+            let mut found = self.discovered_peers();
+            let entry = found.entry(candidate.node.name.clone()).or_default();
+            entry.addrs = candidate.addrs;
+            entry.by.insert(topology.to_owned());
+        }
+        if self.add_seed(candidate.node.clone()) {
+            info!(peer = %candidate.node, %topology, "discovered");
+            self.spawn_keeper(candidate.node);
+        }
+    }
+
+    /// `topology` pruned `name`: unless something else still names it,
+    /// stop re-dialling it and disconnect it.
+    pub(crate) fn undiscovered(&self, topology: &str, name: &NodeName) {
+        let forget = {
+            let mut found = self.discovered_peers();
+            match found.get_mut(name) {
+                Some(entry) => {
+                    entry.by.remove(topology);
+                    let forget = entry.by.is_empty();
+                    if forget {
+                        found.remove(name);
+                    }
+                    forget
+                }
+                None => false,
+            }
+        };
+        if forget && !self.config.seeds.iter().any(|s| s.name == *name) {
+            info!(peer = %name, %topology, "pruned: no longer discovered");
+            self.disconnect(name);
+        }
+    }
+
+    /// Addresses discovery resolved for `name`, if any.
+    pub(crate) fn discovered_addrs(&self, name: &NodeName) -> Vec<SocketAddr> {
+        self.discovered_peers()
+            .get(name)
+            .map(|d| d.addrs.clone())
+            .unwrap_or_default()
     }
 
     /// Marks `addr` as a seed; `true` if it was not one (start a keeper).

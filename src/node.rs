@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::app::{OpenError, ProtocolListener};
 use crate::config::{ConfigError, IdentityConfig, NodeConfig};
+use crate::discovery::{self, Strategy, Topology};
 use crate::error::{ConnectError, PingError, StartError, WaitError};
 use crate::event::EventStream;
 use crate::membership::Membership;
@@ -399,6 +400,7 @@ impl Node {
 pub struct Builder {
     config: NodeConfig,
     name_error: Option<NameError>,
+    topologies: Vec<Topology>,
 }
 
 impl Builder {
@@ -407,6 +409,7 @@ impl Builder {
         Self {
             config,
             name_error: None,
+            topologies: Vec::new(),
         }
     }
 
@@ -457,6 +460,25 @@ impl Builder {
         self
     }
 
+    /// Adds a discovery topology from code: `strategy` is polled at its
+    /// interval and every candidate it reports is dialled and kept; with
+    /// `prune_after`, a candidate no poll reported for that long is
+    /// forgotten (see [`crate::discovery`]). Topologies from the config's
+    /// `topologies` run too.
+    pub fn topology(
+        mut self,
+        name: &str,
+        strategy: impl Strategy,
+        prune_after: Option<Duration>,
+    ) -> Self {
+        self.topologies.push(Topology {
+            name: name.to_owned(),
+            strategy: Arc::new(strategy),
+            prune_after,
+        });
+        self
+    }
+
     /// Heartbeat interval and failure-detection timeout.
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.config.heartbeat.interval = interval;
@@ -495,6 +517,11 @@ impl Builder {
             "node started"
         );
         m.start();
+        let mut topologies = Topology::from_configs(&m.config.topologies);
+        topologies.extend(self.topologies);
+        for topology in topologies {
+            discovery::spawn(&m, topology);
+        }
         Ok(Node {
             owner: Arc::new(Owner(m)),
         })

@@ -231,7 +231,13 @@ impl Membership {
                 self.wait_down(&seed.name).await;
                 continue;
             }
-            match self.dial_addr(&seed).await {
+            let pinned = self.discovered_addrs(&seed.name);
+            let dialled = if pinned.is_empty() {
+                self.dial_addr(&seed).await
+            } else {
+                self.dial(&seed.name, &pinned).await
+            };
+            match dialled {
                 Ok(()) => attempt = 0,
                 Err(ConnectError::ShuttingDown) => return,
                 Err(e) => {

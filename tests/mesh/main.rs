@@ -223,18 +223,7 @@ async fn seed_is_redialled_after_it_restarts() {
         // a's keeper finds it again.
         drop(b);
         let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let b2 = loop {
-            match builder("b", COOKIE).listen(listen).start().await {
-                Ok(n) => break n,
-                Err(quicmesh::StartError::Bind { .. })
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => panic!("b did not restart on its port: {e}"),
-            }
-        };
+        let b2 = start_on("b", COOKIE, listen).await;
         match wait_up(&mut ea, b2.name()).await {
             NodeEvent::NodeUp { incarnation, .. } => assert_ne!(incarnation, first),
             other => panic!("{other:?}"),

@@ -110,3 +110,18 @@ pub fn drain(events: &mut EventStream) -> Vec<NodeEvent> {
     }
     v
 }
+
+/// Starts `short@127.0.0.1` on `listen`, a port another node of this test
+/// just released: retries while the port is still held, up to [`WAIT`].
+pub async fn start_on(short: &str, cookie: &str, listen: std::net::SocketAddr) -> Node {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match builder(short, cookie).listen(listen).start().await {
+            Ok(n) => return n,
+            Err(quicmesh::StartError::Bind { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{short} did not start on {listen}: {e}"),
+        }
+    }
+}

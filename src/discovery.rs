@@ -1,0 +1,238 @@
+//! Discovery: topologies whose strategies report candidate peers, which
+//! membership dials and keeps.
+//!
+//! A topology polls its [`Strategy`] every polling interval. Each candidate
+//! becomes a seed: dialled, and re-dialled with backoff whenever it is down,
+//! whether or not later polls report it again. A poll that misses a peer
+//! changes nothing; only a topology with `prune_after` forgets a candidate,
+//! and only once no poll has reported it for that long (then the node stops
+//! re-dialling it and disconnects it, unless another topology or the static
+//! `seeds` still name it). A strategy that fails (a DNS server down or
+//! answering garbage) is logged and retried at the next interval; the mesh
+//! stays as it is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicmesh_wire::{NodeAddr, NodeName};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::duration;
+use crate::membership::Membership;
+
+/// A peer a strategy found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its node name (what its certificate must say) and port.
+    pub node: NodeAddr,
+    /// Where to dial it, when the strategy resolved that itself (say, an
+    /// SRV target looked up through its own resolver); empty: resolve the
+    /// name's host with the system resolver.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Candidate {
+    /// A candidate dialled by resolving its host.
+    pub fn new(node: NodeAddr) -> Self {
+        Self {
+            node,
+            addrs: Vec::new(),
+        }
+    }
+
+    /// A candidate dialled at `addrs`.
+    pub fn at(node: NodeAddr, addrs: Vec<SocketAddr>) -> Self {
+        Self { node, addrs }
+    }
+}
+
+/// Why a strategy could not report its candidates this time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// A DNS query failed: no answer, a server error or a bad record.
+    #[error("DNS query for {query} failed: {detail}")]
+    Dns {
+        /// The name queried.
+        query: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// Any other failure, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The future a [`Strategy`] returns.
+pub type CandidatesFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<Candidate>, DiscoveryError>> + Send + 'a>>;
+
+/// A source of candidate peers, polled by its topology. Implement it for
+/// discovery of your own.
+pub trait Strategy: Send + Sync + 'static {
+    /// The candidates now. An error keeps the previous ones.
+    fn candidates(&self) -> CandidatesFuture<'_>;
+
+    /// How long to wait between polls.
+    fn polling_interval(&self) -> Duration;
+}
+
+/// A fixed list of nodes (libcluster's `Epmd` strategy).
+#[derive(Debug, Clone)]
+pub struct StaticNodes {
+    nodes: Vec<NodeAddr>,
+}
+
+impl StaticNodes {
+    /// Reports `nodes` at every poll.
+    pub fn new(nodes: Vec<NodeAddr>) -> Self {
+        Self { nodes }
+    }
+}
+
+impl Strategy for StaticNodes {
+    fn candidates(&self) -> CandidatesFuture<'_> {
+        let found = self.nodes.iter().cloned().map(Candidate::new).collect();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn polling_interval(&self) -> Duration {
+        // Nothing changes; the poll only re-adds what pruning removed.
+        Duration::from_secs(60)
+    }
+}
+
+/// One topology as written in a config file's `[topologies.<name>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "strategy", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum TopologyConfig {
+    /// `strategy = "static"`: the nodes listed.
+    Static {
+        /// `["app1@10.0.0.5:4370", ...]`; the port defaults to 4370.
+        nodes: Vec<NodeAddr>,
+        /// Forget a node no poll reported for this long. Default: never.
+        #[serde(
+            default,
+            with = "duration::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        prune_after: Option<Duration>,
+    },
+}
+
+impl TopologyConfig {
+    /// The strategy this config describes.
+    pub fn strategy(&self) -> Arc<dyn Strategy> {
+        match self {
+            Self::Static { nodes, .. } => Arc::new(StaticNodes::new(nodes.clone())),
+        }
+    }
+
+    /// The pruning grace period, if pruning is on.
+    pub fn prune_after(&self) -> Option<Duration> {
+        match self {
+            Self::Static { prune_after, .. } => *prune_after,
+        }
+    }
+}
+
+/// A topology ready to run.
+#[derive(Clone)]
+pub(crate) struct Topology {
+    pub(crate) name: String,
+    pub(crate) strategy: Arc<dyn Strategy>,
+    pub(crate) prune_after: Option<Duration>,
+}
+
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Topology")
+            .field("name", &self.name)
+            .field("prune_after", &self.prune_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Topology {
+    pub(crate) fn from_configs(configs: &BTreeMap<String, TopologyConfig>) -> Vec<Self> {
+        configs
+            .iter()
+            .map(|(name, c)| Self {
+                name: name.clone(),
+                strategy: c.strategy(),
+                prune_after: c.prune_after(),
+            })
+            .collect()
+    }
+}
+
+/// Starts polling `topology` until the node stops.
+pub(crate) fn spawn(m: &Arc<Membership>, topology: Topology) {
+    let span = info_span!("topology", node = %m.me, topology = %topology.name);
+    let m2 = m.clone();
+    m.tracker.spawn(run(m2, topology).instrument(span));
+}
+
+async fn run(m: Arc<Membership>, topology: Topology) {
+    let interval = topology.strategy.polling_interval();
+    // A poll may take at most one interval (and at least a few seconds).
+    let patience = interval.max(Duration::from_secs(5));
+    let mut last_seen: HashMap<NodeName, Instant> = HashMap::new();
+    let mut failing = false;
+    loop {
+        let polled = tokio::time::timeout(patience, topology.strategy.candidates()).await;
+        let now = Instant::now();
+        match polled {
+            Ok(Ok(found)) => {
+                if failing {
+                    info!("discovery works again: {} candidates", found.len());
+                    failing = false;
+                }
+                for candidate in found {
+                    if candidate.node.name == m.me {
+                        continue;
+                    }
+                    last_seen.insert(candidate.node.name.clone(), now);
+                    m.discovered(&topology.name, candidate);
+                }
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    warn!("discovery failed, keeping the current peers and retrying: {e}");
+                }
+                failing = true;
+            }
+            Err(_) => {
+                if !failing {
+                    warn!("discovery timed out after {patience:?}, keeping the current peers");
+                }
+                failing = true;
+            }
+        }
+        if let Some(grace) = topology.prune_after
+            && !failing
+        {
+            last_seen.retain(|name, seen| {
+                let keep = now.duration_since(*seen) < grace;
+                if !keep {
+                    debug!(peer = %name, "not reported for {grace:?}: pruned");
+                    m.undiscovered(&topology.name, name);
+                }
+                keep
+            });
+        }
+        tokio::select! {
+            biased;
+            _ = m.token.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
