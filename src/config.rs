@@ -240,6 +240,14 @@ pub enum ConfigError {
         /// The cap.
         max: Duration,
     },
+    /// A discovery topology is set up wrongly.
+    #[error("topologies.{topology}: {detail}")]
+    Topology {
+        /// The topology's name.
+        topology: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// A frame limit too small for a `Hello`.
     #[error("max_frame ({0}) must be at least 4096 bytes")]
     FrameLimitTooSmall(usize),
@@ -267,6 +275,12 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_none() {
             return Err(ConfigError::MissingName);
+        }
+        for (topology, t) in &self.topologies {
+            t.validate().map_err(|detail| ConfigError::Topology {
+                topology: topology.clone(),
+                detail,
+            })?;
         }
         let hb = self.heartbeat;
         if hb.interval.is_zero() {

@@ -27,6 +27,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::duration;
 use crate::membership::Membership;
 
+mod dns;
+
+pub use dns::{DnsPoll, DnsSrv};
+
 /// A peer a strategy found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -109,7 +113,8 @@ impl Strategy for StaticNodes {
     }
 }
 
-/// One topology as written in a config file's `[topologies.<name>]`.
+/// One topology as written in a config file's `[topologies.<name>]`; the
+/// keys and defaults follow libcluster's strategies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "strategy", rename_all = "snake_case", deny_unknown_fields)]
 #[non_exhaustive]
@@ -126,21 +131,204 @@ pub enum TopologyConfig {
         )]
         prune_after: Option<Duration>,
     },
+    /// `strategy = "dns_poll"`: the A and AAAA records of `query`, each
+    /// address a node `<node_basename>@<ip>`.
+    DnsPoll {
+        /// The name to look up.
+        query: String,
+        /// The part of the node names before `@`.
+        node_basename: String,
+        /// The nodes' UDP port. Default 4370.
+        #[serde(default = "default_port")]
+        port: u16,
+        /// Time between lookups. Default 5 s.
+        #[serde(default = "default_interval", with = "duration")]
+        polling_interval: Duration,
+        /// `"ip:port"` of the name server to ask. Default: the system's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nameserver: Option<SocketAddr>,
+        /// Forget a node no poll reported for this long. Default: never.
+        #[serde(
+            default,
+            with = "duration::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        prune_after: Option<Duration>,
+    },
+    /// `strategy = "kubernetes_dns"`: the A records of a headless service,
+    /// `<service>.<namespace>.svc.<cluster_domain>`, each pod a node
+    /// `<application_name>@<pod ip>`.
+    KubernetesDns {
+        /// The headless service's name.
+        service: String,
+        /// Its namespace. Default `default`.
+        #[serde(default = "default_namespace")]
+        namespace: String,
+        /// The part of the node names before `@`.
+        application_name: String,
+        /// The nodes' UDP port. Default 4370.
+        #[serde(default = "default_port")]
+        port: u16,
+        /// Time between lookups. Default 5 s.
+        #[serde(default = "default_interval", with = "duration")]
+        polling_interval: Duration,
+        /// The cluster's DNS domain. Default `cluster.local`.
+        #[serde(default = "default_cluster_domain")]
+        cluster_domain: String,
+        /// `"ip:port"` of the name server to ask. Default: the system's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nameserver: Option<SocketAddr>,
+        /// Forget a node no poll reported for this long. Default: never.
+        #[serde(
+            default,
+            with = "duration::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        prune_after: Option<Duration>,
+    },
+    /// `strategy = "kubernetes_dns_srv"`: the SRV records
+    /// `_<port_name>._<protocol>.<service>.<namespace>.svc.<cluster_domain>`
+    /// of a headless service (StatefulSets), each target a node
+    /// `<application_name>@<target host>` at the record's port.
+    KubernetesDnsSrv {
+        /// The headless service's name.
+        service: String,
+        /// Its namespace. Default `default`.
+        #[serde(default = "default_namespace")]
+        namespace: String,
+        /// The part of the node names before `@`.
+        application_name: String,
+        /// The service port's name. Default `quicmesh`.
+        #[serde(default = "default_port_name")]
+        port_name: String,
+        /// The service port's protocol. Default `udp`.
+        #[serde(default = "default_protocol")]
+        protocol: String,
+        /// Time between lookups. Default 5 s.
+        #[serde(default = "default_interval", with = "duration")]
+        polling_interval: Duration,
+        /// The cluster's DNS domain. Default `cluster.local`.
+        #[serde(default = "default_cluster_domain")]
+        cluster_domain: String,
+        /// `"ip:port"` of the name server to ask. Default: the system's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nameserver: Option<SocketAddr>,
+        /// Forget a node no poll reported for this long. Default: never.
+        #[serde(
+            default,
+            with = "duration::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        prune_after: Option<Duration>,
+    },
+}
+
+fn default_port() -> u16 {
+    quicmesh_wire::DEFAULT_PORT
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_namespace() -> String {
+    "default".to_owned()
+}
+fn default_cluster_domain() -> String {
+    "cluster.local".to_owned()
+}
+fn default_port_name() -> String {
+    "quicmesh".to_owned()
+}
+fn default_protocol() -> String {
+    "udp".to_owned()
 }
 
 impl TopologyConfig {
-    /// The strategy this config describes.
-    pub fn strategy(&self) -> Arc<dyn Strategy> {
-        match self {
+    /// The strategy this config describes (DNS strategies build their
+    /// resolver here).
+    pub fn strategy(&self) -> Result<Arc<dyn Strategy>, DiscoveryError> {
+        Ok(match self {
             Self::Static { nodes, .. } => Arc::new(StaticNodes::new(nodes.clone())),
-        }
+            Self::DnsPoll {
+                query,
+                node_basename,
+                port,
+                polling_interval,
+                nameserver,
+                ..
+            } => Arc::new(DnsPoll::new(
+                query,
+                node_basename,
+                *port,
+                *polling_interval,
+                *nameserver,
+            )?),
+            Self::KubernetesDns {
+                service,
+                namespace,
+                application_name,
+                port,
+                polling_interval,
+                cluster_domain,
+                nameserver,
+                ..
+            } => Arc::new(DnsPoll::new(
+                &format!("{service}.{namespace}.svc.{cluster_domain}"),
+                application_name,
+                *port,
+                *polling_interval,
+                *nameserver,
+            )?),
+            Self::KubernetesDnsSrv {
+                service,
+                namespace,
+                application_name,
+                port_name,
+                protocol,
+                polling_interval,
+                cluster_domain,
+                nameserver,
+                ..
+            } => Arc::new(DnsSrv::new(
+                &format!("_{port_name}._{protocol}.{service}.{namespace}.svc.{cluster_domain}"),
+                application_name,
+                *polling_interval,
+                *nameserver,
+            )?),
+        })
     }
 
     /// The pruning grace period, if pruning is on.
     pub fn prune_after(&self) -> Option<Duration> {
         match self {
-            Self::Static { prune_after, .. } => *prune_after,
+            Self::Static { prune_after, .. }
+            | Self::DnsPoll { prune_after, .. }
+            | Self::KubernetesDns { prune_after, .. }
+            | Self::KubernetesDnsSrv { prune_after, .. } => *prune_after,
         }
+    }
+
+    /// The polling interval set, for strategies that have one.
+    fn polling_interval(&self) -> Option<Duration> {
+        match self {
+            Self::Static { .. } => None,
+            Self::DnsPoll {
+                polling_interval, ..
+            }
+            | Self::KubernetesDns {
+                polling_interval, ..
+            }
+            | Self::KubernetesDnsSrv {
+                polling_interval, ..
+            } => Some(*polling_interval),
+        }
+    }
+
+    /// Checks values serde cannot: a zero polling interval.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.polling_interval().is_some_and(|d| d.is_zero()) {
+            return Err("polling_interval must be above zero".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -162,13 +350,19 @@ impl fmt::Debug for Topology {
 }
 
 impl Topology {
-    pub(crate) fn from_configs(configs: &BTreeMap<String, TopologyConfig>) -> Vec<Self> {
+    /// The topologies of a config file; the first that cannot start, with
+    /// its name.
+    pub(crate) fn from_configs(
+        configs: &BTreeMap<String, TopologyConfig>,
+    ) -> Result<Vec<Self>, (String, DiscoveryError)> {
         configs
             .iter()
-            .map(|(name, c)| Self {
-                name: name.clone(),
-                strategy: c.strategy(),
-                prune_after: c.prune_after(),
+            .map(|(name, c)| {
+                Ok(Self {
+                    name: name.clone(),
+                    strategy: c.strategy().map_err(|e| (name.clone(), e))?,
+                    prune_after: c.prune_after(),
+                })
             })
             .collect()
     }

@@ -500,6 +500,14 @@ impl Builder {
         let config = self.config;
         config.validate()?;
         let name = config.name.clone().ok_or(ConfigError::MissingName)?;
+        let mut topologies =
+            Topology::from_configs(&config.topologies).map_err(|(topology, e)| {
+                StartError::Config(ConfigError::Topology {
+                    topology,
+                    detail: e.to_string(),
+                })
+            })?;
+        topologies.extend(self.topologies);
         let listen = config.listen_addr();
         let identity = load_identity(&config, name).await?;
         let transport = transport::transport_config(&config);
@@ -517,8 +525,6 @@ impl Builder {
             "node started"
         );
         m.start();
-        let mut topologies = Topology::from_configs(&m.config.topologies);
-        topologies.extend(self.topologies);
         for topology in topologies {
             discovery::spawn(&m, topology);
         }
