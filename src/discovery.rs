@@ -145,7 +145,11 @@ pub enum TopologyConfig {
         #[serde(default = "default_interval", with = "duration")]
         polling_interval: Duration,
         /// `"ip:port"` of the name server to ask. Default: the system's.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "nameserver",
+            skip_serializing_if = "Option::is_none"
+        )]
         nameserver: Option<SocketAddr>,
         /// Forget a node no poll reported for this long. Default: never.
         #[serde(
@@ -176,7 +180,11 @@ pub enum TopologyConfig {
         #[serde(default = "default_cluster_domain")]
         cluster_domain: String,
         /// `"ip:port"` of the name server to ask. Default: the system's.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "nameserver",
+            skip_serializing_if = "Option::is_none"
+        )]
         nameserver: Option<SocketAddr>,
         /// Forget a node no poll reported for this long. Default: never.
         #[serde(
@@ -211,7 +219,11 @@ pub enum TopologyConfig {
         #[serde(default = "default_cluster_domain")]
         cluster_domain: String,
         /// `"ip:port"` of the name server to ask. Default: the system's.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "nameserver",
+            skip_serializing_if = "Option::is_none"
+        )]
         nameserver: Option<SocketAddr>,
         /// Forget a node no poll reported for this long. Default: never.
         #[serde(
@@ -221,6 +233,16 @@ pub enum TopologyConfig {
         )]
         prune_after: Option<Duration>,
     },
+}
+
+/// Reads `nameserver`, saying which key holds a bad address.
+fn nameserver<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "nameserver must be \"ip:port\" (e.g. \"10.96.0.10:53\"), got {text:?}"
+        ))
+    })
 }
 
 fn default_port() -> u16 {

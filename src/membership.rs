@@ -164,7 +164,7 @@ impl Membership {
         let m = self.clone();
         self.tracker.spawn(async move { m.accept_loop().await });
         for seed in self.config.seeds.clone() {
-            self.spawn_keeper(seed);
+            self.spawn_keeper(seed, None);
         }
         let m = self.clone();
         self.tracker
@@ -385,7 +385,7 @@ impl Membership {
         }
         if self.add_seed(candidate.node.clone()) {
             info!(peer = %candidate.node, %topology, "discovered");
-            self.spawn_keeper(candidate.node);
+            self.spawn_keeper(candidate.node, Some(topology));
         }
     }
 

@@ -102,7 +102,7 @@ impl Node {
     /// whenever it is down, until [`Node::disconnect`].
     pub fn add_seed(&self, addr: NodeAddr) {
         if self.m().add_seed(addr.clone()) {
-            self.m().spawn_keeper(addr);
+            self.m().spawn_keeper(addr, None);
         }
     }
 

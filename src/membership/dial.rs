@@ -212,9 +212,11 @@ impl Membership {
         }
     }
 
-    /// Keeps a seed connected until the node stops or the seed is removed.
-    pub(crate) fn spawn_keeper(self: &Arc<Self>, seed: NodeAddr) {
-        let span = info_span!("seed", node = %self.me, peer = %seed);
+    /// Keeps a seed connected until the node stops or the seed is removed;
+    /// `via` names the topology that found it (for its log lines).
+    pub(crate) fn spawn_keeper(self: &Arc<Self>, seed: NodeAddr, via: Option<&str>) {
+        let via = via.unwrap_or("seeds");
+        let span = info_span!("seed", node = %self.me, peer = %seed, via);
         let m = self.clone();
         self.tracker
             .spawn(async move { m.keep_connected(seed).await }.instrument(span));

@@ -290,6 +290,54 @@ async fn process_in_certificate_mode_with_config_file_joins() {
     a.shutdown().await;
 }
 
+#[tokio::test]
+async fn process_with_two_topologies_in_its_config_file_finds_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, c) = (local_node("a").await, local_node("c").await);
+    let config = dir.path().join("b.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"b@127.0.0.1\"\nlisten = \"127.0.0.1:0\"\n\
+             [identity]\nmode = \"cookie\"\ncookie = \"{COOKIE}\"\n\
+             [topologies.first]\nstrategy = \"static\"\nnodes = [\"{}\"]\n\
+             [topologies.second]\nstrategy = \"static\"\nnodes = [\"{}\"]\nprune_after = \"1m\"\n",
+            a.addr(),
+            c.addr()
+        ),
+    )
+    .expect("write config");
+    let mut b = NodeProcess::start(&["--config", config.to_str().expect("path")], &[]).await;
+    b.expect_line("up a@127.0.0.1").await;
+    b.expect_line("up c@127.0.0.1").await;
+
+    // Mistakes in a topology name the topology, the key or the value.
+    for (bad, named) in [
+        ("strategy = \"dns_pol\"\nquery = \"x\"", "dns_pol"),
+        ("strategy = \"dns_poll\"\nnode_basename = \"app\"", "query"),
+        (
+            "strategy = \"dns_poll\"\nquery = \"x\"\nnode_basename = \"app\"\npolling_interval = \"0s\"",
+            "topologies.broken: polling_interval",
+        ),
+        (
+            "strategy = \"kubernetes_dns\"\nservice = \"s\"\napplication_name = \"a\"\nnameserver = \"dns.local\"",
+            "nameserver",
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!("name = \"b@127.0.0.1\"\n[topologies.broken]\n{bad}\n"),
+        )
+        .expect("write");
+        let out = quicmesh(&["node", "--config", config.to_str().expect("path")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}");
+        assert!(err.contains(named), "{bad}\n→ {err}");
+    }
+    a.shutdown().await;
+    c.shutdown().await;
+}
+
 #[test]
 fn demo_runs_and_shows_both_kinds_of_node_down() {
     let out = quicmesh(&["demo"]);
