@@ -47,20 +47,6 @@ fn candidate(node: &Node) -> Candidate {
     Candidate::new(node.addr())
 }
 
-/// Watches for `duration` that `node` stays connected to `peer`.
-async fn stays_connected(node: &Node, peer: &Node, duration: Duration) {
-    let until = tokio::time::Instant::now() + duration;
-    while tokio::time::Instant::now() < until {
-        assert!(
-            node.nodes().contains(peer.name()),
-            "{} dropped {}",
-            node.name(),
-            peer.name()
-        );
-        tokio::time::sleep(POLL / 2).await;
-    }
-}
-
 #[tokio::test]
 async fn static_topology_from_a_config_file_forms_the_mesh() {
     bounded(async {

@@ -192,19 +192,6 @@ async fn full_mesh(nodes: &[&Node]) -> Duration {
     started.elapsed()
 }
 
-async fn stays_connected(node: &Node, peer: &Node, duration: Duration) {
-    let until = tokio::time::Instant::now() + duration;
-    while tokio::time::Instant::now() < until {
-        assert!(
-            node.nodes().contains(peer.name()),
-            "{} dropped {}",
-            node.name(),
-            peer.name()
-        );
-        tokio::time::sleep(POLL / 4).await;
-    }
-}
-
 #[tokio::test]
 async fn dns_poll_forms_the_mesh_follows_new_records_and_survives_the_server() {
     init_tracing();

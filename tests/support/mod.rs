@@ -125,3 +125,19 @@ pub async fn start_on(short: &str, cookie: &str, listen: std::net::SocketAddr) -
         }
     }
 }
+
+/// Watches for `duration` (checking every 25 ms) that `node` stays
+/// connected to `peer`: a change that must not happen, watched for as long
+/// as the test's policy says it must hold.
+pub async fn stays_connected(node: &Node, peer: &Node, duration: Duration) {
+    let until = tokio::time::Instant::now() + duration;
+    while tokio::time::Instant::now() < until {
+        assert!(
+            node.nodes().contains(peer.name()),
+            "{} dropped {}",
+            node.name(),
+            peer.name()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
