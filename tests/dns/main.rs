@@ -365,3 +365,40 @@ async fn kubernetes_dns_and_dns_srv_find_their_peers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_server_answering_garbage_is_a_dns_error_not_a_crash() {
+    bounded(async {
+        // A "DNS server" that answers every query with junk, or with the
+        // query's id and nonsense after it.
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let mut n = 0u8;
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                n = n.wrapping_add(1);
+                let mut reply = vec![0xa5u8; 40];
+                if n % 2 == 0 && len >= 2 {
+                    reply[..2].copy_from_slice(&buf[..2]);
+                    reply[2] = 0x81; // a response…
+                    reply[3] = 0x80; // …that claims records it does not hold
+                    reply[7] = 9;
+                }
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+        let probe = DnsPoll::new("app.test", "app", 4370, POLL, Some(addr)).expect("resolver");
+        for _ in 0..4 {
+            let result = probe.candidates().await;
+            assert!(
+                matches!(result, Err(quicmesh::discovery::DiscoveryError::Dns { .. })),
+                "{result:?}"
+            );
+        }
+        server.abort();
+    })
+    .await;
+}
