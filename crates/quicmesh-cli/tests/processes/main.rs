@@ -53,17 +53,24 @@ impl NodeProcess {
 
     /// Waits for an event line such as `up a@127.0.0.1`.
     async fn expect_line(&mut self, want: &str) {
+        self.expect_lines(&[want]).await;
+    }
+
+    /// Waits until every line of `want` has been printed, in any order.
+    async fn expect_lines(&mut self, want: &[&str]) {
+        let mut missing: Vec<&str> = want.to_vec();
         let wait = async {
             while let Some(line) = self.stdout.next_line().await.expect("read") {
-                if line == want {
+                missing.retain(|w| *w != line);
+                if missing.is_empty() {
                     return;
                 }
             }
-            panic!("process ended before printing {want:?}");
+            panic!("process ended before printing {missing:?}");
         };
         tokio::time::timeout(WAIT, wait)
             .await
-            .unwrap_or_else(|_| panic!("no line {want:?}"));
+            .unwrap_or_else(|_| panic!("not all of {want:?} printed"));
     }
 
     fn signal(&self, sig: &str) {
@@ -308,8 +315,8 @@ async fn process_with_two_topologies_in_its_config_file_finds_both() {
     )
     .expect("write config");
     let mut b = NodeProcess::start(&["--config", config.to_str().expect("path")], &[]).await;
-    b.expect_line("up a@127.0.0.1").await;
-    b.expect_line("up c@127.0.0.1").await;
+    // The two topologies dial at once: either may come up first.
+    b.expect_lines(&["up a@127.0.0.1", "up c@127.0.0.1"]).await;
 
     // Mistakes in a topology name the topology, the key or the value.
     for (bad, named) in [
