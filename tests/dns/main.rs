@@ -225,10 +225,8 @@ async fn dns_poll_forms_the_mesh_follows_new_records_and_survives_the_server() {
             .expect("the new node joins");
         let joined = added.elapsed();
         eprintln!("dns_poll: added record joined after {joined:?} (interval {POLL:?})");
-        assert!(
-            joined <= POLL * 2 + Duration::from_millis(500),
-            "{joined:?}"
-        );
+        // Two intervals, plus room for the dial on a loaded machine.
+        assert!(joined <= POLL * 2 + Duration::from_secs(1), "{joined:?}");
 
         // Its record goes: without pruning, the healthy peer stays.
         dns.remove_hosts("app5");
@@ -275,7 +273,12 @@ async fn pruning_disconnects_a_peer_whose_record_is_gone() {
             wait_down(&mut events, b.name()).await,
             DownReason::DisconnectedByUs
         );
-        assert!(removed.elapsed() >= grace, "pruned before the grace period");
+        // The grace period runs from the last poll that saw the record,
+        // at most one interval before it was removed.
+        assert!(
+            removed.elapsed() >= grace - POLL,
+            "pruned before the grace period"
+        );
         a.shutdown().await;
         b.shutdown().await;
     })
