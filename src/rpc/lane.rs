@@ -77,15 +77,13 @@ impl Lane {
         conn: &Connection,
         violation: impl FnOnce(String) + Send + 'static,
     ) -> Result<Arc<Self>, quinn::ConnectionError> {
-        let (send, recv) = conn.open_bi().await?;
+        let (mut send, recv) = conn.open_bi().await?;
         let _ = send.set_priority(super::priority_for(0));
+        // The kind header: a write failure shows up as the first call's.
+        let _ = send.write_all(&StreamKind::RpcLane.header()).await;
         let (frames, queue) = mpsc::channel(QUEUE);
         let waiting: Arc<Waiting> = Arc::new(Mutex::new(Some(HashMap::new())));
-        tokio::spawn(write_frames(
-            send,
-            queue,
-            Some(StreamKind::RpcLane.header().to_vec()),
-        ));
+        tokio::spawn(write_frames(send, queue));
         tokio::spawn(read_replies(recv, waiting.clone(), violation));
         Ok(Arc::new(Self {
             frames,
@@ -181,16 +179,7 @@ impl Drop for Waiter<'_> {
 }
 
 /// Writes queued frames to `send`, gathering what is queued into one write.
-async fn write_frames(
-    mut send: SendStream,
-    mut queue: mpsc::Receiver<Vec<u8>>,
-    first: Option<Vec<u8>>,
-) {
-    if let Some(bytes) = first
-        && send.write_all(&bytes).await.is_err()
-    {
-        return;
-    }
+async fn write_frames(mut send: SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
     let mut batch = Vec::new();
     while let Some(bytes) = queue.recv().await {
         let written = if queue.is_empty() {
