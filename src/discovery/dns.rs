@@ -63,25 +63,65 @@ fn node_at(basename: &str, ip: IpAddr, port: u16) -> Result<NodeAddr, DiscoveryE
     Ok(NodeAddr { name, port })
 }
 
-/// A and AAAA records of a name, each address a node
-/// `<basename>@<ip>:<port>` (libcluster's `DNSPoll`; `kubernetes_dns` is
-/// the same query on a headless service's name).
-pub struct DnsPoll {
+/// What both DNS strategies hold: a resolver, the name they ask for, the
+/// part of node names before `@`, and their polling interval.
+struct Query {
     resolver: TokioResolver,
     query: String,
     basename: String,
-    port: u16,
     interval: Duration,
 }
 
-impl std::fmt::Debug for DnsPoll {
+impl std::fmt::Debug for Query {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DnsPoll")
+        f.debug_struct("Query")
             .field("query", &self.query)
             .field("basename", &self.basename)
-            .field("port", &self.port)
+            .field("interval", &self.interval)
             .finish_non_exhaustive()
     }
+}
+
+impl Query {
+    fn new(
+        query: &str,
+        basename: &str,
+        interval: Duration,
+        nameserver: Option<SocketAddr>,
+    ) -> Result<Self, DiscoveryError> {
+        Ok(Self {
+            resolver: resolver(nameserver)?,
+            query: query.to_owned(),
+            basename: basename.to_owned(),
+            interval,
+        })
+    }
+
+    fn failed(query: &str, detail: &dyn std::fmt::Display) -> DiscoveryError {
+        DiscoveryError::Dns {
+            query: query.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The addresses of `host`; none when it has no records (an answer,
+    /// not a failure: nobody is there yet).
+    async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DiscoveryError> {
+        match self.resolver.lookup_ip(host).await {
+            Ok(ips) => Ok(ips.iter().collect()),
+            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(Self::failed(host, &e)),
+        }
+    }
+}
+
+/// A and AAAA records of a name, each address a node
+/// `<basename>@<ip>:<port>` (libcluster's `DNSPoll`; `kubernetes_dns` is
+/// the same query on a headless service's name).
+#[derive(Debug)]
+pub struct DnsPoll {
+    query: Query,
+    port: u16,
 }
 
 impl DnsPoll {
@@ -95,11 +135,8 @@ impl DnsPoll {
         nameserver: Option<SocketAddr>,
     ) -> Result<Self, DiscoveryError> {
         Ok(Self {
-            resolver: resolver(nameserver)?,
-            query: query.to_owned(),
-            basename: basename.to_owned(),
+            query: Query::new(query, basename, interval, nameserver)?,
             port,
-            interval,
         })
     }
 }
@@ -107,20 +144,12 @@ impl DnsPoll {
 impl Strategy for DnsPoll {
     fn candidates(&self) -> CandidatesFuture<'_> {
         Box::pin(async move {
-            let ips = match self.resolver.lookup_ip(self.query.as_str()).await {
-                Ok(ips) => ips,
-                // A name without records is an answer: nobody is there.
-                Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
-                Err(e) => {
-                    return Err(DiscoveryError::Dns {
-                        query: self.query.clone(),
-                        detail: e.to_string(),
-                    });
-                }
-            };
-            ips.iter()
+            let q = &self.query;
+            q.ips(&q.query)
+                .await?
+                .into_iter()
                 .map(|ip| {
-                    let node = node_at(&self.basename, ip, self.port)?;
+                    let node = node_at(&q.basename, ip, self.port)?;
                     Ok(Candidate::at(node, vec![SocketAddr::new(ip, self.port)]))
                 })
                 .collect()
@@ -128,27 +157,16 @@ impl Strategy for DnsPoll {
     }
 
     fn polling_interval(&self) -> Duration {
-        self.interval
+        self.query.interval
     }
 }
 
 /// SRV records of a name (a StatefulSet's headless service): each target
 /// is a node `<application_name>@<target host>` at the record's port,
 /// dialled at the target's addresses looked up through the same resolver.
+#[derive(Debug)]
 pub struct DnsSrv {
-    resolver: TokioResolver,
-    query: String,
-    basename: String,
-    interval: Duration,
-}
-
-impl std::fmt::Debug for DnsSrv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DnsSrv")
-            .field("query", &self.query)
-            .field("basename", &self.basename)
-            .finish_non_exhaustive()
-    }
+    query: Query,
 }
 
 impl DnsSrv {
@@ -160,10 +178,7 @@ impl DnsSrv {
         nameserver: Option<SocketAddr>,
     ) -> Result<Self, DiscoveryError> {
         Ok(Self {
-            resolver: resolver(nameserver)?,
-            query: query.to_owned(),
-            basename: basename.to_owned(),
-            interval,
+            query: Query::new(query, basename, interval, nameserver)?,
         })
     }
 }
@@ -171,14 +186,11 @@ impl DnsSrv {
 impl Strategy for DnsSrv {
     fn candidates(&self) -> CandidatesFuture<'_> {
         Box::pin(async move {
-            let dns = |query: &str, e: &dyn std::fmt::Display| DiscoveryError::Dns {
-                query: query.to_owned(),
-                detail: e.to_string(),
-            };
-            let records = match self.resolver.srv_lookup(self.query.as_str()).await {
+            let q = &self.query;
+            let records = match q.resolver.srv_lookup(q.query.as_str()).await {
                 Ok(records) => records,
                 Err(e) if e.is_no_records_found() => return Ok(Vec::new()),
-                Err(e) => return Err(dns(&self.query, &e)),
+                Err(e) => return Err(Query::failed(&q.query, &e)),
             };
             let mut found = Vec::new();
             for record in records.answers() {
@@ -187,15 +199,17 @@ impl Strategy for DnsSrv {
                 };
                 let target = srv.target.to_ascii();
                 let host = target.trim_end_matches('.');
-                let name = NodeName::new(format!("{}@{host}", self.basename))
-                    .map_err(|e| dns(&self.query, &format!("SRV target {host}: {e}")))?;
-                let ips = match self.resolver.lookup_ip(host).await {
-                    Ok(ips) => ips,
-                    // A target without an address yet (a pod starting).
-                    Err(e) if e.is_no_records_found() => continue,
-                    Err(e) => return Err(dns(host, &e)),
-                };
-                let addrs = ips.iter().map(|ip| SocketAddr::new(ip, srv.port)).collect();
+                let name = NodeName::new(format!("{}@{host}", q.basename))
+                    .map_err(|e| Query::failed(&q.query, &format!("SRV target {host}: {e}")))?;
+                // A target without an address yet (a pod starting) is skipped.
+                let ips = q.ips(host).await?;
+                if ips.is_empty() {
+                    continue;
+                }
+                let addrs = ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, srv.port))
+                    .collect();
                 found.push(Candidate::at(
                     NodeAddr {
                         name,
@@ -209,6 +223,6 @@ impl Strategy for DnsSrv {
     }
 
     fn polling_interval(&self) -> Duration {
-        self.interval
+        self.query.interval
     }
 }
