@@ -28,8 +28,10 @@ use crate::config::duration;
 use crate::membership::Membership;
 
 mod dns;
+mod mdns;
 
 pub use dns::{DnsPoll, DnsSrv};
+pub use mdns::{Mdns, MdnsOptions, SERVICE_TYPE};
 
 /// A peer a strategy found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,14 +80,65 @@ pub enum DiscoveryError {
 pub type CandidatesFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<Candidate>, DiscoveryError>> + Send + 'a>>;
 
+/// The future of [`Strategy::changed`] and [`Strategy::stop`].
+pub type SignalFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// A source of candidate peers, polled by its topology. Implement it for
-/// discovery of your own.
+/// discovery of your own: only `candidates` and `polling_interval` are
+/// needed; the other methods serve strategies that hear of changes, can
+/// check a peer at their source, or publish something.
 pub trait Strategy: Send + Sync + 'static {
     /// The candidates now. An error keeps the previous ones.
     fn candidates(&self) -> CandidatesFuture<'_>;
 
     /// How long to wait between polls.
     fn polling_interval(&self) -> Duration;
+
+    /// Resolves when the candidates may have changed, so that the topology
+    /// polls before its interval is up (mDNS hears of new nodes at once).
+    /// Default: never.
+    fn changed(&self) -> SignalFuture<'_> {
+        Box::pin(std::future::pending())
+    }
+
+    /// A candidate this strategy has reported for at least one polling
+    /// interval is not connected: the strategy may check it at its source
+    /// (mDNS re-verifies the record, which goes if nobody answers). Called
+    /// after every poll while that lasts. Default: nothing.
+    fn not_connected(&self, node: &NodeName) {
+        let _ = node;
+    }
+
+    /// The node is shutting down: withdraw whatever the strategy publishes.
+    /// Default: nothing.
+    fn stop(&self) -> SignalFuture<'_> {
+        Box::pin(async {})
+    }
+}
+
+/// What a strategy that advertises the node needs to know of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LocalNode {
+    /// The node's name.
+    pub name: NodeName,
+    /// The UDP address it is bound to (its actual port).
+    pub addr: SocketAddr,
+    /// Its cluster tag: the fingerprint of the CA public key it trusts,
+    /// equal on every node of the cluster (see
+    /// [`crate::Node::ca_fingerprint`]).
+    pub cluster_tag: String,
+}
+
+impl LocalNode {
+    /// Describes a node.
+    pub fn new(name: NodeName, addr: SocketAddr, cluster_tag: impl Into<String>) -> Self {
+        Self {
+            name,
+            addr,
+            cluster_tag: cluster_tag.into(),
+        }
+    }
 }
 
 /// A fixed list of nodes (libcluster's `Epmd` strategy).
@@ -233,6 +286,33 @@ pub enum TopologyConfig {
         )]
         prune_after: Option<Duration>,
     },
+    /// `strategy = "mdns"`: the nodes of this cluster on the local link,
+    /// found with multicast DNS (see [`Mdns`]). For LANs; nothing is sent
+    /// unless a topology says so.
+    Mdns {
+        /// Time between looks at the records heard (new ones are taken at
+        /// once) and re-verifications of unconnected peers. Default 5 s.
+        #[serde(default = "default_interval", with = "duration")]
+        polling_interval: Duration,
+        /// How long a re-verified record has to answer. Default 2 s.
+        #[serde(default = "default_verify_timeout", with = "duration")]
+        verify_timeout: Duration,
+        /// Interface names to use, e.g. `["eth0"]`. Default: all but
+        /// loopback.
+        #[serde(
+            default,
+            deserialize_with = "interface_names",
+            skip_serializing_if = "Vec::is_empty"
+        )]
+        interfaces: Vec<String>,
+        /// Forget a node no poll reported for this long. Default: never.
+        #[serde(
+            default,
+            with = "duration::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        prune_after: Option<Duration>,
+    },
 }
 
 /// Reads `nameserver`, saying which key holds a bad address.
@@ -245,11 +325,24 @@ fn nameserver<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAdd
     })
 }
 
+/// Reads `interfaces`, saying which key is wrong (a tagged enum's own
+/// errors do not name the key).
+fn interface_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(d).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "interfaces must be a list of interface names (e.g. [\"eth0\"]): {e}"
+        ))
+    })
+}
+
 fn default_port() -> u16 {
     quicmesh_wire::DEFAULT_PORT
 }
 fn default_interval() -> Duration {
     Duration::from_secs(5)
+}
+fn default_verify_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_namespace() -> String {
     "default".to_owned()
@@ -265,9 +358,9 @@ fn default_protocol() -> String {
 }
 
 impl TopologyConfig {
-    /// The strategy this config describes (DNS strategies build their
-    /// resolver here).
-    pub fn strategy(&self) -> Result<Arc<dyn Strategy>, DiscoveryError> {
+    /// The strategy this config describes, for the node `local` (DNS
+    /// strategies build their resolver here; mDNS starts advertising).
+    pub fn strategy(&self, local: &LocalNode) -> Result<Arc<dyn Strategy>, DiscoveryError> {
         Ok(match self {
             Self::Static { nodes, .. } => Arc::new(StaticNodes::new(nodes.clone())),
             Self::DnsPoll {
@@ -316,6 +409,19 @@ impl TopologyConfig {
                 *polling_interval,
                 *nameserver,
             )?),
+            Self::Mdns {
+                polling_interval,
+                verify_timeout,
+                interfaces,
+                ..
+            } => Arc::new(Mdns::start(
+                local,
+                MdnsOptions {
+                    polling_interval: *polling_interval,
+                    verify_timeout: *verify_timeout,
+                    interfaces: interfaces.clone(),
+                },
+            )?),
         })
     }
 
@@ -325,7 +431,8 @@ impl TopologyConfig {
             Self::Static { prune_after, .. }
             | Self::DnsPoll { prune_after, .. }
             | Self::KubernetesDns { prune_after, .. }
-            | Self::KubernetesDnsSrv { prune_after, .. } => *prune_after,
+            | Self::KubernetesDnsSrv { prune_after, .. }
+            | Self::Mdns { prune_after, .. } => *prune_after,
         }
     }
 
@@ -341,14 +448,22 @@ impl TopologyConfig {
             }
             | Self::KubernetesDnsSrv {
                 polling_interval, ..
+            }
+            | Self::Mdns {
+                polling_interval, ..
             } => Some(*polling_interval),
         }
     }
 
-    /// Checks values serde cannot: a zero polling interval.
+    /// Checks values serde cannot: zero durations.
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.polling_interval().is_some_and(|d| d.is_zero()) {
             return Err("polling_interval must be above zero".to_owned());
+        }
+        if let Self::Mdns { verify_timeout, .. } = self
+            && verify_timeout.is_zero()
+        {
+            return Err("verify_timeout must be above zero".to_owned());
         }
         Ok(())
     }
@@ -372,17 +487,18 @@ impl fmt::Debug for Topology {
 }
 
 impl Topology {
-    /// The topologies of a config file; the first that cannot start, with
-    /// its name.
+    /// The topologies of a config file for the node `local`; the first
+    /// that cannot start, with its name.
     pub(crate) fn from_configs(
         configs: &BTreeMap<String, TopologyConfig>,
+        local: &LocalNode,
     ) -> Result<Vec<Self>, (String, DiscoveryError)> {
         configs
             .iter()
             .map(|(name, c)| {
                 Ok(Self {
                     name: name.clone(),
-                    strategy: c.strategy().map_err(|e| (name.clone(), e))?,
+                    strategy: c.strategy(local).map_err(|e| (name.clone(), e))?,
                     prune_after: c.prune_after(),
                 })
             })
@@ -398,13 +514,14 @@ pub(crate) fn spawn(m: &Arc<Membership>, topology: Topology) {
 }
 
 async fn run(m: Arc<Membership>, topology: Topology) {
-    let interval = topology.strategy.polling_interval();
+    let strategy = &topology.strategy;
+    let interval = strategy.polling_interval();
     // A poll may take at most one interval (and at least a few seconds).
     let patience = interval.max(Duration::from_secs(5));
-    let mut last_seen: HashMap<NodeName, Instant> = HashMap::new();
+    let mut seen: HashMap<NodeName, Seen> = HashMap::new();
     let mut failing = false;
     loop {
-        let polled = tokio::time::timeout(patience, topology.strategy.candidates()).await;
+        let polled = tokio::time::timeout(patience, strategy.candidates()).await;
         let now = Instant::now();
         match polled {
             Ok(Ok(found)) => {
@@ -416,8 +533,16 @@ async fn run(m: Arc<Membership>, topology: Topology) {
                     if candidate.node.name == m.me {
                         continue;
                     }
-                    last_seen.insert(candidate.node.name.clone(), now);
+                    let name = candidate.node.name.clone();
                     m.discovered(&topology.name, candidate);
+                    let seen = seen.entry(name.clone()).or_insert(Seen {
+                        first: now,
+                        last: now,
+                    });
+                    seen.last = now;
+                    if now.duration_since(seen.first) >= interval && !m.is_up(&name) {
+                        strategy.not_connected(&name);
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -436,8 +561,8 @@ async fn run(m: Arc<Membership>, topology: Topology) {
         if let Some(grace) = topology.prune_after
             && !failing
         {
-            last_seen.retain(|name, seen| {
-                let keep = now.duration_since(*seen) < grace;
+            seen.retain(|name, seen| {
+                let keep = now.duration_since(seen.last) < grace;
                 if !keep {
                     debug!(peer = %name, "not reported for {grace:?}: pruned");
                     m.undiscovered(&topology.name, name);
@@ -447,8 +572,17 @@ async fn run(m: Arc<Membership>, topology: Topology) {
         }
         tokio::select! {
             biased;
-            _ = m.token.cancelled() => return,
+            _ = m.token.cancelled() => break,
             _ = tokio::time::sleep(interval) => {}
+            _ = strategy.changed() => {}
         }
     }
+    strategy.stop().await;
+}
+
+/// When a topology's poll first and last reported a candidate.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    first: Instant,
+    last: Instant,
 }

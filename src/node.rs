@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::app::{OpenError, ProtocolListener};
 use crate::config::{ConfigError, IdentityConfig, NodeConfig};
-use crate::discovery::{self, Strategy, Topology};
+use crate::discovery::{self, LocalNode, Strategy, Topology};
 use crate::error::{ConnectError, PingError, StartError, WaitError};
 use crate::event::EventStream;
 use crate::membership::Membership;
@@ -84,6 +84,13 @@ impl Node {
     /// The address other nodes dial to reach this one: its name and port.
     pub fn addr(&self) -> NodeAddr {
         NodeAddr::new(self.name().clone(), self.local_addr().port())
+    }
+
+    /// A short fingerprint of the public key of the CA this node trusts:
+    /// the same on every node of a cluster, safe to log and advertise (the
+    /// `mdns` strategy's cluster tag).
+    pub fn ca_fingerprint(&self) -> &str {
+        self.m().identity.ca_fingerprint()
     }
 
     /// Changes every time a node starts.
@@ -500,14 +507,6 @@ impl Builder {
         let config = self.config;
         config.validate()?;
         let name = config.name.clone().ok_or(ConfigError::MissingName)?;
-        let mut topologies =
-            Topology::from_configs(&config.topologies).map_err(|(topology, e)| {
-                StartError::Config(ConfigError::Topology {
-                    topology,
-                    detail: e.to_string(),
-                })
-            })?;
-        topologies.extend(self.topologies);
         let listen = config.listen_addr();
         let identity = load_identity(&config, name).await?;
         let transport = transport::transport_config(&config);
@@ -518,6 +517,17 @@ impl Builder {
                 source,
             }
         })?;
+        // Strategies start once the node's port and CA are known (mDNS
+        // advertises them), before anything is dialled.
+        let local = LocalNode::new(m.me.clone(), m.local_addr, m.identity.ca_fingerprint());
+        let mut topologies =
+            Topology::from_configs(&m.config.topologies, &local).map_err(|(topology, e)| {
+                StartError::Config(ConfigError::Topology {
+                    topology,
+                    detail: e.to_string(),
+                })
+            })?;
+        topologies.extend(self.topologies);
         info!(
             node = %m.me,
             listen = %m.local_addr,

@@ -9,7 +9,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quicmesh::discovery::{Candidate, CandidatesFuture, DiscoveryError, Strategy};
+use quicmesh::discovery::{Candidate, CandidatesFuture, DiscoveryError, Strategy, TopologyConfig};
 use quicmesh::{DownReason, Node, NodeConfig};
 use support::*;
 
@@ -178,6 +178,41 @@ async fn a_candidate_is_dialled_at_the_addresses_its_strategy_resolved() {
     .await;
 }
 
+/// Only parsed: an mDNS strategy is never started outside the sealed lab
+/// (crates/quicmesh-cli/tests/lab).
+#[test]
+fn mdns_topology_config_has_defaults_and_round_trips() {
+    let text = "name = \"a@127.0.0.1\"\n[topologies.lan]\nstrategy = \"mdns\"\n";
+    let config = NodeConfig::from_toml(text).expect("mdns with defaults");
+    let lan = &config.topologies["lan"];
+    let TopologyConfig::Mdns {
+        polling_interval,
+        verify_timeout,
+        interfaces,
+        prune_after,
+        ..
+    } = lan
+    else {
+        panic!("not mdns: {lan:?}")
+    };
+    assert_eq!(*polling_interval, Duration::from_secs(5));
+    assert_eq!(*verify_timeout, Duration::from_secs(2));
+    assert!(interfaces.is_empty());
+    assert_eq!(*prune_after, None);
+
+    let text = "name = \"a@127.0.0.1\"\n[topologies.lan]\nstrategy = \"mdns\"\n\
+                polling_interval = \"1s\"\nverify_timeout = \"500ms\"\n\
+                interfaces = [\"eth0\", \"eth1\"]\nprune_after = \"1m\"\n";
+    let config = NodeConfig::from_toml(text).expect("mdns with every key");
+    let again =
+        NodeConfig::from_toml(&toml::to_string(&config).expect("to toml")).expect("round trip");
+    assert_eq!(config.topologies, again.topologies);
+    assert_eq!(
+        config.topologies["lan"].prune_after(),
+        Some(Duration::from_secs(60))
+    );
+}
+
 #[test]
 fn bad_topology_configs_name_the_key_and_the_problem() {
     let cases = [
@@ -198,10 +233,23 @@ fn bad_topology_configs_name_the_key_and_the_problem() {
             "[topologies.x]\nstrategy = \"static\"\nnodes = []\nprune_after = \"soon\"",
             "soon",
         ),
+        (
+            "[topologies.lan]\nstrategy = \"mdns\"\nverify_timeout = \"0s\"",
+            "topologies.lan: verify_timeout must be above zero",
+        ),
+        (
+            "[topologies.lan]\nstrategy = \"mdns\"\nservice = \"my-app\"",
+            "service",
+        ),
+        (
+            "[topologies.lan]\nstrategy = \"mdns\"\ninterfaces = \"eth0\"",
+            "interfaces",
+        ),
     ];
     for (text, named) in cases {
         let text = format!("name = \"a@127.0.0.1\"\n{text}");
         let err = NodeConfig::from_toml(&text)
+            .and_then(|c| c.validate())
             .expect_err(text.as_str())
             .to_string();
         assert!(err.contains(named), "{text}\n→ {err}");

@@ -9,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -41,7 +42,8 @@ impl Dnsmasq {
         let Some(exe) = exe else {
             let why = "dnsmasq is not installed (Debian package dnsmasq-base)";
             assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("skipping: {why}");
+            // Straight to stderr: the test harness would hide `eprintln!`.
+            let _ = writeln!(std::io::stderr(), "skipping: {why}");
             return None;
         };
         let dir = std::env::temp_dir().join(format!("quicmesh-dns-{tag}-{}", std::process::id()));

@@ -1,0 +1,437 @@
+//! mDNS discovery between real `quicmesh` processes on hosts of a sealed
+//! lab: each test re-runs itself under `unshare --net --mount`, so its
+//! bridge, hosts (network namespaces joined by veth pairs) and every
+//! multicast packet live in a network namespace with no link to the
+//! outside, and vanish when the test ends. Needs root (and `unshare`, `ip`,
+//! `nft`); without them each test says why and passes, except under
+//! `CI=true`, where that is a failure.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const EXE: &str = env!("CARGO_BIN_EXE_quicmesh");
+/// Set in the copy of the test that runs inside the lab.
+const IN_LAB: &str = "QUICMESH_TEST_IN_LAB";
+const WAIT: Duration = Duration::from_secs(20);
+const COOKIE: &str = "lab-cookie";
+const OTHER_COOKIE: &str = "another-clusters-cookie";
+/// The mDNS strategy's settings in these tests.
+const POLL: Duration = Duration::from_secs(1);
+/// Longer than a withdrawn record takes to go (1 s, RFC 6762 10.1), so a
+/// test can tell a withdrawal from a failed re-verification.
+const VERIFY: Duration = Duration::from_secs(3);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Runs the test body inside a fresh sealed lab: `true` in the copy that
+/// is inside (go on), `false` in the outer one (done: the inner copy ran,
+/// or the test was skipped).
+fn in_lab(test: &str) -> bool {
+    if std::env::var_os(IN_LAB).is_some() {
+        return true;
+    }
+    let missing: Vec<&str> = ["unshare", "ip", "nft"]
+        .into_iter()
+        .filter(|tool| !on_path(tool))
+        .collect();
+    let why = if !is_root() {
+        Some("needs root to create network namespaces".to_owned())
+    } else if !missing.is_empty() {
+        Some(format!(
+            "needs {} (util-linux, iproute2, nftables)",
+            missing.join(", ")
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: {why}; under CI=true this cannot be skipped"
+        );
+        // Straight to stderr: the test harness would hide `eprintln!`.
+        let _ = writeln!(std::io::stderr(), "{test}: SKIPPED: {why}");
+        return false;
+    }
+    let me = std::env::current_exe().expect("test binary path");
+    let status = std::process::Command::new("unshare")
+        .args(["--net", "--mount", "--"])
+        .arg(me)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(IN_LAB, "1")
+        .status()
+        .expect("run unshare");
+    assert!(status.success(), "{test} failed inside the lab");
+    false
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|dir| dir.join(tool).is_file())
+}
+
+/// Runs a shell command of the lab's set-up; panics with its output if it
+/// fails.
+fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Hosts h1..hN (10.77.0.i/24) on one bridge, inside the lab's own network
+/// namespace (we are already in it: `in_lab` put us there).
+fn make_hosts(n: usize) {
+    sh("mount --make-rprivate / && mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns");
+    sh("ip link set lo up");
+    sh(
+        "ip link add lbr0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0 && ip link set lbr0 up",
+    );
+    for i in 1..=n {
+        sh(&format!(
+            "ip netns add h{i} && \
+             ip link add h{i}-br type veth peer name eth0 netns h{i} && \
+             ip link set h{i}-br master lbr0 up && \
+             ip -n h{i} link set lo up && \
+             ip -n h{i} addr add 10.77.0.{i}/24 dev eth0 && \
+             ip -n h{i} link set eth0 up && \
+             ip -n h{i} route add 224.0.0.0/4 dev eth0"
+        ));
+    }
+}
+
+/// Packet counters on the bridge: QUIC (any UDP but mDNS) to and from
+/// host `other`, and from h1 to h2 as a control that counting works.
+fn count_traffic(other: usize) {
+    sh(&format!(
+        "nft add table bridge lab && \
+         nft 'add chain bridge lab forward {{ type filter hook forward priority 0; policy accept; }}' && \
+         nft add counter bridge lab to_other && \
+         nft add counter bridge lab from_other && \
+         nft add counter bridge lab h1_to_h2 && \
+         nft add rule bridge lab forward ip daddr 10.77.0.{other} udp dport != 5353 counter name to_other && \
+         nft add rule bridge lab forward ip saddr 10.77.0.{other} udp dport != 5353 counter name from_other && \
+         nft add rule bridge lab forward ip saddr 10.77.0.1 ip daddr 10.77.0.2 udp dport 4370 counter name h1_to_h2"
+    ));
+}
+
+fn packets(counter: &str) -> u64 {
+    let listed = sh(&format!("nft list counter bridge lab {counter}"));
+    listed
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet count in {listed}"))
+}
+
+/// A `quicmesh node` running on host `hN`, its stdout and log lines read as
+/// they come, killed when dropped.
+struct HostNode {
+    child: Child,
+    name: String,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every line read so far, with when it came.
+    seen: Vec<(Instant, String)>,
+    started: Instant,
+}
+
+impl HostNode {
+    fn start(dir: &Path, host: usize, cookie: &str) -> Self {
+        let name = format!("app@10.77.0.{host}");
+        let config = dir.join(format!("h{host}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"{name}\"\nlisten = \"10.77.0.{host}:4370\"\n\
+                 [identity]\nmode = \"cookie\"\ncookie = \"{cookie}\"\n\
+                 [heartbeat]\ninterval = \"200ms\"\ntimeout = \"{}ms\"\n\
+                 [topologies.lan]\nstrategy = \"mdns\"\ninterfaces = [\"eth0\"]\n\
+                 polling_interval = \"{}ms\"\nverify_timeout = \"{}ms\"\n",
+                HEARTBEAT_TIMEOUT.as_millis(),
+                POLL.as_millis(),
+                VERIFY.as_millis(),
+            ),
+        )
+        .expect("write config");
+        let started = Instant::now();
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("h{host}"),
+                EXE,
+                "node",
+                "--config",
+            ])
+            .arg(&config)
+            .env("RUST_LOG", "quicmesh=info,warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn quicmesh node");
+        let (tx, lines) = mpsc::unbounded_channel();
+        forward(child.stdout.take().expect("stdout"), tx.clone());
+        forward(child.stderr.take().expect("stderr"), tx);
+        Self {
+            child,
+            name,
+            lines,
+            seen: Vec::new(),
+            started,
+        }
+    }
+
+    /// Waits for a line containing every one of `parts`; when it came.
+    async fn expect(&mut self, parts: &[&str]) -> Instant {
+        self.expect_all(&[parts]).await[0]
+    }
+
+    /// Waits until, for each entry of `wanted`, a line containing all its
+    /// parts has been printed (since the start, in any order); when each
+    /// line came.
+    async fn expect_all(&mut self, wanted: &[&[&str]]) -> Vec<Instant> {
+        let matches = |line: &str, parts: &[&str]| parts.iter().all(|p| line.contains(p));
+        let mut when: Vec<Option<Instant>> = wanted
+            .iter()
+            .map(|parts| {
+                self.seen
+                    .iter()
+                    .find(|(_, line)| matches(line, parts))
+                    .map(|(at, _)| *at)
+            })
+            .collect();
+        let seen = &mut self.seen;
+        let lines = &mut self.lines;
+        let wait = async {
+            while when.iter().any(Option::is_none) {
+                let Some(line) = lines.recv().await else {
+                    return false;
+                };
+                let now = Instant::now();
+                for (parts, at) in wanted.iter().zip(when.iter_mut()) {
+                    if at.is_none() && matches(&line, parts) {
+                        *at = Some(now);
+                    }
+                }
+                seen.push((now, line));
+            }
+            true
+        };
+        let done = tokio::time::timeout(WAIT, wait).await;
+        let missing: Vec<&[&str]> = wanted
+            .iter()
+            .zip(&when)
+            .filter(|(_, at)| at.is_none())
+            .map(|(w, _)| *w)
+            .collect();
+        assert!(
+            missing.is_empty() && matches!(done, Ok(true)),
+            "{} did not print {missing:?}; it printed:\n{}",
+            self.name,
+            self.seen
+                .iter()
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        when.into_iter().flatten().collect()
+    }
+
+    /// Whether a line containing `part` has been printed so far.
+    fn has_printed(&mut self, part: &str) -> bool {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push((Instant::now(), line));
+        }
+        self.seen.iter().any(|(_, l)| l.contains(part))
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        // `ip netns exec` execs the node: the PID is the node's.
+        sh(&format!("kill {sig} {pid}"));
+    }
+
+    async fn exited(&mut self) {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the node exits")
+            .expect("wait");
+    }
+}
+
+fn forward(from: impl AsyncRead + Unpin + Send + 'static, to: mpsc::UnboundedSender<String>) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(from).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if to.send(line).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Waits until every node is connected to all the others and has heard
+/// their mDNS records (a node may connect through another's gossip before
+/// its own mDNS answer arrives); the longest time from a node's start to
+/// its last connection.
+async fn meshed(nodes: &mut [HostNode]) -> Duration {
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let mut longest = Duration::ZERO;
+    for node in nodes.iter_mut() {
+        let others: Vec<&String> = names.iter().filter(|n| **n != node.name).collect();
+        let up: Vec<String> = others.iter().map(|n| format!("up {n}")).collect();
+        let mut wanted: Vec<Vec<&str>> = up.iter().map(|u| vec![u.as_str()]).collect();
+        wanted.extend(
+            others
+                .iter()
+                .map(|n| vec!["found a node of this cluster", n.as_str()]),
+        );
+        let wanted: Vec<&[&str]> = wanted.iter().map(Vec::as_slice).collect();
+        let when = node.expect_all(&wanted).await;
+        let connected = when[..up.len()].iter().max().expect("peers");
+        longest = longest.max(*connected - node.started);
+    }
+    longest
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+#[tokio::test]
+async fn mdns_three_hosts_find_each_other_and_never_dial_another_cluster() {
+    if !in_lab("mdns_three_hosts_find_each_other_and_never_dial_another_cluster") {
+        return;
+    }
+    make_hosts(4);
+    count_traffic(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // h4 is on the same bridge with another cookie: another cluster.
+    let mut other = HostNode::start(dir.path(), 4, OTHER_COOKIE);
+    let mut nodes: Vec<HostNode> = (1..=3)
+        .map(|i| HostNode::start(dir.path(), i, COOKIE))
+        .collect();
+
+    // No seeds, no DNS: each finds the other two over mDNS.
+    let full_mesh = meshed(&mut nodes).await;
+    println!(
+        "mdns: start to full mesh of 3 processes: {} ms",
+        ms(full_mesh)
+    );
+
+    // Each side heard the other cluster's records and ignored them.
+    for node in &mut nodes {
+        node.expect(&["ignoring a record", "app@10.77.0.4", "another cluster"])
+            .await;
+    }
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let heard: Vec<[&str; 3]> = names
+        .iter()
+        .map(|n| ["ignoring a record", n.as_str(), "another cluster"])
+        .collect();
+    other
+        .expect_all(&heard.iter().map(|h| &h[..]).collect::<Vec<_>>())
+        .await;
+    // Give them three more polls to misbehave, then count: not one QUIC
+    // packet went to or came from h4, while h1 and h2 did talk (the
+    // counters work).
+    tokio::time::sleep(3 * POLL).await;
+    assert_eq!(packets("to_other"), 0, "a node dialled the other cluster");
+    assert_eq!(packets("from_other"), 0, "the other cluster dialled a node");
+    assert!(packets("h1_to_h2") > 0, "h1 to h2 was not counted");
+    assert!(
+        !other.has_printed("up app@"),
+        "the other cluster's node connected to a node"
+    );
+}
+
+#[tokio::test]
+async fn mdns_records_go_when_a_node_shuts_down_or_is_killed() {
+    if !in_lab("mdns_records_go_when_a_node_shuts_down_or_is_killed") {
+        return;
+    }
+    make_hosts(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<HostNode> = (1..=3)
+        .map(|i| HostNode::start(dir.path(), i, COOKIE))
+        .collect();
+    meshed(&mut nodes).await;
+    let [h1, h2, h3] = &mut nodes[..] else {
+        unreachable!()
+    };
+
+    // A node shut down withdraws its record: the others drop it about 1 s
+    // later (a goodbye's grace), well before a re-verification (VERIFY)
+    // or its 120 s TTL would.
+    let stopped = Instant::now();
+    h3.signal("-TERM");
+    h3.exited().await;
+    for node in [&mut *h1, &mut *h2] {
+        let gone = node.expect(&["mDNS: record gone", "app@10.77.0.3"]).await;
+        println!(
+            "mdns: shut-down node's record gone after {} ms",
+            ms(gone - stopped)
+        );
+        assert!(gone - stopped < VERIFY - Duration::from_millis(500));
+    }
+
+    // A killed node cannot withdraw its record: once it is down, h1
+    // re-verifies it, and with no answer it goes after the verify timeout.
+    let killed = Instant::now();
+    h2.signal("-KILL");
+    h2.exited().await;
+    let [down, asked, gone] = h1
+        .expect_all(&[
+            &["down app@10.77.0.2"],
+            &["re-verifying its mDNS record", "app@10.77.0.2"],
+            &["mDNS: record gone", "app@10.77.0.2"],
+        ])
+        .await[..]
+    else {
+        unreachable!()
+    };
+    println!(
+        "mdns: killed node down after {} ms, its record gone {} ms after the kill, {} ms after re-verifying",
+        ms(down - killed),
+        ms(gone - killed),
+        ms(gone - asked)
+    );
+    assert!(asked >= down, "re-verified before it was down");
+    let verified_in = gone - asked;
+    assert!(
+        verified_in >= VERIFY - Duration::from_millis(200)
+            && verified_in <= VERIFY + Duration::from_millis(500),
+        "record went {} ms after re-verifying (timeout {} ms)",
+        ms(verified_in),
+        ms(VERIFY)
+    );
+    assert!(gone - killed <= HEARTBEAT_TIMEOUT + POLL + VERIFY + Duration::from_secs(2));
+}
