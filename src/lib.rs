@@ -40,6 +40,7 @@
 
 mod app;
 mod config;
+mod coord;
 pub mod discovery;
 mod error;
 mod event;
@@ -52,6 +53,10 @@ mod transport;
 pub use app::{IncomingStream, OpenError, ProtocolListener, is_unknown_protocol};
 pub use config::{
     ConfigError, HeartbeatConfig, IdentityConfig, NodeConfig, ReconnectConfig, RpcConfig,
+};
+pub use coord::{
+    Election, GroupEvent, Groups, Hlc, Keep, LeaderChange, Leadership, LockError, LockGuard,
+    LockOptions, Member, Registration, Registry, RegistryError, RegistryEvent,
 };
 pub use error::{ConnectError, PingError, StartError, WaitError};
 pub use event::{DownReason, EventError, EventStream, NodeEvent};

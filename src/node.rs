@@ -15,6 +15,9 @@ use serde::de::DeserializeOwned;
 
 use crate::app::{OpenError, ProtocolListener};
 use crate::config::{ConfigError, IdentityConfig, NodeConfig};
+use crate::coord::{
+    Coord, Election, Groups, LockError, LockGuard, LockOptions, RESERVED_PREFIX, Registry,
+};
 use crate::discovery::{self, LocalNode, Strategy, Topology};
 use crate::error::{ConnectError, PingError, StartError, WaitError};
 use crate::event::EventStream;
@@ -53,7 +56,7 @@ pub struct Node {
 /// Stops the node's tasks when the last `Node` handle goes away (the tasks
 /// themselves hold the `Membership`, not this).
 #[derive(Debug)]
-struct Owner(Arc<Membership>);
+struct Owner(Arc<Membership>, Arc<Coord>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
@@ -69,6 +72,10 @@ impl Node {
 
     fn m(&self) -> &Arc<Membership> {
         &self.owner.0
+    }
+
+    fn coord(&self) -> &Arc<Coord> {
+        &self.owner.1
     }
 
     /// This node's name.
@@ -172,6 +179,7 @@ impl Node {
         Resp: Serialize + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
+        reserved(service)?;
         self.m().services.register(service, handler)
     }
 
@@ -305,6 +313,7 @@ impl Node {
         Out: Serialize + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
+        reserved(service)?;
         self.m().services.register_stream(service, handler)
     }
 
@@ -386,6 +395,60 @@ impl Node {
             .link(peer)
             .map(|l| l.conn)
             .ok_or_else(|| OpenError::NotConnected(peer.clone()))
+    }
+
+    /// Takes the cluster lock of `resource` on every connected node
+    /// (`:global.set_lock`), retrying for up to 30 s; released when the
+    /// guard is dropped, and by every node if this node goes down. See
+    /// [`LockGuard::token`] for the fencing token.
+    pub async fn lock(&self, resource: &str) -> Result<LockGuard, LockError> {
+        self.lock_with(resource, &LockOptions::default()).await
+    }
+
+    /// Takes a cluster lock with other options: the node set, retries,
+    /// timeout.
+    pub async fn lock_with(
+        &self,
+        resource: &str,
+        options: &LockOptions,
+    ) -> Result<LockGuard, LockError> {
+        crate::coord::lock_resource(self.coord(), resource, options).await
+    }
+
+    /// Runs `work` under the cluster lock of `resource` (`:global.trans`),
+    /// giving it the fencing token; the lock is released when it ends.
+    pub async fn trans<F, Fut, T>(&self, resource: &str, work: F) -> Result<T, LockError>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self.lock(resource).await?;
+        let result = work(guard.token()).await;
+        guard.release().await;
+        Ok(result)
+    }
+
+    /// The global name registry, shared by every connected node.
+    pub fn registry(&self) -> Registry {
+        Registry {
+            node: self.clone(),
+            coord: self.coord().clone(),
+        }
+    }
+
+    /// The process groups, shared by every connected node.
+    pub fn groups(&self) -> Groups {
+        Groups {
+            coord: self.coord().clone(),
+        }
+    }
+
+    /// The leader election called `name`.
+    pub fn election(&self, name: &str) -> Election {
+        Election {
+            coord: self.coord().clone(),
+            name: name.to_owned(),
+        }
     }
 
     /// Shuts down gracefully: peers see `NodeDown { reason: Shutdown }` at
@@ -534,12 +597,13 @@ impl Builder {
             ca = %m.identity.ca_fingerprint(),
             "node started"
         );
+        let coord = Coord::start(&m);
         m.start();
         for topology in topologies {
             discovery::spawn(&m, topology);
         }
         Ok(Node {
-            owner: Arc::new(Owner(m)),
+            owner: Arc::new(Owner(m, coord)),
         })
     }
 }
@@ -585,6 +649,14 @@ fn decode<Resp: DeserializeOwned>(service: &str, body: &[u8]) -> Result<Resp, Rp
         service: service.to_owned(),
         detail: e.to_string(),
     })
+}
+
+/// Service names starting with `quicmesh.` are the node's own.
+fn reserved(service: &str) -> Result<(), RegisterError> {
+    if service.starts_with(RESERVED_PREFIX) {
+        return Err(RegisterError::Reserved(service.to_owned()));
+    }
+    Ok(())
 }
 
 fn app_header(protocol: &str) -> Result<Vec<u8>, OpenError> {

@@ -142,4 +142,7 @@ pub enum RegisterError {
     /// Names are 1 to 255 bytes.
     #[error("invalid name {0:?}: names are 1 to 255 bytes")]
     BadName(String),
+    /// Service names starting with `quicmesh.` belong to the node itself.
+    #[error("{0:?} is reserved: service names starting with `quicmesh.` are the node's own")]
+    Reserved(String),
 }

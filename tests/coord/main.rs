@@ -1,0 +1,500 @@
+//! Cluster coordination between real nodes on loopback: the global
+//! registry, cluster locks with fencing tokens, elections and process
+//! groups.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quicmesh::{
+    GroupEvent, LeaderChange, LockError, LockOptions, Member, Node, NodeName, RegistryError,
+    RegistryEvent,
+};
+use support::*;
+use tokio::sync::broadcast;
+
+const COOKIE: &str = "coord-test-cookie";
+
+/// `n` nodes, all connected to each other.
+async fn cluster(prefix: &str, n: usize) -> Vec<Node> {
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        nodes.push(node(&format!("{prefix}{i}"), COOKIE).await);
+    }
+    for other in &nodes[1..] {
+        other.connect(&nodes[0].addr()).await.expect("connect");
+    }
+    for node in &nodes {
+        node.wait_for_nodes(n - 1, WAIT).await.expect("full mesh");
+    }
+    nodes
+}
+
+async fn shutdown_all(nodes: &[Node]) {
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Waits for the first event matching `pred` on a coordination stream.
+async fn next<T: Clone>(
+    rx: &mut broadcast::Receiver<T>,
+    what: &str,
+    pred: impl Fn(&T) -> bool,
+) -> T {
+    let wait = async {
+        loop {
+            let e = rx.recv().await.expect("stream open");
+            if pred(&e) {
+                return e;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_name_registered_by_every_node_at_once_goes_to_exactly_one() {
+    bounded(async {
+        let nodes = cluster("reg", 3).await;
+        for round in 0..50 {
+            let name = format!("worker-{round}");
+            let mut attempts = Vec::new();
+            for n in &nodes {
+                let (registry, name) = (n.registry(), name.clone());
+                attempts.push(tokio::spawn(async move {
+                    registry.register(&name, "work").await
+                }));
+            }
+            let mut winners = Vec::new();
+            let mut owners_seen = HashSet::new();
+            for attempt in attempts {
+                match attempt.await.expect("task") {
+                    Ok(r) => winners.push(r.owner),
+                    Err(RegistryError::AlreadyRegistered { owner, .. }) => {
+                        owners_seen.insert(owner);
+                    }
+                    Err(e) => panic!("round {round}: {e}"),
+                }
+            }
+            assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+            let winner = &winners[0];
+            assert!(
+                owners_seen.iter().all(|o| o == winner),
+                "round {round}: losers were told {owners_seen:?}, the winner is {winner}"
+            );
+            for n in &nodes {
+                let r = n.registry().whereis(&name).expect("registered everywhere");
+                assert_eq!(&r.owner, winner, "{} disagrees in round {round}", n.name());
+                assert_eq!(r.service, "work");
+            }
+        }
+        assert_eq!(nodes[2].registry().registered_names().len(), 50);
+        shutdown_all(&nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_registered_name_is_called_and_goes_with_its_owner() {
+    bounded(async {
+        let nodes = cluster("owner", 3).await;
+        let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        // The seed's GlobalCache: whoever holds `cache_worker` serves it.
+        let cache = Arc::new(Mutex::new(std::collections::HashMap::<String, String>::new()));
+        let store = cache.clone();
+        c.register("cache", move |_ctx, (key, value): (String, Option<String>)| {
+            let store = store.clone();
+            async move {
+                let mut map = store.lock().expect("cache");
+                Ok::<_, String>(match value {
+                    Some(v) => map.insert(key, v),
+                    None => map.get(&key).cloned(),
+                })
+            }
+        })
+        .expect("service");
+        c.registry().register("cache_worker", "cache").await.expect("register");
+        let put: Option<String> = a
+            .registry()
+            .call("cache_worker", &("colour", Some("blue")))
+            .await
+            .expect("put");
+        assert_eq!(put, None);
+        let got: Option<String> = b
+            .registry()
+            .call("cache_worker", &("colour", None::<String>))
+            .await
+            .expect("get");
+        assert_eq!(got.as_deref(), Some("blue"));
+
+        // Only the owner can unregister; then it is gone everywhere.
+        assert!(!a.registry().unregister("cache_worker").await);
+        c.registry().register("other", "cache").await.expect("register");
+        assert!(c.registry().unregister("other").await);
+        eventually("`other` unregistered everywhere", || {
+            nodes.iter().all(|n| n.registry().whereis("other").is_none())
+        })
+        .await;
+
+        // The owner goes: its names go on every node, with an event.
+        let mut events = a.registry().events();
+        c.shutdown().await;
+        let gone = next(&mut events, "Unregistered", |e| {
+            matches!(e, RegistryEvent::Unregistered { registration, owner_down: true } if registration.name == "cache_worker")
+        })
+        .await;
+        drop(gone);
+        eventually("cache_worker gone everywhere", || {
+            [a, b].iter().all(|n| n.registry().whereis("cache_worker").is_none())
+        })
+        .await;
+        let err = a
+            .registry()
+            .call::<_, Option<String>>("cache_worker", &("colour", None::<String>))
+            .await
+            .expect_err("no owner");
+        assert!(matches!(err, RegistryError::NotRegistered(_)), "{err}");
+        // Reserved service names cannot be taken by applications.
+        assert!(a.register("quicmesh.lock.acquire", |_ctx, (): ()| async { Ok::<_, String>(()) }).is_err());
+        shutdown_all(&[a.clone(), b.clone()]).await;
+    })
+    .await;
+}
+
+/// The protected resource: a counter on its own node that accepts a write
+/// only with a fencing token above every token it has seen, and records
+/// any overlap of two holders.
+#[derive(Debug, Default)]
+struct Fenced {
+    last_token: u64,
+    inside: Option<u64>,
+    tokens: Vec<u64>,
+    overlaps: u32,
+    stale: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_tasks_on_three_nodes_take_one_lock_two_hundred_times_without_overlap() {
+    bounded(async {
+        let nodes = cluster("lock", 4).await;
+        let counter = &nodes[3];
+        let state = Arc::new(Mutex::new(Fenced::default()));
+        let s = state.clone();
+        counter
+            .register("enter", move |_ctx, token: u64| {
+                let s = s.clone();
+                async move {
+                    let mut f = s.lock().expect("state");
+                    if token <= f.last_token {
+                        f.stale += 1;
+                        return Err(format!("stale token {token} ≤ {}", f.last_token));
+                    }
+                    if f.inside.is_some() {
+                        f.overlaps += 1;
+                    }
+                    f.last_token = token;
+                    f.inside = Some(token);
+                    f.tokens.push(token);
+                    Ok(())
+                }
+            })
+            .expect("enter");
+        let s = state.clone();
+        counter
+            .register("leave", move |_ctx, token: u64| {
+                let s = s.clone();
+                async move {
+                    let mut f = s.lock().expect("state");
+                    if f.inside == Some(token) {
+                        f.inside = None;
+                    }
+                    Ok::<_, String>(())
+                }
+            })
+            .expect("leave");
+
+        let taken = Arc::new(AtomicU32::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for node in &nodes[..3] {
+            for _ in 0..10 {
+                let (node, taken, counter) = (node.clone(), taken.clone(), counter.name().clone());
+                tasks.spawn(async move {
+                    while taken.fetch_add(1, Ordering::SeqCst) < 200 {
+                        let guard = node.lock("counter").await.expect("lock");
+                        let token = guard.token();
+                        node.call::<_, ()>(&counter, "enter", &token)
+                            .await
+                            .expect("a live holder's write is accepted");
+                        tokio::task::yield_now().await;
+                        node.call::<_, ()>(&counter, "leave", &token)
+                            .await
+                            .expect("leave");
+                        drop(guard);
+                    }
+                });
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task");
+        }
+        {
+            let f = state.lock().expect("state");
+            assert_eq!(f.tokens.len(), 200);
+            assert_eq!(f.overlaps, 0, "two holders at once");
+            assert_eq!(f.stale, 0);
+            assert!(
+                f.tokens.windows(2).all(|w| w[0] < w[1]),
+                "tokens not increasing"
+            );
+        }
+        shutdown_all(&nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lock_is_released_by_its_guard_its_task_and_its_node_going_down() {
+    bounded(async {
+        let nodes = cluster("held", 3).await;
+        let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        let quick = LockOptions::default().timeout(Duration::from_millis(300));
+
+        let guard = a.lock("r").await.expect("lock");
+        let first = guard.token();
+        let err = b.lock_with("r", &quick).await.expect_err("held by a");
+        assert!(matches!(err, LockError::Timeout { .. }), "{err}");
+        drop(guard);
+        let guard = b.lock("r").await.expect("free after the guard is dropped");
+        assert!(guard.token() > first);
+        guard.release().await;
+
+        // A task that ends (here: panics) releases what it held.
+        let holder = c.clone();
+        let task = tokio::spawn(async move {
+            let _guard = holder.lock("r").await.expect("lock");
+            panic!("the task holding the lock fails");
+        });
+        assert!(task.await.is_err());
+        let guard = a.lock("r").await.expect("free after the task ended");
+
+        // `trans` runs under the lock with a larger token.
+        let token = guard.token();
+        drop(guard);
+        let inner = b.trans("r", |t| async move { t }).await.expect("trans");
+        assert!(inner > token);
+
+        // The holder's node goes down: the others release its lock.
+        let guard = c.lock("r").await.expect("lock");
+        let held_token = guard.token();
+        let started = tokio::time::Instant::now();
+        c.shutdown().await;
+        let next = a
+            .lock("r")
+            .await
+            .expect("free after its holder's node went down");
+        assert!(next.token() > held_token);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(guard);
+        drop(next);
+        shutdown_all(&[a.clone(), b.clone()]).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_through_resignation_and_shutdown() {
+    bounded(async {
+        let nodes = cluster("elect", 3).await;
+        let mut observers: Vec<_> = nodes.iter().map(|n| n.election("boss").observe()).collect();
+
+        // Everyone campaigns; a sampler checks that never two lead.
+        let sampled = nodes.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let sampler = tokio::spawn(async move {
+            let mut samples = 0u32;
+            while !stop2.load(Ordering::SeqCst) {
+                let leading: Vec<&NodeName> = sampled
+                    .iter()
+                    .filter(|n| !n.is_shutdown() && n.election("boss").am_leader())
+                    .map(|n| n.name())
+                    .collect();
+                assert!(leading.len() <= 1, "two leaders: {leading:?}");
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            samples
+        });
+        let mut campaigns: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let election = n.election("boss");
+                Some(tokio::spawn(async move { election.campaign().await }))
+            })
+            .collect();
+
+        // The first leader resigns: another takes over.
+        let first = wait_for_leader(&nodes, None).await;
+        let first_term = nodes[0].election("boss").leader().term;
+        let i = nodes
+            .iter()
+            .position(|n| n.name() == &first)
+            .expect("leader");
+        let leadership = campaigns[i]
+            .take()
+            .expect("campaign")
+            .await
+            .expect("task")
+            .expect("leads");
+        assert_eq!(leadership.term(), first_term);
+        leadership.resign().await;
+        let second = wait_for_leader(&nodes, Some(&first)).await;
+        let j = nodes
+            .iter()
+            .position(|n| n.name() == &second)
+            .expect("leader");
+        let second_leadership = campaigns[j]
+            .take()
+            .expect("campaign")
+            .await
+            .expect("task")
+            .expect("leads");
+        assert!(second_leadership.term() > first_term);
+
+        // The second leader's node goes away: the last campaigner leads.
+        let k = (0..3).find(|k| *k != i && *k != j).expect("third");
+        let started = tokio::time::Instant::now();
+        nodes[j].shutdown().await;
+        std::mem::forget(second_leadership);
+        let third = campaigns[k]
+            .take()
+            .expect("campaign")
+            .await
+            .expect("task")
+            .expect("leads");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            nodes[i].election("boss").leader().leader.as_ref(),
+            Some(nodes[k].name())
+        );
+        stop.store(true, Ordering::SeqCst);
+        assert!(sampler.await.expect("sampler") > 10);
+
+        // Every node still up saw the same leaders, in term order.
+        for (n, obs) in nodes.iter().zip(observers.iter_mut()) {
+            if n.is_shutdown() {
+                continue;
+            }
+            let mut leaders = Vec::new();
+            while let Ok(LeaderChange { leader, term }) = obs.try_recv() {
+                if let Some(l) = leader {
+                    leaders.push((l, term));
+                }
+            }
+            let names: Vec<&NodeName> = leaders.iter().map(|(l, _)| l).collect();
+            assert_eq!(
+                names,
+                vec![&first, &second, nodes[k].name()],
+                "{} saw {leaders:?}",
+                n.name()
+            );
+            assert!(leaders.windows(2).all(|w| w[0].1 < w[1].1));
+        }
+        drop(third);
+        shutdown_all(&nodes).await;
+    })
+    .await;
+}
+
+/// Waits until every node still up names the same leader, other than
+/// `not`.
+async fn wait_for_leader(nodes: &[Node], not: Option<&NodeName>) -> NodeName {
+    let mut agreed = None;
+    eventually("one leader known everywhere", || {
+        let views: HashSet<Option<NodeName>> = nodes
+            .iter()
+            .filter(|n| !n.is_shutdown())
+            .map(|n| n.election("boss").leader().leader)
+            .collect();
+        agreed = match views.into_iter().collect::<Vec<_>>().as_slice() {
+            [Some(l)] if Some(l) != not => Some(l.clone()),
+            _ => None,
+        };
+        agreed.is_some()
+    })
+    .await;
+    agreed.expect("leader")
+}
+
+#[tokio::test]
+async fn group_membership_follows_join_leave_and_node_death() {
+    bounded(async {
+        let nodes = cluster("pg", 3).await;
+        let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        let mut events = a.groups().events();
+        assert!(b.groups().join("workers", "work").await);
+        assert!(c.groups().join("workers", "work").await);
+        assert!(c.groups().join("workers", "work").await);
+        let member = |n: &Node| Member {
+            node: n.name().clone(),
+            service: "work".to_owned(),
+        };
+        eventually("three memberships everywhere", || {
+            nodes
+                .iter()
+                .all(|n| n.groups().members("workers").len() == 3)
+        })
+        .await;
+        assert_eq!(
+            c.groups().local_members("workers"),
+            vec![member(c), member(c)]
+        );
+        assert_eq!(a.groups().which_groups(), vec!["workers".to_owned()]);
+
+        assert!(b.groups().leave("workers", "work").await);
+        assert!(!b.groups().leave("workers", "work").await);
+        eventually("b left everywhere", || {
+            nodes
+                .iter()
+                .all(|n| n.groups().members("workers") == vec![member(c), member(c)])
+        })
+        .await;
+
+        // A node that joins later learns the whole membership.
+        let d = node("pg3", COOKIE).await;
+        d.connect(&a.addr()).await.expect("connect");
+        eventually("d learns the groups", || {
+            d.groups().members("workers").len() == 2
+        })
+        .await;
+
+        // c goes: its members leave every group, with events.
+        c.shutdown().await;
+        eventually("c's members gone", || {
+            [a, b, &d]
+                .iter()
+                .all(|n| n.groups().members("workers").is_empty())
+        })
+        .await;
+        let mut left = 0;
+        while let Ok(e) = events.try_recv() {
+            if matches!(&e, GroupEvent::Left { member: m, .. } if m.node == *c.name()) {
+                left += 1;
+            }
+        }
+        assert_eq!(left, 2, "one Left per membership of c");
+        shutdown_all(&[a.clone(), b.clone(), d]).await;
+    })
+    .await;
+}
