@@ -255,7 +255,10 @@ pub(crate) async fn lock(
         }
     };
     let started = Instant::now();
-    let deadline = started + options.timeout;
+    // A timeout too large to add means no timeout (about 30 years).
+    let deadline = started
+        .checked_add(options.timeout)
+        .unwrap_or_else(|| started + Duration::from_secs(30 * 365 * 86_400));
     let mut attempts = 0u32;
     loop {
         if coord.m.is_shutdown() {

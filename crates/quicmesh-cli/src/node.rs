@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
-use quicmesh::{IdentityConfig, NodeAddr, NodeConfig, NodeEvent};
+use std::time::Duration;
+
+use quicmesh::{IdentityConfig, LockOptions, Node, NodeAddr, NodeConfig, NodeEvent, RegistryEvent};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Args)]
@@ -41,9 +43,43 @@ pub(crate) struct NodeArgs {
     /// A TOML configuration file; flags override its values.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Before the actions below, wait until this many other nodes are
+    /// connected.
+    #[arg(long, default_value_t = 0)]
+    wait_for: usize,
+    /// Register NAME in the global registry (for a service of the same
+    /// name); prints `registered NAME` or `not registered NAME: why`.
+    /// Repeatable.
+    #[arg(long = "register", value_name = "NAME")]
+    register: Vec<String>,
+    /// Take the cluster lock of RESOURCE and hold it until the node stops;
+    /// prints `locked RESOURCE TOKEN`. Repeatable.
+    #[arg(long = "lock", value_name = "RESOURCE")]
+    lock: Vec<String>,
+    /// Campaign in ELECTION until leading, then lead until the node stops;
+    /// prints `leading ELECTION TERM`. Repeatable.
+    #[arg(long = "campaign", value_name = "ELECTION")]
+    campaign: Vec<String>,
+}
+
+/// What the node does once started.
+struct Actions {
+    wait_for: usize,
+    register: Vec<String>,
+    lock: Vec<String>,
+    campaign: Vec<String>,
 }
 
 impl NodeArgs {
+    fn actions(&mut self) -> Actions {
+        Actions {
+            wait_for: self.wait_for,
+            register: std::mem::take(&mut self.register),
+            lock: std::mem::take(&mut self.lock),
+            campaign: std::mem::take(&mut self.campaign),
+        }
+    }
+
     fn into_config(self) -> anyhow::Result<NodeConfig> {
         let mut cfg = match &self.config {
             Some(path) => {
@@ -86,14 +122,18 @@ impl NodeArgs {
     }
 }
 
-pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
+    let actions = args.actions();
     let config = args.into_config()?;
     let node = quicmesh::Builder::from_config(config).start().await?;
     // The first line on stdout says where the node is (scripts read it).
     say(format_args!("listening {}", node.addr()));
     let mut events = node.events();
+    let mut registry = node.registry().events();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut acting = tokio::task::JoinSet::new();
+    acting.spawn(act(node.clone(), actions));
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -104,10 +144,68 @@ pub(crate) async fn run(args: NodeArgs) -> anyhow::Result<()> {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("{e}"),
             },
+            e = registry.recv() => match e {
+                Ok(RegistryEvent::Registered(r)) => say(format_args!("registry registered {} {}", r.name, r.owner)),
+                Ok(RegistryEvent::Unregistered { registration: r, .. }) => {
+                    say(format_args!("registry unregistered {} {}", r.name, r.owner));
+                }
+                Ok(RegistryEvent::Conflict { kept, dropped }) => say(format_args!(
+                    "registry conflict {} kept {} dropped {}",
+                    kept.name, kept.owner, dropped.owner
+                )),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("registry events: {e}"),
+            },
         }
     }
+    // Leaderships and locks end with the node: peers see it go down.
+    acting.abort_all();
     node.shutdown().await;
     Ok(())
+}
+
+/// Registers, locks and campaigns as the flags say, then holds what it got
+/// until aborted.
+async fn act(node: Node, actions: Actions) {
+    if actions.wait_for > 0 {
+        if let Err(e) = node
+            .wait_for_nodes(actions.wait_for, Duration::from_secs(3600))
+            .await
+        {
+            tracing::warn!("{e}");
+            return;
+        }
+    }
+    for name in &actions.register {
+        match node.registry().register(name, name).await {
+            Ok(_) => say(format_args!("registered {name}")),
+            Err(e) => say(format_args!("not registered {name}: {e}")),
+        }
+    }
+    let mut held = Vec::new();
+    for resource in &actions.lock {
+        match node
+            .lock_with(resource, &LockOptions::default().timeout(Duration::MAX))
+            .await
+        {
+            Ok(guard) => {
+                say(format_args!("locked {resource} {}", guard.token()));
+                held.push(guard);
+            }
+            Err(e) => say(format_args!("not locked {resource}: {e}")),
+        }
+    }
+    let mut leading = Vec::new();
+    for election in &actions.campaign {
+        match node.election(election).campaign().await {
+            Ok(leadership) => {
+                say(format_args!("leading {election} {}", leadership.term()));
+                leading.push(leadership);
+            }
+            Err(e) => say(format_args!("not leading {election}: {e}")),
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Prints one line to stdout; a reader that went away (closed pipe) must

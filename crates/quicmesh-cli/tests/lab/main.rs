@@ -161,20 +161,29 @@ struct HostNode {
 }
 
 impl HostNode {
+    /// A node on `hN` that finds its peers over mDNS.
     fn start(dir: &Path, host: usize, cookie: &str) -> Self {
+        let discovery = format!(
+            "[topologies.lan]\nstrategy = \"mdns\"\ninterfaces = [\"eth0\"]\n\
+             polling_interval = \"{}ms\"\nverify_timeout = \"{}ms\"\n",
+            POLL.as_millis(),
+            VERIFY.as_millis(),
+        );
+        Self::start_with(dir, host, cookie, &discovery, &[])
+    }
+
+    /// A node on `hN` with `more` appended to its config file and `args`
+    /// after `--config FILE`.
+    fn start_with(dir: &Path, host: usize, cookie: &str, more: &str, args: &[&str]) -> Self {
         let name = format!("app@10.77.0.{host}");
         let config = dir.join(format!("h{host}.toml"));
         std::fs::write(
             &config,
             format!(
-                "name = \"{name}\"\nlisten = \"10.77.0.{host}:4370\"\n\
+                "name = \"{name}\"\nlisten = \"10.77.0.{host}:4370\"\n{more}\n\
                  [identity]\nmode = \"cookie\"\ncookie = \"{cookie}\"\n\
-                 [heartbeat]\ninterval = \"200ms\"\ntimeout = \"{}ms\"\n\
-                 [topologies.lan]\nstrategy = \"mdns\"\ninterfaces = [\"eth0\"]\n\
-                 polling_interval = \"{}ms\"\nverify_timeout = \"{}ms\"\n",
+                 [heartbeat]\ninterval = \"200ms\"\ntimeout = \"{}ms\"\n",
                 HEARTBEAT_TIMEOUT.as_millis(),
-                POLL.as_millis(),
-                VERIFY.as_millis(),
             ),
         )
         .expect("write config");
@@ -189,6 +198,7 @@ impl HostNode {
                 "--config",
             ])
             .arg(&config)
+            .args(args)
             .env("RUST_LOG", "quicmesh=info,warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -434,4 +444,75 @@ async fn mdns_records_go_when_a_node_shuts_down_or_is_killed() {
         ms(VERIFY)
     );
     assert!(gone - killed <= HEARTBEAT_TIMEOUT + POLL + VERIFY + Duration::from_secs(2));
+}
+
+/// Cuts (or heals) every link between `hosts` and the other hosts, on the
+/// bridge.
+fn partition(hosts: &[usize], others: &[usize]) {
+    sh("nft add table bridge cut && \
+        nft 'add chain bridge cut forward { type filter hook forward priority -10; policy accept; }'");
+    for a in hosts {
+        for b in others {
+            sh(&format!(
+                "nft add rule bridge cut forward iifname h{a}-br oifname h{b}-br drop && \
+                 nft add rule bridge cut forward iifname h{b}-br oifname h{a}-br drop"
+            ));
+        }
+    }
+}
+
+fn heal() {
+    sh("nft delete table bridge cut");
+}
+
+#[tokio::test]
+async fn a_name_registered_on_both_sides_of_a_partition_has_one_owner_after_it_heals() {
+    if !in_lab("a_name_registered_on_both_sides_of_a_partition_has_one_owner_after_it_heals") {
+        return;
+    }
+    make_hosts(3);
+    // h1 | h2 h3 from the start.
+    partition(&[1], &[2, 3]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seeds = "seeds = [\"app@10.77.0.1:4370\", \"app@10.77.0.2:4370\", \"app@10.77.0.3:4370\"]\n\
+                 [reconnect]\ninitial = \"50ms\"\nmax = \"300ms\"";
+    // h1 registers `x` alone, then h2 registers it with h3 on its side.
+    let mut h1 = HostNode::start_with(dir.path(), 1, COOKIE, seeds, &["--register", "x"]);
+    h1.expect(&["registered x"]).await;
+    let mut h3 = HostNode::start_with(dir.path(), 3, COOKIE, seeds, &[]);
+    let mut h2 = HostNode::start_with(
+        dir.path(),
+        2,
+        COOKIE,
+        seeds,
+        &["--wait-for", "1", "--register", "x"],
+    );
+    h2.expect(&["registered x"]).await;
+    h3.expect(&["registry registered x app@10.77.0.2"]).await;
+    assert!(!h1.has_printed("up app@"), "the partition leaked");
+
+    // Healed: every node ends with h1's registration (the earlier one),
+    // and h2, the loser, is told.
+    let healed = Instant::now();
+    heal();
+    let kept = "registry conflict x kept app@10.77.0.1 dropped app@10.77.0.2";
+    for node in [&mut h1, &mut h2, &mut h3] {
+        let resolved = node.expect(&[kept]).await;
+        println!(
+            "registry: {} resolved the conflict {} ms after the heal",
+            node.name,
+            ms(resolved - healed)
+        );
+    }
+    assert!(
+        h2.has_printed("lost a registered name in a conflict"),
+        "the loser logs that it lost"
+    );
+    for node in [&mut h1, &mut h2, &mut h3] {
+        assert!(
+            !node.has_printed("kept app@10.77.0.2"),
+            "{} kept the later registration",
+            node.name
+        );
+    }
 }

@@ -73,6 +73,31 @@ impl NodeProcess {
             .unwrap_or_else(|_| panic!("not all of {want:?} printed"));
     }
 
+    /// Waits until, for every entry of `prefixes`, a line starting with
+    /// it has been printed, in any order; the rest of each such line.
+    async fn expect_starts(&mut self, prefixes: &[&str]) -> Vec<String> {
+        let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+        let wait = async {
+            while let Some(line) = self.stdout.next_line().await.expect("read") {
+                for (prefix, slot) in prefixes.iter().zip(found.iter_mut()) {
+                    if slot.is_none()
+                        && let Some(rest) = line.strip_prefix(prefix)
+                    {
+                        *slot = Some(rest.trim().to_owned());
+                    }
+                }
+                if found.iter().all(Option::is_some) {
+                    return;
+                }
+            }
+            panic!("process ended before printing {prefixes:?}");
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("not all of {prefixes:?} printed"));
+        found.into_iter().flatten().collect()
+    }
+
     fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running").to_string();
         let ok = std::process::Command::new("kill")
@@ -503,4 +528,108 @@ async fn peer_process_killed_mid_call_is_node_down() {
     assert!(matches!(err, quicmesh::RpcError::NodeDown { .. }), "{err}");
     assert!(err.may_have_run());
     a.shutdown().await;
+}
+
+/// Failure detection of the in-process nodes in the kill test.
+const DETECTION: Duration = Duration::from_secs(1);
+
+/// Polls `cond` every 5 ms until it holds; how long it took.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < WAIT, "not within {WAIT:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_process_loses_its_name_lock_and_leadership_to_the_others() {
+    let fast = |short: &str| {
+        Node::builder()
+            .name(format!("{short}@127.0.0.1"))
+            .listen("127.0.0.1:0".parse().expect("addr"))
+            .cookie(COOKIE)
+            .heartbeat(Duration::from_millis(200), DETECTION)
+            .start()
+    };
+    let a = fast("ka").await.expect("a");
+    let b = fast("kb").await.expect("b");
+    b.connect(&a.addr()).await.expect("connect");
+    let mut p = NodeProcess::start(
+        &[
+            "--name",
+            "kp@127.0.0.1:0",
+            "--connect",
+            &a.addr().to_string(),
+            "--wait-for",
+            "2",
+            "--register",
+            "cache_worker",
+            "--lock",
+            "res",
+            "--campaign",
+            "boss",
+        ],
+        &[("QUICMESH_COOKIE", COOKIE)],
+    )
+    .await;
+    let got = p
+        .expect_starts(&["registered cache_worker", "locked res ", "leading boss "])
+        .await;
+    let held_token: u64 = got[1].parse().expect("token");
+    let p_term: u64 = got[2].parse().expect("term");
+    let owner_is_p = |n: &Node| {
+        n.registry()
+            .whereis("cache_worker")
+            .is_some_and(|r| r.owner == p.name)
+    };
+    until("everyone knows p's name and leadership", || {
+        [&a, &b]
+            .iter()
+            .all(|n| owner_is_p(n) && n.election("boss").leader().leader.as_ref() == Some(&p.name))
+    })
+    .await;
+
+    // a waits for the lock and b campaigns while p holds both.
+    let (a2, b2) = (a.clone(), b.clone());
+    let lock = tokio::spawn(async move {
+        let guard = a2
+            .lock_with("res", &quicmesh::LockOptions::default().timeout(WAIT))
+            .await;
+        (guard, Instant::now())
+    });
+    let campaign = tokio::spawn(async move {
+        let leadership = b2.election("boss").campaign().await;
+        (leadership, Instant::now())
+    });
+    let killed = Instant::now();
+    p.signal("-KILL");
+    let name_gone = until("p's name gone everywhere", || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.registry().whereis("cache_worker").is_none())
+    })
+    .await;
+    let (guard, locked_at) = lock.await.expect("lock task");
+    let guard = guard.expect("a takes the lock");
+    let (leadership, led_at) = campaign.await.expect("campaign task");
+    let leadership = leadership.expect("b leads");
+    println!(
+        "after SIGKILL: name gone in {:?}, lock taken in {:?}, new leader in {:?} (failure detection {DETECTION:?})",
+        name_gone,
+        locked_at - killed,
+        led_at - killed
+    );
+    // Detection is at most the timeout plus one heartbeat interval.
+    let detected = DETECTION + Duration::from_millis(250);
+    assert!(name_gone <= detected, "{name_gone:?}");
+    assert!(locked_at - killed <= detected + Duration::from_secs(1));
+    assert!(led_at - killed <= detected + Duration::from_secs(1));
+    assert!(guard.token() > held_token, "the fencing token grew");
+    assert!(leadership.term() > p_term, "the term grew");
+    drop(guard);
+    leadership.resign().await;
+    a.shutdown().await;
+    b.shutdown().await;
 }
