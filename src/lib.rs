@@ -44,6 +44,7 @@ mod coord;
 pub mod discovery;
 mod error;
 mod event;
+mod local_registry;
 mod membership;
 mod node;
 mod rpc;
@@ -60,6 +61,7 @@ pub use coord::{
 };
 pub use error::{ConnectError, PingError, StartError, WaitError};
 pub use event::{DownReason, EventError, EventStream, NodeEvent};
+pub use local_registry::{AlreadyRegistered, Keys, LocalRegistry, Registered};
 pub use node::{Builder, Node};
 pub use quicmesh_identity as identity;
 pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie};
