@@ -151,6 +151,30 @@ pub(crate) fn serve<Req, Resp>(
     debug_assert!(registered.is_ok(), "{service} registered twice");
 }
 
+/// After missed node events: forgets what nodes no longer connected held,
+/// and sends every connected node this node's state again.
+fn reconcile(coord: &Arc<Coord>) {
+    let peers = coord.peers();
+    let mut known: Vec<NodeName> = lock::holders(coord);
+    known.extend(registry::owners(coord));
+    known.extend(groups::nodes(coord));
+    known.sort();
+    known.dedup();
+    for node in known {
+        if node != coord.m.me && !peers.contains(&node) {
+            lock::node_down(coord, &node);
+            registry::node_down(coord, &node);
+            groups::node_down(coord, &node);
+            election::node_down(coord, &node);
+        }
+    }
+    for peer in &peers {
+        registry::node_up(coord, peer);
+        groups::node_up(coord, peer);
+        election::node_up(coord, peer);
+    }
+}
+
 async fn follow_nodes(
     coord: Weak<Coord>,
     mut events: broadcast::Receiver<NodeEvent>,
@@ -177,10 +201,7 @@ async fn follow_nodes(
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!("coordination missed {n} node events; resynchronising");
-                for peer in coord.peers() {
-                    registry::node_up(&coord, &peer);
-                    groups::node_up(&coord, &peer);
-                }
+                reconcile(&coord);
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

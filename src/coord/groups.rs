@@ -287,6 +287,11 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
     });
 }
 
+/// The nodes with members here.
+pub(crate) fn nodes(coord: &Coord) -> Vec<NodeName> {
+    lock_mutex(&coord.groups.by_node).keys().cloned().collect()
+}
+
 /// The members of a node that went down leave every group.
 pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
     coord.groups.replace(node, Joins::new());
@@ -311,7 +316,7 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
                 .filter(|(g, s, n)| {
                     !g.is_empty() && g.len() <= MAX_NAME && s.len() <= MAX_NAME && *n > 0
                 })
-                .map(|(g, s, n)| ((g, s), n.min(1 << 20)))
+                .map(|(g, s, n)| ((g, s), n.min(1024)))
                 .collect();
             coord.groups.replace(&ctx.from, joins);
         },

@@ -468,6 +468,15 @@ pub(crate) async fn futures_join_all<F: Future>(
     results.into_iter().flatten().collect()
 }
 
+/// The nodes holding locks here.
+pub(crate) fn holders(coord: &Coord) -> Vec<NodeName> {
+    lock_mutex(&coord.locks)
+        .held
+        .values()
+        .map(|r| r.node.clone())
+        .collect()
+}
+
 /// Releases every lock `node` held here (it went down).
 pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
     let mut table = lock_mutex(&coord.locks);

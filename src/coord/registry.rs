@@ -456,6 +456,14 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
     });
 }
 
+/// The nodes owning names here.
+pub(crate) fn owners(coord: &Coord) -> Vec<NodeName> {
+    lock_mutex(&coord.registry.names)
+        .values()
+        .map(|r| r.owner.clone())
+        .collect()
+}
+
 /// Drops the names of a node that went down.
 pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
     let gone: Vec<String> = lock_mutex(&coord.registry.names)

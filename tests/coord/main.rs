@@ -498,3 +498,59 @@ async fn group_membership_follows_join_leave_and_node_death() {
     })
     .await;
 }
+
+/// The answer of `quicmesh.registry.put`, as it travels.
+#[derive(Debug, serde::Deserialize)]
+#[allow(dead_code)] // `Stored` is never expected here
+enum PutAnswer {
+    Stored,
+    Taken(NodeName),
+}
+
+#[tokio::test]
+async fn a_node_cannot_register_release_or_sync_for_another() {
+    bounded(async {
+        let nodes = cluster("forge", 3).await;
+        let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        let forged = quicmesh::Registration {
+            name: "forged".to_owned(),
+            owner: c.name().clone(),
+            service: "s".to_owned(),
+            registered_at: quicmesh::Hlc {
+                millis: 1,
+                counter: 0,
+            },
+        };
+        // a claims a registration of c's: b refuses it.
+        let answer: PutAnswer = a
+            .call(b.name(), "quicmesh.registry.put", &forged)
+            .await
+            .expect("answered");
+        assert!(matches!(answer, PutAnswer::Taken(_)), "{answer:?}");
+        a.call::<_, ()>(b.name(), "quicmesh.registry.sync", &vec![forged.clone()])
+            .await
+            .expect("answered");
+        assert!(b.registry().whereis("forged").is_none());
+
+        // c holds a lock on b and c; a cannot release it on b for c.
+        let on_b = LockOptions::default().nodes(vec![b.name().clone()]);
+        let guard = c.lock_with("held", &on_b).await.expect("lock");
+        let forged_release = ("held".to_owned(), (c.name().clone(), c.incarnation(), 1u64));
+        a.call::<_, ()>(b.name(), "quicmesh.lock.release", &forged_release)
+            .await
+            .expect("answered");
+        let a_and_b = LockOptions::default()
+            .nodes(vec![b.name().clone()])
+            .timeout(Duration::from_millis(300));
+        assert!(
+            a.lock_with("held", &a_and_b).await.is_err(),
+            "still c's on b"
+        );
+        drop(guard);
+        a.lock_with("held", &on_b)
+            .await
+            .expect("free once c releases it");
+        shutdown_all(&nodes).await;
+    })
+    .await;
+}
