@@ -119,7 +119,8 @@ pub struct LockOptions {
     /// The nodes to lock on (this node is always one). Default: every
     /// connected node, taken anew at each attempt.
     pub nodes: Option<Vec<NodeName>>,
-    /// Give up after this many refused attempts. Default: no limit.
+    /// How many times to try again after the first attempt is refused.
+    /// Default: no limit (until the timeout).
     pub retries: Option<u32>,
     /// Give up after this long. Default 30 s.
     pub timeout: Duration,
@@ -142,7 +143,7 @@ impl LockOptions {
         self
     }
 
-    /// Gives up after `retries` refused attempts.
+    /// Tries again at most `retries` times after the first refusal.
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = Some(retries);
         self
