@@ -553,3 +553,59 @@ async fn a_node_cannot_register_release_or_sync_for_another() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn nodes_that_meet_with_the_same_name_keep_one_by_the_rule_in_force() {
+    bounded(async {
+        // Two pairs that never met: each registers `x`, then they connect.
+        for latest_wins in [false, true] {
+            let prefix = if latest_wins { "late" } else { "early" };
+            let nodes = [
+                node(&format!("{prefix}0"), COOKIE).await,
+                node(&format!("{prefix}1"), COOKIE).await,
+            ];
+            let (a, b) = (&nodes[0], &nodes[1]);
+            if latest_wins {
+                for n in &nodes {
+                    n.registry().set_resolver(|x, y| {
+                        if x.registered_at >= y.registered_at {
+                            quicmesh::Keep::First
+                        } else {
+                            quicmesh::Keep::Second
+                        }
+                    });
+                }
+            }
+            let first = a.registry().register("x", "s").await.expect("a alone");
+            // The clocks count milliseconds: let the second be later.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let second = b.registry().register("x", "s").await.expect("b alone");
+            assert!(first.registered_at < second.registered_at);
+            let mut a_events = a.registry().events();
+            let mut b_events = b.registry().events();
+            b.connect(&a.addr()).await.expect("connect");
+            let (winner, loser) = if latest_wins { (b, a) } else { (a, b) };
+            for events in [&mut a_events, &mut b_events] {
+                let conflict = next(events, "Conflict", |e| {
+                    matches!(e, RegistryEvent::Conflict { .. })
+                })
+                .await;
+                let RegistryEvent::Conflict { kept, dropped } = conflict else {
+                    unreachable!()
+                };
+                assert_eq!(&kept.owner, winner.name());
+                assert_eq!(&dropped.owner, loser.name());
+            }
+            for n in &nodes {
+                eventually("one owner on both", || {
+                    n.registry()
+                        .whereis("x")
+                        .is_some_and(|r| &r.owner == winner.name())
+                })
+                .await;
+            }
+            shutdown_all(&nodes).await;
+        }
+    })
+    .await;
+}
