@@ -120,6 +120,28 @@ impl Coord {
         })
     }
 
+    /// Calls `service` (answered with `()`) on every node of `peers` at
+    /// once; logs each failure as "could not {what}".
+    pub(crate) async fn tell<Req: Serialize>(
+        &self,
+        peers: &[NodeName],
+        service: &str,
+        request: &Req,
+        what: &str,
+    ) {
+        let timeout = self.message_timeout();
+        let results = lock::futures_join_all(peers.iter().map(|peer| async move {
+            let r: Result<(), RpcError> = self.call(peer, service, request, timeout).await;
+            (peer, r)
+        }))
+        .await;
+        for (peer, r) in results {
+            if let Err(e) = r {
+                tracing::warn!(peer = %peer, "could not {what}: {e}");
+            }
+        }
+    }
+
     /// The timeout of one coordination message.
     pub(crate) fn message_timeout(&self) -> Duration {
         self.m.config.rpc.timeout

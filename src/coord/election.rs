@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use super::lock::{LockError, LockGuard, LockOptions, futures_join_all};
+use super::lock::{LockError, LockGuard, LockOptions};
 use super::{Coord, lock as lock_mutex};
-use crate::rpc::{CallContext, RpcError};
+use crate::rpc::CallContext;
 
 const ANNOUNCE: &str = "quicmesh.election.announce";
 
@@ -186,22 +186,10 @@ impl Election {
             leading,
         };
         self.coord.elections.announced(&self.coord.m.me, &announce);
-        let timeout = self.coord.message_timeout();
-        let peers = self.coord.peers();
-        let results = futures_join_all(peers.iter().map(|peer| {
-            let announce = &announce;
-            async move {
-                let r: Result<(), RpcError> =
-                    self.coord.call(peer, ANNOUNCE, announce, timeout).await;
-                (peer, r)
-            }
-        }))
-        .await;
-        for (peer, r) in results {
-            if let Err(e) = r {
-                warn!(peer = %peer, election = %self.name, "could not announce leadership: {e}");
-            }
-        }
+        let what = format!("announce the leadership of {} (term {term})", self.name);
+        self.coord
+            .tell(&self.coord.peers(), ANNOUNCE, &announce, &what)
+            .await;
     }
 }
 

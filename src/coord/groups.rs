@@ -14,9 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::warn;
 
-use super::lock::futures_join_all;
 use super::{Coord, lock as lock_mutex};
-use crate::rpc::{CallContext, RpcError};
+use crate::rpc::CallContext;
 
 const CHANGE: &str = "quicmesh.groups.change";
 const SYNC: &str = "quicmesh.groups.sync";
@@ -199,22 +198,14 @@ impl Groups {
             service: service.to_owned(),
             joined,
         };
-        let timeout = self.coord.message_timeout();
-        let peers = self.coord.peers();
-        let results = futures_join_all(peers.iter().map(|peer| {
-            let change = &change;
-            async move {
-                let r: Result<(), RpcError> = self.coord.call(peer, CHANGE, change, timeout).await;
-                (peer, r)
-            }
-        }))
-        .await;
-        for (peer, r) in results {
-            if let Err(e) = r {
-                // It gets the whole membership again when it reconnects.
-                warn!(peer = %peer, group, "could not tell a node of a group change: {e}");
-            }
-        }
+        // A node that misses it gets the whole membership when it reconnects.
+        let what = format!(
+            "tell a node that {service} {} {group}",
+            if joined { "joined" } else { "left" }
+        );
+        self.coord
+            .tell(&self.coord.peers(), CHANGE, &change, &what)
+            .await;
         true
     }
 

@@ -364,20 +364,10 @@ impl Registry {
     }
 
     async fn delete_everywhere(&self, registration: &Registration, peers: &[NodeName]) {
-        let timeout = self.coord.message_timeout();
-        let results = futures_join_all(peers.iter().map(|peer| async move {
-            let r: Result<(), RpcError> = self
-                .coord
-                .call(peer, DELETE, &registration.name, timeout)
-                .await;
-            (peer, r)
-        }))
-        .await;
-        for (peer, r) in results {
-            if let Err(e) = r {
-                warn!(peer = %peer, name = %registration.name, "could not unregister there: {e}");
-            }
-        }
+        let what = format!("unregister {:?} there", registration.name);
+        self.coord
+            .tell(peers, DELETE, &registration.name, &what)
+            .await;
     }
 
     /// Who has `name`, as this node knows (no network).
@@ -406,16 +396,15 @@ impl Registry {
         *lock_mutex(&self.state().resolver) = Arc::new(resolver);
     }
 
-    /// Calls the service registered as `name`, wherever it is.
+    /// Calls the service registered as `name`, wherever it is, with the
+    /// default timeout (`rpc.timeout`).
     pub async fn call<Req, Resp>(&self, name: &str, request: &Req) -> Result<Resp, RegistryError>
     where
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let r = self
-            .whereis(name)
-            .ok_or_else(|| RegistryError::NotRegistered(name.to_owned()))?;
-        Ok(self.node.call(&r.owner, &r.service, request).await?)
+        self.call_timeout(name, request, self.coord.message_timeout())
+            .await
     }
 
     /// As [`Registry::call`], waiting at most `timeout`.
