@@ -142,6 +142,24 @@ impl Coord {
         }
     }
 
+    /// Sends `request` to `service` on `peer` from a task of the node's;
+    /// logs a failure as "could not {what}".
+    pub(crate) fn send_in_background<Req: Serialize + Send + Sync + 'static>(
+        self: &Arc<Self>,
+        peer: &NodeName,
+        service: &'static str,
+        request: Req,
+        what: &'static str,
+    ) {
+        let (coord, peer) = (self.clone(), peer.clone());
+        self.m.tracker.spawn(async move {
+            let timeout = coord.message_timeout();
+            if let Err(e) = coord.call::<_, ()>(&peer, service, &request, timeout).await {
+                tracing::warn!(peer = %peer, "could not {what}: {e}");
+            }
+        });
+    }
+
     /// The timeout of one coordination message.
     pub(crate) fn message_timeout(&self) -> Duration {
         self.m.config.rpc.timeout

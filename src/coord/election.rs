@@ -15,7 +15,7 @@ use std::time::Duration;
 use quicmesh_wire::NodeName;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::lock::{LockError, LockGuard, LockOptions};
 use super::{Coord, lock as lock_mutex};
@@ -251,26 +251,14 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
         .iter()
         .map(|(e, t)| (e.clone(), *t))
         .collect();
-    if mine.is_empty() {
-        return;
+    for (election, term) in mine {
+        let announce = Announce {
+            election,
+            term,
+            leading: true,
+        };
+        coord.send_in_background(peer, ANNOUNCE, announce, "tell it of a leadership");
     }
-    let (coord, peer) = (coord.clone(), peer.clone());
-    coord.m.tracker.clone().spawn(async move {
-        let timeout = coord.message_timeout();
-        for (election, term) in mine {
-            let announce = Announce {
-                election,
-                term,
-                leading: true,
-            };
-            if let Err(e) = coord
-                .call::<_, ()>(&peer, ANNOUNCE, &announce, timeout)
-                .await
-            {
-                warn!(peer = %peer, "could not tell it of a leadership: {e}");
-            }
-        }
-    });
 }
 
 /// A node that went down leads nothing any more.

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use quicmesh_wire::NodeName;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tracing::warn;
 
 use super::{Coord, lock as lock_mutex};
 use crate::rpc::CallContext;
@@ -110,11 +109,17 @@ impl State {
         true
     }
 
-    /// Replaces everything `node` is in with `joins`.
+    /// Replaces everything `node` is in with `joins` (none: forgets it).
     fn replace(&self, node: &NodeName, joins: Joins) {
-        let old = lock_mutex(&self.by_node)
-            .insert(node.clone(), joins.clone())
-            .unwrap_or_default();
+        let old = {
+            let mut by_node = lock_mutex(&self.by_node);
+            if joins.is_empty() {
+                by_node.remove(node)
+            } else {
+                by_node.insert(node.clone(), joins.clone())
+            }
+        }
+        .unwrap_or_default();
         let member = |service: &str| Member {
             node: node.clone(),
             service: service.to_owned(),
@@ -269,13 +274,7 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
                 .collect()
         })
         .unwrap_or_default();
-    let (coord, peer) = (coord.clone(), peer.clone());
-    coord.m.tracker.clone().spawn(async move {
-        let timeout = coord.message_timeout();
-        if let Err(e) = coord.call::<_, ()>(&peer, SYNC, &mine, timeout).await {
-            warn!(peer = %peer, "could not send it this node's group memberships: {e}");
-        }
-    });
+    coord.send_in_background(peer, SYNC, mine, "send it this node's group memberships");
 }
 
 /// The nodes with members here.
@@ -286,7 +285,6 @@ pub(crate) fn nodes(coord: &Coord) -> Vec<NodeName> {
 /// The members of a node that went down leave every group.
 pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
     coord.groups.replace(node, Joins::new());
-    lock_mutex(&coord.groups.by_node).remove(node);
 }
 
 pub(crate) fn serve(coord: &Arc<Coord>) {

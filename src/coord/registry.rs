@@ -436,13 +436,7 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
         .filter(|r| r.owner == me)
         .cloned()
         .collect();
-    let (coord, peer) = (coord.clone(), peer.clone());
-    coord.m.tracker.clone().spawn(async move {
-        let timeout = coord.message_timeout();
-        if let Err(e) = coord.call::<_, ()>(&peer, SYNC, &mine, timeout).await {
-            warn!(peer = %peer, "could not send it this node's registered names: {e}");
-        }
-    });
+    coord.send_in_background(peer, SYNC, mine, "send it this node's registered names");
 }
 
 /// The nodes owning names here.

@@ -124,9 +124,7 @@ impl Mdns {
     /// Starts advertising `local` and browsing for its cluster. Needs a
     /// Tokio runtime.
     pub fn start(local: &LocalNode, options: MdnsOptions) -> Result<Self, DiscoveryError> {
-        let failed =
-            |what: &str, e: mdns_sd::Error| DiscoveryError::Other(format!("mDNS: {what}: {e}"));
-        let daemon = ServiceDaemon::new().map_err(|e| failed("cannot start the daemon", e))?;
+        let daemon = ServiceDaemon::new().map_err(|e| mdns_failed("cannot start the daemon", e))?;
         let started = Self::advertise(&daemon, local, &options).inspect_err(|_| {
             let _ = daemon.shutdown();
         })?;
@@ -140,7 +138,7 @@ impl Mdns {
             Ok(events) => events,
             Err(e) => {
                 let _ = daemon.shutdown();
-                return Err(failed("cannot browse", e));
+                return Err(mdns_failed("cannot browse", e));
             }
         };
         let browser = tokio::spawn(browse(events, heard.clone()));
@@ -161,8 +159,6 @@ impl Mdns {
         local: &LocalNode,
         options: &MdnsOptions,
     ) -> Result<String, DiscoveryError> {
-        let failed =
-            |what: &str, e: mdns_sd::Error| DiscoveryError::Other(format!("mDNS: {what}: {e}"));
         let interfaces = if options.interfaces.is_empty() {
             daemon.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
         } else {
@@ -176,7 +172,7 @@ impl Mdns {
                 )
             })
         };
-        interfaces.map_err(|e| failed("cannot select interfaces", e))?;
+        interfaces.map_err(|e| mdns_failed("cannot select interfaces", e))?;
 
         let instance = instance_name(&local.name, &local.cluster_tag);
         let host = format!("{instance}.local.");
@@ -206,11 +202,11 @@ impl Mdns {
                 &txt[..],
             )
         }
-        .map_err(|e| failed("bad service record", e))?;
+        .map_err(|e| mdns_failed("bad service record", e))?;
         let fullname = info.get_fullname().to_owned();
         daemon
             .register(info)
-            .map_err(|e| failed("cannot register", e))?;
+            .map_err(|e| mdns_failed("cannot register", e))?;
         Ok(fullname)
     }
 
@@ -372,6 +368,11 @@ impl Drop for Mdns {
         let _ = self.daemon.shutdown();
         self.browser.abort();
     }
+}
+
+/// A daemon call that failed, as a discovery error.
+fn mdns_failed(what: &str, e: mdns_sd::Error) -> DiscoveryError {
+    DiscoveryError::Other(format!("mDNS: {what}: {e}"))
 }
 
 /// The node a record names, if it is one of this cluster's.

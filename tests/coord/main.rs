@@ -609,3 +609,38 @@ async fn nodes_that_meet_with_the_same_name_keep_one_by_the_rule_in_force() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn bad_names_and_exhausted_retries_are_named_errors() {
+    bounded(async {
+        let nodes = cluster("bad", 2).await;
+        let (a, b) = (&nodes[0], &nodes[1]);
+        let err = a.lock("").await.expect_err("empty resource");
+        assert!(matches!(err, LockError::BadResource(_)), "{err}");
+        let err = a.lock(&"r".repeat(1025)).await.expect_err("too long");
+        assert!(matches!(err, LockError::BadResource(_)), "{err}");
+
+        // Held elsewhere: with no retries, one attempt and a Timeout.
+        let guard = b.lock("held").await.expect("lock");
+        let once = LockOptions::default().retries(0);
+        let err = a.lock_with("held", &once).await.expect_err("held by b");
+        assert!(
+            matches!(err, LockError::Timeout { attempts: 1, .. }),
+            "{err}"
+        );
+        drop(guard);
+
+        for bad in [String::new(), "n".repeat(256)] {
+            let err = a
+                .registry()
+                .register(&bad, "s")
+                .await
+                .expect_err("bad name");
+            assert!(matches!(err, RegistryError::BadName(_)), "{err}");
+        }
+        assert!(!a.groups().join("", "s").await);
+        assert!(!a.groups().leave("never-joined", "s").await);
+        shutdown_all(&nodes).await;
+    })
+    .await;
+}
