@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use quicmesh::Node;
-use quicmesh::wire::{RpcHeader, RpcMode, RpcStatus, encode_item, frame};
+use quicmesh_wire::{RpcHeader, RpcMode, RpcStatus, encode_item, frame};
 use serde_bytes::ByteBuf;
 
 fn codec(c: &mut Criterion) {

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use quicmesh_discovery::TopologyConfig;
+use quicmesh_mesh::{HeartbeatConfig, MeshConfig, ReconnectConfig, duration};
+use quicmesh_rpc::RpcConfig;
 use quicmesh_wire::{NodeAddr, NodeName};
 use serde::{Deserialize, Serialize};
-
-use crate::discovery::TopologyConfig;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,92 +122,6 @@ impl Default for IdentityConfig {
     }
 }
 
-/// Failure detection: every `interval` a node sends a heartbeat datagram
-/// to each peer; a peer from which *nothing* (heartbeat or any other
-/// packet) arrived for `timeout` is declared down. Bulk traffic therefore
-/// never causes a false `NodeDown`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeartbeatConfig {
-    /// Default 500 ms.
-    #[serde(default = "defaults::hb_interval", with = "duration")]
-    pub interval: Duration,
-    /// Default 3 s: a SIGKILLed peer is detected in about 3 s.
-    #[serde(default = "defaults::hb_timeout", with = "duration")]
-    pub timeout: Duration,
-}
-
-impl Default for HeartbeatConfig {
-    fn default() -> Self {
-        Self {
-            interval: defaults::hb_interval(),
-            timeout: defaults::hb_timeout(),
-        }
-    }
-}
-
-/// Capped exponential backoff with jitter for re-dialling seeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReconnectConfig {
-    /// First delay after a failed dial. Default 200 ms.
-    #[serde(default = "defaults::backoff_initial", with = "duration")]
-    pub initial: Duration,
-    /// Largest delay. Default 10 s.
-    #[serde(default = "defaults::backoff_max", with = "duration")]
-    pub max: Duration,
-}
-
-impl Default for ReconnectConfig {
-    fn default() -> Self {
-        Self {
-            initial: defaults::backoff_initial(),
-            max: defaults::backoff_max(),
-        }
-    }
-}
-
-impl ReconnectConfig {
-    /// The delay before retry number `attempt` (0-based): `initial * 2^n`
-    /// capped at `max`, then scaled by a random factor in [0.5, 1.0) so
-    /// nodes that failed together do not retry together.
-    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
-        exp.min(self.max)
-            .mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
-    }
-}
-
-/// Limits and defaults of RPC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RpcConfig {
-    /// Timeout of `call` and `cast` when none is given. Default 5 s.
-    #[serde(default = "defaults::rpc_timeout", with = "duration")]
-    pub timeout: Duration,
-    /// Largest request or response body accepted or sent, in bytes; larger
-    /// ones fail with `TooLarge`. Default 16 MiB.
-    #[serde(default = "defaults::max_message")]
-    pub max_message: usize,
-    /// Calls from one peer served at once; more are refused with
-    /// `Overloaded`. Bounds the memory one peer can make this node hold
-    /// (about this many times `max_message`). Default 256.
-    #[serde(default = "defaults::max_inbound")]
-    pub max_inbound_per_peer: usize,
-}
-
-impl Default for RpcConfig {
-    fn default() -> Self {
-        Self {
-            timeout: defaults::rpc_timeout(),
-            max_message: defaults::max_message(),
-            max_inbound_per_peer: defaults::max_inbound(),
-        }
-    }
-}
-
 /// A configuration value that cannot work, with the values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -277,9 +192,9 @@ impl NodeConfig {
             return Err(ConfigError::MissingName);
         }
         for (topology, t) in &self.topologies {
-            t.validate().map_err(|detail| ConfigError::Topology {
+            t.validate().map_err(|e| ConfigError::Topology {
                 topology: topology.clone(),
-                detail,
+                detail: e.to_string(),
             })?;
         }
         let hb = self.heartbeat;
@@ -305,19 +220,27 @@ impl NodeConfig {
         if self.handshake_timeout.is_zero() {
             return Err(ConfigError::ZeroHandshakeTimeout);
         }
-        if self.rpc.timeout.is_zero() {
-            return Err(ConfigError::ZeroRpcLimit("timeout"));
-        }
-        if self.rpc.max_message == 0 {
-            return Err(ConfigError::ZeroRpcLimit("max_message"));
-        }
-        if self.rpc.max_inbound_per_peer == 0 {
-            return Err(ConfigError::ZeroRpcLimit("max_inbound_per_peer"));
+        if let Some(field) = self.rpc.zero_field() {
+            return Err(ConfigError::ZeroRpcLimit(field));
         }
         if self.leaf_validity < Duration::from_secs(600) {
             return Err(ConfigError::LeafValidityTooShort(self.leaf_validity));
         }
         Ok(())
+    }
+
+    /// What the mesh layer takes of this configuration.
+    pub(crate) fn mesh(&self) -> MeshConfig {
+        let mut mesh = MeshConfig::new(self.listen_addr());
+        mesh.hidden = self.hidden;
+        mesh.seeds.clone_from(&self.seeds);
+        mesh.heartbeat = self.heartbeat;
+        mesh.reconnect = self.reconnect;
+        mesh.handshake_timeout = self.handshake_timeout;
+        mesh.max_frame = self.max_frame;
+        mesh.leaf_validity = self.leaf_validity;
+        mesh.shutdown_timeout = self.shutdown_timeout;
+        mesh
     }
 
     /// The listen address in force: `listen`, or the default described there.
@@ -336,104 +259,20 @@ impl NodeConfig {
 
 mod defaults {
     use std::time::Duration;
+
+    use quicmesh_mesh::MeshConfig;
+
     pub(super) fn handshake_timeout() -> Duration {
-        Duration::from_secs(5)
+        MeshConfig::DEFAULT_HANDSHAKE_TIMEOUT
     }
     pub(super) fn max_frame() -> usize {
-        1 << 20
+        MeshConfig::DEFAULT_MAX_FRAME
     }
     pub(super) fn leaf_validity() -> Duration {
-        Duration::from_secs(24 * 3600)
+        MeshConfig::DEFAULT_LEAF_VALIDITY
     }
     pub(super) fn shutdown_timeout() -> Duration {
-        Duration::from_secs(2)
-    }
-    pub(super) fn hb_interval() -> Duration {
-        Duration::from_millis(500)
-    }
-    pub(super) fn hb_timeout() -> Duration {
-        Duration::from_secs(3)
-    }
-    pub(super) fn backoff_initial() -> Duration {
-        Duration::from_millis(200)
-    }
-    pub(super) fn backoff_max() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub(super) fn rpc_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub(super) fn max_message() -> usize {
-        16 << 20
-    }
-    pub(super) fn max_inbound() -> usize {
-        256
-    }
-}
-
-/// Durations as strings with a unit: `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
-pub(crate) mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        if d.subsec_nanos() == 0 {
-            s.serialize_str(&format!("{}s", d.as_secs()))
-        } else {
-            s.serialize_str(&format!("{}ms", d.as_millis()))
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        parse(&s).map_err(serde::de::Error::custom)
-    }
-
-    /// `Option<Duration>` as an optional duration string.
-    pub(crate) mod option {
-        use std::time::Duration;
-
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        pub(crate) fn serialize<S: Serializer>(
-            d: &Option<Duration>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => super::serialize(d, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Duration>, D::Error> {
-            let s = String::deserialize(d)?;
-            super::parse(&s).map(Some).map_err(serde::de::Error::custom)
-        }
-    }
-
-    /// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h`.
-    pub(crate) fn parse(s: &str) -> Result<Duration, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: write e.g. \"500ms\", \"5s\", \"2m\""))?;
-        let unit_ms = match unit {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            _ => {
-                return Err(format!(
-                    "invalid duration {s:?}: the unit must be ms, s, m or h"
-                ));
-            }
-        };
-        Ok(Duration::from_millis(n.saturating_mul(unit_ms)))
+        MeshConfig::DEFAULT_SHUTDOWN_TIMEOUT
     }
 }
 
@@ -494,14 +333,5 @@ mod tests {
             "0.0.0.0:4370".parse().unwrap(),
             "a DNS host listens on all addresses"
         );
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let rc = ReconnectConfig::default();
-        assert_eq!(rc.delay(0, 1.0), Duration::from_millis(200));
-        assert_eq!(rc.delay(0, 0.0), Duration::from_millis(100));
-        assert_eq!(rc.delay(3, 1.0), Duration::from_millis(1600));
-        assert_eq!(rc.delay(40, 1.0), Duration::from_secs(10));
     }
 }

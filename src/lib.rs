@@ -31,42 +31,65 @@
 //!
 //! # Layers
 //!
-//! - [`quicmesh_identity`]: names, cookies, the cookie-derived CA,
-//!   certificate files, rustls configs;
-//! - [`quicmesh_wire`]: every byte on the wire, without I/O;
-//! - this crate: the QUIC transport, membership (handshake, tie-break of
-//!   simultaneous dials, heartbeats, transitive mesh, reconnects),
-//!   [`discovery`], RPC, application protocols and the [`Node`] facade.
+//! This crate is the one users depend on: the [`Node`] facade, its
+//! [`Builder`] and [`NodeConfig`], and the types of every layer below,
+//! re-exported. Each layer is a crate of its own and knows only the ones
+//! below it:
+//!
+//! ```text
+//! quicmesh            Node, Builder, NodeConfig: wires the layers together
+//! quicmesh-coord      locks, global registry, groups, elections, local registry
+//! quicmesh-rpc        services, calls, lanes, streaming calls, application protocols
+//! quicmesh-discovery  strategies (static, DNS, Kubernetes DNS, mDNS), topologies
+//! quicmesh-mesh       QUIC transport, membership, stream router, events, status
+//! quicmesh-identity   names, cookies, the cookie-derived CA, certificates, rustls configs
+//! quicmesh-wire       every message on the wire, framing, codes (no I/O)
+//! ```
+//!
+//! The streams of [`Node::open_bi`] / [`Node::open_uni`] and
+//! [`IncomingStream`] are quinn's ([`SendStream`], [`RecvStream`]); the
+//! errors of their methods are quinn 0.11's.
 
-mod app;
 mod config;
-mod coord;
-pub mod discovery;
 mod error;
-mod event;
-mod local_registry;
-mod membership;
 mod node;
-mod rpc;
-mod status;
-mod transport;
 
-pub use app::{IncomingStream, OpenError, ProtocolListener, is_unknown_protocol};
-pub use config::{
-    ConfigError, HeartbeatConfig, IdentityConfig, NodeConfig, ReconnectConfig, RpcConfig,
-};
-pub use coord::{
-    Election, GroupEvent, Groups, Hlc, Keep, LeaderChange, Leadership, LockError, LockGuard,
-    LockOptions, Member, Registration, Registry, RegistryError, RegistryEvent,
-};
-pub use error::{ConnectError, PingError, StartError, WaitError};
-pub use event::{DownReason, EventError, EventStream, NodeEvent};
-pub use local_registry::{AlreadyRegistered, Keys, LocalRegistry, Registered};
+/// Discovery: topologies whose strategies report candidate peers, which
+/// the node dials and keeps.
+///
+/// A topology polls its [`Strategy`](discovery::Strategy) every polling
+/// interval. Each candidate becomes a seed: dialled, and re-dialled with
+/// backoff whenever it is down, whether or not later polls report it
+/// again. A poll that misses a peer changes nothing; only a topology with
+/// `prune_after` forgets a candidate, and only once no poll has reported
+/// it for that long (then the node stops re-dialling it and disconnects
+/// it, unless another topology or the static `seeds` still name it). A
+/// strategy that fails (a DNS server down or answering garbage) is logged
+/// and retried at the next interval; the mesh stays as it is.
+pub mod discovery {
+    pub use quicmesh_discovery::{
+        Candidate, CandidatesFuture, DiscoveryError, DnsPoll, DnsSrv, LocalNode, Mdns, MdnsOptions,
+        SERVICE_TYPE, SignalFuture, StaticNodes, Strategy, TopologyConfig,
+    };
+}
+
+pub use config::{ConfigError, IdentityConfig, NodeConfig};
+pub use error::StartError;
 pub use node::{Builder, Node};
+pub use quicmesh_coord::{
+    AlreadyRegistered, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange, Leadership,
+    LocalRegistry, LockError, LockGuard, LockOptions, Member, Registered, Registration, Registry,
+    RegistryError, RegistryEvent,
+};
 pub use quicmesh_identity as identity;
 pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie};
-pub use quicmesh_wire as wire;
+pub use quicmesh_mesh::{
+    ConnectError, CounterSnapshot, DownReason, EventError, EventStream, HeartbeatConfig, NodeEvent,
+    PeerState, PeerStatus, PingError, ReconnectConfig, Status, WaitError,
+};
+pub use quicmesh_rpc::{
+    CallContext, IncomingStream, OpenError, ProtocolListener, RegisterError, Requests, Responses,
+    RpcConfig, RpcError, Side, StreamingCall, is_unknown_protocol,
+};
 pub use quicmesh_wire::{DEFAULT_PORT, NameError, NodeAddr, NodeName};
-pub use quinn;
-pub use rpc::{CallContext, RegisterError, Requests, Responses, RpcError, Side, StreamingCall};
-pub use status::{CounterSnapshot, PeerState, PeerStatus, Status};
+pub use quinn::{RecvStream, SendStream, VarInt};

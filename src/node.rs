@@ -4,29 +4,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quicmesh_coord::{Coord, Election, Groups, LockError, LockGuard, LockOptions, Registry};
+use quicmesh_discovery::{Discovery, LocalNode, Strategy, Topology};
 use quicmesh_identity::{CertFiles, Cookie, Identity};
+use quicmesh_mesh::{ConnectError, EventStream, Mesh, PingError, Router, Status, WaitError};
+use quicmesh_rpc::{
+    CallContext, OpenError, ProtocolListener, RegisterError, Requests, Responses, Rpc, RpcError,
+    StreamingCall,
+};
 use quicmesh_wire::{NameError, NodeAddr, NodeName};
-use tracing::info;
-
-use bytes::Bytes;
-use quicmesh_wire::RpcMode;
+use quinn::{RecvStream, SendStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::info;
 
-use crate::app::{OpenError, ProtocolListener};
 use crate::config::{ConfigError, IdentityConfig, NodeConfig};
-use crate::coord::{
-    Coord, Election, Groups, LockError, LockGuard, LockOptions, RESERVED_PREFIX, Registry,
-};
-use crate::discovery::{self, LocalNode, Strategy, Topology};
-use crate::error::{ConnectError, PingError, StartError, WaitError};
-use crate::event::EventStream;
-use crate::membership::Membership;
-use crate::rpc::{
-    CallContext, ENCODE_START, RegisterError, Requests, Responses, RpcError, Side, StreamingCall,
-};
-use crate::status::Status;
-use crate::transport;
+use crate::error::StartError;
 
 /// A running quicmesh node. Cheap to clone; every clone is the same node.
 ///
@@ -50,17 +43,22 @@ use crate::transport;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Node {
-    owner: Arc<Owner>,
+    layers: Arc<Layers>,
 }
 
-/// Stops the node's tasks when the last `Node` handle goes away (the tasks
-/// themselves hold the `Membership`, not this).
+/// The layers of one running node, each a handle on the one below. When
+/// the last `Node` handle goes away they stop the node's tasks (the tasks
+/// themselves hold the mesh, not this).
 #[derive(Debug)]
-struct Owner(Arc<Membership>, Arc<Coord>);
+struct Layers {
+    mesh: Mesh,
+    rpc: Rpc,
+    coord: Arc<Coord>,
+}
 
-impl Drop for Owner {
+impl Drop for Layers {
     fn drop(&mut self) {
-        self.0.close_all("node dropped");
+        self.mesh.close("node dropped");
     }
 }
 
@@ -70,22 +68,26 @@ impl Node {
         Builder::default()
     }
 
-    fn m(&self) -> &Arc<Membership> {
-        &self.owner.0
+    fn mesh(&self) -> &Mesh {
+        &self.layers.mesh
+    }
+
+    fn rpc(&self) -> &Rpc {
+        &self.layers.rpc
     }
 
     fn coord(&self) -> &Arc<Coord> {
-        &self.owner.1
+        &self.layers.coord
     }
 
     /// This node's name.
     pub fn name(&self) -> &NodeName {
-        &self.m().me
+        self.mesh().name()
     }
 
     /// The address the node's UDP socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.m().local_addr
+        self.mesh().local_addr()
     }
 
     /// The address other nodes dial to reach this one: its name and port.
@@ -97,60 +99,56 @@ impl Node {
     /// the same on every node of a cluster, safe to log and advertise (the
     /// `mdns` strategy's cluster tag).
     pub fn ca_fingerprint(&self) -> &str {
-        self.m().identity.ca_fingerprint()
+        self.mesh().identity().ca_fingerprint()
     }
 
     /// Changes every time a node starts.
     pub fn incarnation(&self) -> u64 {
-        self.m().incarnation
+        self.mesh().incarnation()
     }
 
     /// Connects to `addr` once (like `Node.connect/1`); `Ok` when the node
     /// is up, also if it already was. The nodes it knows are then
     /// connected too. Use [`Node::add_seed`] to keep re-dialling it.
     pub async fn connect(&self, addr: &NodeAddr) -> Result<(), ConnectError> {
-        self.m().dial_addr(addr).await
+        self.mesh().connect(addr).await
     }
 
     /// Adds `addr` to the seeds: dialled now and re-dialled with backoff
     /// whenever it is down, until [`Node::disconnect`].
     pub fn add_seed(&self, addr: NodeAddr) {
-        if self.m().add_seed(addr.clone()) {
-            self.m().spawn_keeper(addr, None);
-        }
+        self.mesh().add_seed(addr, None);
     }
 
     /// Closes the connection to `node` (it sees `DisconnectedByPeer`) and
     /// stops re-dialling it if it was a seed. `false` if it was not up.
     pub fn disconnect(&self, node: &NodeName) -> bool {
-        self.m().disconnect(node)
+        self.mesh().disconnect(node)
     }
 
     /// The nodes connected now, sorted.
     pub fn nodes(&self) -> Vec<NodeName> {
-        self.m().nodes()
+        self.mesh().nodes()
     }
 
     /// A stream of `NodeUp` / `NodeDown` events from now on.
     pub fn events(&self) -> EventStream {
-        EventStream {
-            rx: self.m().subscribe(),
-        }
+        self.mesh().events()
     }
 
     /// Round trip of an application-level ping over a fresh stream.
     pub async fn ping(&self, node: &NodeName, timeout: Duration) -> Result<Duration, PingError> {
-        self.m().ping(node, timeout).await
+        self.mesh().ping(node, timeout).await
     }
 
     /// This node and every peer it knows.
     pub fn status(&self) -> Status {
-        self.m().status()
+        self.mesh().status()
     }
 
     /// Waits until at least `n` other nodes are connected.
     pub async fn wait_for_nodes(&self, n: usize, timeout: Duration) -> Result<(), WaitError> {
-        self.m().wait_for_nodes(n, timeout).await
+        self.mesh().wait_for_nodes(n, timeout).await
     }
 
     /// Serves `handler` as `service`: a call decodes its request as `Req`
@@ -179,14 +177,13 @@ impl Node {
         Resp: Serialize + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        reserved(service)?;
-        self.m().services.register(service, handler)
+        self.rpc().register(service, handler)
     }
 
     /// Stops serving `service`; calls in progress finish. `false` if it
     /// was not registered.
     pub fn unregister(&self, service: &str) -> bool {
-        self.m().services.unregister(service)
+        self.rpc().unregister(service)
     }
 
     /// Calls `service` on `peer` with the default timeout (`rpc.timeout`).
@@ -200,7 +197,7 @@ impl Node {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        self.call_timeout(peer, service, request, self.m().config.rpc.timeout)
+        self.call_timeout(peer, service, request, self.rpc().config().timeout)
             .await
     }
 
@@ -218,12 +215,7 @@ impl Node {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = encode(service, request)?;
-        let reply = self
-            .m()
-            .call_raw(peer, service, body, timeout, RpcMode::Call)
-            .await?;
-        decode(service, &reply)
+        self.rpc().call(peer, service, request, timeout).await
     }
 
     /// Sends `request` to `service` on `peer` without waiting for the
@@ -238,12 +230,7 @@ impl Node {
     where
         Req: Serialize + ?Sized,
     {
-        let body = encode(service, request)?;
-        let timeout = self.m().config.rpc.timeout;
-        self.m()
-            .call_raw(peer, service, body, timeout, RpcMode::Cast)
-            .await
-            .map(drop)
+        self.rpc().cast(peer, service, request).await
     }
 
     /// Calls `service` on every node in `peers` at once, like
@@ -259,39 +246,7 @@ impl Node {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = match encode(service, request) {
-            Ok(b) => b,
-            Err(e) => return peers.iter().map(|p| (p.clone(), Err(e.clone()))).collect(),
-        };
-        let mut calls = tokio::task::JoinSet::new();
-        for (i, peer) in peers.iter().cloned().enumerate() {
-            let (m, body, service) = (self.m().clone(), body.clone(), service.to_owned());
-            calls.spawn(async move {
-                let r = m
-                    .call_raw(&peer, &service, body, timeout, RpcMode::Call)
-                    .await;
-                (i, r)
-            });
-        }
-        let mut results: Vec<Option<Result<Vec<u8>, RpcError>>> = vec![None; peers.len()];
-        while let Some(joined) = calls.join_next().await {
-            if let Ok((i, r)) = joined {
-                results[i] = Some(r);
-            }
-        }
-        peers
-            .iter()
-            .zip(results)
-            .map(|(peer, r)| {
-                let r = r.unwrap_or_else(|| {
-                    Err(RpcError::NodeDown {
-                        peer: peer.clone(),
-                        detail: "the call's task failed".to_owned(),
-                    })
-                });
-                (peer.clone(), r.and_then(|body| decode(service, &body)))
-            })
-            .collect()
+        self.rpc().multicall(peers, service, request, timeout).await
     }
 
     /// Serves a streaming `service`: the handler gets the caller's initial
@@ -313,8 +268,7 @@ impl Node {
         Out: Serialize + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        reserved(service)?;
-        self.m().services.register_stream(service, handler)
+        self.rpc().register_stream(service, handler)
     }
 
     /// Starts a streaming call to `service` on `peer` with `request`; send
@@ -333,68 +287,30 @@ impl Node {
         In: Serialize,
         Out: DeserializeOwned,
     {
-        let max = self.m().config.rpc.max_message;
-        let item = quicmesh_wire::encode_item(request, max).map_err(|_| RpcError::TooLarge {
-            side: Side::Request,
-            service: service.to_owned(),
-            limit: max as u64,
-        })?;
-        let (send, recv) = self.m().open_stream(peer, service, &item).await?;
-        Ok(StreamingCall::new(
-            send,
-            recv,
-            peer.clone(),
-            service.to_owned(),
-            max,
-        ))
+        self.rpc().call_stream(peer, service, request).await
     }
 
     /// Registers an application protocol: the returned listener accepts
     /// the streams peers open for it with [`Node::open_bi`] /
     /// [`Node::open_uni`]. Dropping the listener unregisters it.
     pub fn protocol(&self, name: &str) -> Result<ProtocolListener, RegisterError> {
-        self.m().protocols.register(name)
+        self.rpc().protocol(name)
     }
 
     /// Opens a bidirectional stream of `protocol` to `peer`. A peer that
-    /// does not serve `protocol` resets it with
-    /// [`CloseCode::UnknownProtocol`](crate::wire::CloseCode) (see
-    /// [`is_unknown_protocol`](crate::is_unknown_protocol)).
+    /// does not serve `protocol` resets it with a code for which
+    /// [`is_unknown_protocol`](crate::is_unknown_protocol) is true.
     pub async fn open_bi(
         &self,
         peer: &NodeName,
         protocol: &str,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), OpenError> {
-        let conn = self.app_conn(peer, protocol)?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| down(peer, &e))?;
-        send.write_all(&app_header(protocol)?)
-            .await
-            .map_err(|e| down(peer, &e))?;
-        Ok((send, recv))
+    ) -> Result<(SendStream, RecvStream), OpenError> {
+        self.rpc().open_bi(peer, protocol).await
     }
 
     /// Opens a unidirectional stream of `protocol` to `peer`.
-    pub async fn open_uni(
-        &self,
-        peer: &NodeName,
-        protocol: &str,
-    ) -> Result<quinn::SendStream, OpenError> {
-        let conn = self.app_conn(peer, protocol)?;
-        let mut send = conn.open_uni().await.map_err(|e| down(peer, &e))?;
-        send.write_all(&app_header(protocol)?)
-            .await
-            .map_err(|e| down(peer, &e))?;
-        Ok(send)
-    }
-
-    fn app_conn(&self, peer: &NodeName, protocol: &str) -> Result<quinn::Connection, OpenError> {
-        if crate::rpc::check_name(protocol).is_err() {
-            return Err(OpenError::BadName(protocol.to_owned()));
-        }
-        self.m()
-            .link(peer)
-            .map(|l| l.conn)
-            .ok_or_else(|| OpenError::NotConnected(peer.clone()))
+    pub async fn open_uni(&self, peer: &NodeName, protocol: &str) -> Result<SendStream, OpenError> {
+        self.rpc().open_uni(peer, protocol).await
     }
 
     /// Takes the cluster lock of `resource` on every connected node
@@ -412,7 +328,7 @@ impl Node {
         resource: &str,
         options: &LockOptions,
     ) -> Result<LockGuard, LockError> {
-        crate::coord::lock_resource(self.coord(), resource, options).await
+        self.coord().lock(resource, options).await
     }
 
     /// Runs `work` under the cluster lock of `resource` (`:global.trans`),
@@ -430,37 +346,29 @@ impl Node {
 
     /// The global name registry, shared by every connected node.
     pub fn registry(&self) -> Registry {
-        Registry {
-            node: self.clone(),
-            coord: self.coord().clone(),
-        }
+        self.coord().registry()
     }
 
     /// The process groups, shared by every connected node.
     pub fn groups(&self) -> Groups {
-        Groups {
-            coord: self.coord().clone(),
-        }
+        self.coord().groups()
     }
 
     /// The leader election called `name`.
     pub fn election(&self, name: &str) -> Election {
-        Election {
-            coord: self.coord().clone(),
-            name: name.to_owned(),
-        }
+        self.coord().election(name)
     }
 
     /// Shuts down gracefully: peers see `NodeDown { reason: Shutdown }` at
     /// once. Idempotent; later calls wait for the first to finish. The UDP
     /// port is released when the last handle to the node is dropped.
     pub async fn shutdown(&self) {
-        self.m().shutdown().await;
+        self.mesh().shutdown().await;
     }
 
     /// Whether [`Node::shutdown`] has been called.
     pub fn is_shutdown(&self) -> bool {
-        self.m().is_shutdown()
+        self.mesh().is_shutdown()
     }
 }
 
@@ -541,11 +449,8 @@ impl Builder {
         strategy: impl Strategy,
         prune_after: Option<Duration>,
     ) -> Self {
-        self.topologies.push(Topology {
-            name: name.to_owned(),
-            strategy: Arc::new(strategy),
-            prune_after,
-        });
+        self.topologies
+            .push(Topology::new(name, Arc::new(strategy), prune_after));
         self
     }
 
@@ -570,40 +475,32 @@ impl Builder {
         let config = self.config;
         config.validate()?;
         let name = config.name.clone().ok_or(ConfigError::MissingName)?;
-        let listen = config.listen_addr();
         let identity = load_identity(&config, name).await?;
-        let transport = transport::transport_config(&config);
-        let endpoint = transport::bind(&config, &identity, transport.clone())?;
-        let m = Membership::new(config, identity, endpoint, transport).map_err(|source| {
-            StartError::Bind {
-                addr: listen,
-                source,
-            }
-        })?;
+        let mesh = Mesh::bind(config.mesh(), identity)?;
         // Strategies start once the node's port and CA are known (mDNS
         // advertises them), before anything is dialled.
-        let local = LocalNode::new(m.me.clone(), m.local_addr, m.identity.ca_fingerprint());
+        let ca = mesh.identity().ca_fingerprint();
+        let local = LocalNode::new(mesh.name().clone(), mesh.local_addr(), ca);
         let mut topologies =
-            Topology::from_configs(&m.config.topologies, &local).map_err(|(topology, e)| {
+            Topology::from_configs(&config.topologies, &local).map_err(|(topology, e)| {
                 StartError::Config(ConfigError::Topology {
                     topology,
                     detail: e.to_string(),
                 })
             })?;
         topologies.extend(self.topologies);
-        info!(
-            node = %m.me,
-            listen = %m.local_addr,
-            ca = %m.identity.ca_fingerprint(),
-            "node started"
-        );
-        let coord = Coord::start(&m);
-        m.start();
+        info!(node = %mesh.name(), listen = %mesh.local_addr(), %ca, "node started");
+        // Each layer registers its services and stream kinds before the
+        // mesh accepts its first stream.
+        let rpc = Rpc::new(mesh.clone(), config.rpc);
+        let coord = Coord::start(&rpc);
+        mesh.start(rpc.route(Router::default()));
+        let discovery = Discovery::new(mesh.clone());
         for topology in topologies {
-            discovery::spawn(&m, topology);
+            discovery.spawn(topology);
         }
         Ok(Node {
-            owner: Arc::new(Owner(m, coord)),
+            layers: Arc::new(Layers { mesh, rpc, coord }),
         })
     }
 }
@@ -631,49 +528,5 @@ async fn load_identity(config: &NodeConfig, name: NodeName) -> Result<Identity, 
     match joined {
         Ok(r) => Ok(r?),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}
-
-fn encode<Req: Serialize + ?Sized>(service: &str, request: &Req) -> Result<Bytes, RpcError> {
-    let body = postcard::to_extend(request, Vec::with_capacity(ENCODE_START));
-    body.map(Bytes::from).map_err(|e| RpcError::Decode {
-        side: Side::Request,
-        service: service.to_owned(),
-        detail: format!("request did not encode: {e}"),
-    })
-}
-
-fn decode<Resp: DeserializeOwned>(service: &str, body: &[u8]) -> Result<Resp, RpcError> {
-    quicmesh_wire::frame::decode(body).map_err(|e| RpcError::Decode {
-        side: Side::Response,
-        service: service.to_owned(),
-        detail: e.to_string(),
-    })
-}
-
-/// Service names starting with `quicmesh.` are the node's own.
-fn reserved(service: &str) -> Result<(), RegisterError> {
-    if service.starts_with(RESERVED_PREFIX) {
-        return Err(RegisterError::Reserved(service.to_owned()));
-    }
-    Ok(())
-}
-
-fn app_header(protocol: &str) -> Result<Vec<u8>, OpenError> {
-    let mut bytes = quicmesh_wire::StreamKind::App.header().to_vec();
-    let header = quicmesh_wire::AppHeader {
-        protocol: protocol.to_owned(),
-    };
-    bytes.extend(
-        quicmesh_wire::frame::encode(&header, quicmesh_wire::MAX_HEADER_FRAME)
-            .map_err(|_| OpenError::BadName(protocol.to_owned()))?,
-    );
-    Ok(bytes)
-}
-
-fn down(peer: &NodeName, e: &dyn std::fmt::Display) -> OpenError {
-    OpenError::NodeDown {
-        peer: peer.clone(),
-        detail: e.to_string(),
     }
 }

@@ -197,7 +197,7 @@ fn raw_server(cert: &IssuedCert) -> quinn::Endpoint {
     .with_no_client_auth()
     .with_single_cert(vec![cert.cert.clone()], cert.key.clone_key().into())
     .expect("cert");
-    tls.alpn_protocols = vec![quicmesh::wire::ALPN.to_vec()];
+    tls.alpn_protocols = vec![quicmesh_wire::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic tls");
     let server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr")).expect("bind")
@@ -301,7 +301,7 @@ async fn raw_dial(node: &Node, client_cert: Option<&IssuedCert>) -> quinn::Conne
             .with_client_auth_cert(vec![c.cert.clone()], c.key.clone_key().into())
             .expect("client cert"),
     };
-    tls.alpn_protocols = vec![quicmesh::wire::ALPN.to_vec()];
+    tls.alpn_protocols = vec![quicmesh_wire::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
@@ -384,8 +384,8 @@ async fn ca_signed_certificate_without_node_name_is_refused() {
         let err = raw_dial(&a, Some(&nameless)).await;
         match &err {
             quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(
-                quicmesh::wire::CloseCode::from_code(c.error_code.into_inner()),
-                quicmesh::wire::CloseCode::NotAuthenticated
+                quicmesh_wire::CloseCode::from_code(c.error_code.into_inner()),
+                quicmesh_wire::CloseCode::NotAuthenticated
             ),
             other => panic!("expected NotAuthenticated close, got {other}"),
         }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quicmesh::identity::{Cookie, Identity};
-use quicmesh::wire::{
+use quicmesh::{DownReason, EventStream, Node, RpcError};
+use quicmesh_wire::{
     CloseCode, Control, Hello, LANE_MAX_FRAME, LaneReply, LaneRequest, PROTOCOL_MAJOR,
     PROTOCOL_MINOR, RpcMode, RpcStatus, StreamKind, frame,
 };
-use quicmesh::{DownReason, EventStream, Node, RpcError};
 use support::*;
 
 const COOKIE: &str = "faults-cookie";
@@ -358,11 +358,11 @@ async fn unknown_stream_kind_is_refused_without_dropping_the_peer() {
         // Still connected: a well-formed ping on the same connection works.
         let (mut send, mut recv) = raw.conn.open_bi().await.expect("stream");
         let mut bytes = StreamKind::Ping.header().to_vec();
-        bytes.extend(frame::encode(&quicmesh::wire::Ping { nonce: 9 }, 64).expect("encode"));
+        bytes.extend(frame::encode(&quicmesh_wire::Ping { nonce: 9 }, 64).expect("encode"));
         send.write_all(&bytes).await.expect("write");
         let reply = recv.read_to_end(64).await.expect("pong");
         assert_eq!(
-            frame::decode_from::<quicmesh::wire::Ping>(&reply, 64)
+            frame::decode_from::<quicmesh_wire::Ping>(&reply, 64)
                 .expect("frame")
                 .map(|p| p.0.nonce),
             Some(9)
@@ -433,7 +433,7 @@ async fn busy_link_without_heartbeats_is_not_declared_down() {
         // The raw peer sends no heartbeat datagrams at all, only bulk
         // control frames (valid, ~200 KB each) for four detector timeouts.
         let filler: Vec<_> = (0..20_000)
-            .map(|i| quicmesh::wire::PeerInfo {
+            .map(|i| quicmesh_wire::PeerInfo {
                 name: name(&format!("p{i}@h")),
                 addrs: vec![],
             })

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use quicmesh::wire::LANE_MAX_BODY;
-use quicmesh::{Node, RegisterError, RpcError, Side, quinn};
+use quicmesh::{Node, RegisterError, RpcError, Side};
+use quicmesh_wire::LANE_MAX_BODY;
 use support::*;
 
 const COOKIE: &str = "rpc-cookie";

@@ -316,7 +316,7 @@ async fn client(args: RpcArgs) -> anyhow::Result<()> {
 async fn round(
     node: &Node,
     server: &NodeName,
-    raw: &quicmesh::quinn::Connection,
+    raw: &quinn::Connection,
     args: &RpcArgs,
 ) -> anyhow::Result<(Vec<Run>, u64)> {
     let mut runs = Vec::new();

@@ -19,8 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use quicmesh::identity::Identity;
-use quicmesh::quinn;
-use quicmesh::quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 pub(crate) const PER_CALL: u8 = 0;
 pub(crate) const LANE: u8 = 1;

@@ -1,0 +1,280 @@
+//! Leader elections, shaped like etcd's: candidates campaign, one leads at
+//! a time, its term (the fencing token of the election's cluster lock)
+//! grows with every new leader.
+//!
+//! Leading is holding the election's cluster lock on every connected node.
+//! The new leader tells every node; a node that goes down takes its
+//! leadership with it (every node releases its lock), and the campaigners
+//! left take the lock within a few of their retries.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quicmesh_wire::NodeName;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tracing::info;
+
+use crate::lock::{LockError, LockGuard, LockOptions};
+use crate::{Coord, locked};
+use quicmesh_rpc::CallContext;
+
+const ANNOUNCE: &str = "quicmesh.election.announce";
+
+/// How long a campaigner waits between attempts at a held lock, at most.
+const CAMPAIGN_RETRY: Duration = Duration::from_millis(250);
+
+/// Who leads an election, as one node knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderChange {
+    /// The leader; `None` after it resigned or its node went down.
+    pub leader: Option<NodeName>,
+    /// The term of the leader, or of the last leader when there is none.
+    pub term: u64,
+}
+
+/// Sent by a node when it starts or stops leading.
+#[derive(Debug, Serialize, Deserialize)]
+struct Announce {
+    election: String,
+    term: u64,
+    leading: bool,
+}
+
+pub(crate) struct State {
+    /// Per election: who leads, as this node knows, and its changes.
+    views: Mutex<HashMap<String, View>>,
+    /// Per election: the term this node leads in, if it does.
+    mine: Mutex<HashMap<String, u64>>,
+}
+
+struct View {
+    current: LeaderChange,
+    changes: broadcast::Sender<LeaderChange>,
+}
+
+impl View {
+    fn new() -> Self {
+        Self {
+            current: LeaderChange {
+                leader: None,
+                term: 0,
+            },
+            changes: broadcast::channel(256).0,
+        }
+    }
+
+    fn set(&mut self, change: LeaderChange) {
+        if change != self.current {
+            self.current = change.clone();
+            let _ = self.changes.send(change);
+        }
+    }
+}
+
+impl State {
+    pub(crate) fn new() -> Self {
+        Self {
+            views: Mutex::new(HashMap::new()),
+            mine: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn with_view<T>(&self, election: &str, f: impl FnOnce(&mut View) -> T) -> T {
+        let mut views = locked(&self.views);
+        f(views.entry(election.to_owned()).or_insert_with(View::new))
+    }
+
+    /// Takes in what `from` says of its leadership: newer terms win; a
+    /// leader's end counts only for its own term.
+    fn announced(&self, from: &NodeName, a: &Announce) {
+        self.with_view(&a.election, |view| {
+            let current = &view.current;
+            if a.leading && a.term > current.term {
+                view.set(LeaderChange {
+                    leader: Some(from.clone()),
+                    term: a.term,
+                });
+            } else if !a.leading && a.term == current.term && current.leader.as_ref() == Some(from)
+            {
+                view.set(LeaderChange {
+                    leader: None,
+                    term: a.term,
+                });
+            }
+        });
+    }
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State").finish_non_exhaustive()
+    }
+}
+
+/// An election (`quicmesh::Node::election`).
+#[derive(Clone)]
+pub struct Election {
+    pub(crate) coord: Arc<Coord>,
+    pub(crate) name: String,
+}
+
+impl fmt::Debug for Election {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Election")
+            .field("node", self.coord.me())
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Election {
+    /// Waits until this node leads (for as long as it takes), then tells
+    /// every node. Dropping the future gives up.
+    pub async fn campaign(&self) -> Result<Leadership, LockError> {
+        let resource = format!("quicmesh.election/{}", self.name);
+        loop {
+            let options = LockOptions::default()
+                .timeout(CAMPAIGN_RETRY * 4)
+                .retries(8);
+            match crate::lock::acquire(&self.coord, &resource, &options).await {
+                Ok(guard) => {
+                    let term = guard.token();
+                    locked(&self.coord.elections.mine).insert(self.name.clone(), term);
+                    info!(election = %self.name, term, "leading");
+                    self.announce(term, true).await;
+                    return Ok(Leadership {
+                        election: self.clone(),
+                        guard: Some(guard),
+                        term,
+                    });
+                }
+                Err(LockError::Timeout { .. }) => {
+                    tokio::time::sleep(CAMPAIGN_RETRY.mul_f64(fastrand::f64())).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Who leads, as this node knows.
+    pub fn leader(&self) -> LeaderChange {
+        self.coord
+            .elections
+            .with_view(&self.name, |v| v.current.clone())
+    }
+
+    /// Whether this node leads now.
+    pub fn am_leader(&self) -> bool {
+        locked(&self.coord.elections.mine).contains_key(&self.name)
+    }
+
+    /// Leader changes from now on, in the order this node learns them
+    /// (terms only grow); [`Election::leader`] is the current one.
+    pub fn observe(&self) -> broadcast::Receiver<LeaderChange> {
+        self.coord
+            .elections
+            .with_view(&self.name, |v| v.changes.subscribe())
+    }
+
+    async fn announce(&self, term: u64, leading: bool) {
+        let announce = Announce {
+            election: self.name.clone(),
+            term,
+            leading,
+        };
+        self.coord.elections.announced(self.coord.me(), &announce);
+        let what = format!("announce the leadership of {} (term {term})", self.name);
+        self.coord
+            .tell(&self.coord.peers(), ANNOUNCE, &announce, &what)
+            .await;
+    }
+}
+
+/// Leading an election: ends with [`Leadership::resign`] or when dropped
+/// (then without waiting for the other nodes to hear it).
+#[derive(Debug)]
+#[must_use = "leadership ends when this is dropped"]
+pub struct Leadership {
+    election: Election,
+    guard: Option<LockGuard>,
+    term: u64,
+}
+
+impl Leadership {
+    /// The term: the election lock's fencing token, larger for every new
+    /// leader. Give it to whatever the leader writes to.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Stops leading, tells every node, and frees the election for the
+    /// next campaigner.
+    pub async fn resign(mut self) {
+        self.stop_leading();
+        self.election.announce(self.term, false).await;
+        if let Some(guard) = self.guard.take() {
+            guard.release().await;
+        }
+    }
+
+    fn stop_leading(&self) {
+        let mut mine = locked(&self.election.coord.elections.mine);
+        if mine.get(&self.election.name) == Some(&self.term) {
+            mine.remove(&self.election.name);
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        if self.guard.is_none() {
+            return;
+        }
+        self.stop_leading();
+        let election = self.election.clone();
+        let (term, guard) = (self.term, self.guard.take());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                election.announce(term, false).await;
+                drop(guard);
+            });
+        }
+    }
+}
+
+/// Tells a node that comes up which elections this node leads.
+pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
+    let mine: Vec<(String, u64)> = locked(&coord.elections.mine)
+        .iter()
+        .map(|(e, t)| (e.clone(), *t))
+        .collect();
+    for (election, term) in mine {
+        let announce = Announce {
+            election,
+            term,
+            leading: true,
+        };
+        coord.send_in_background(peer, ANNOUNCE, announce, "tell it of a leadership");
+    }
+}
+
+/// A node that went down leads nothing any more.
+pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
+    for view in locked(&coord.elections.views).values_mut() {
+        if view.current.leader.as_ref() == Some(node) {
+            let term = view.current.term;
+            view.set(LeaderChange { leader: None, term });
+        }
+    }
+}
+
+pub(crate) fn serve(coord: &Arc<Coord>) {
+    crate::serve(coord, ANNOUNCE, |coord, ctx: &CallContext, a: Announce| {
+        if a.election.len() <= 1024 {
+            coord.elections.announced(&ctx.from, &a);
+        }
+    });
+}

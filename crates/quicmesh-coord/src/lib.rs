@@ -1,0 +1,269 @@
+//! The coordination layer of quicmesh, as the BEAM's `:global` and `pg`
+//! give it: cluster locks with fencing tokens, a global name registry,
+//! process groups and leader elections; and [`LocalRegistry`], Elixir's
+//! `Registry` for one process.
+//!
+//! Each is a protocol of its own between nodes, carried by RPC services
+//! whose names start with `quicmesh.` (reserved: applications cannot
+//! register them). A peer may only speak for itself: a node accepts a
+//! registration, group membership or leadership claim only from the node it
+//! names, as its certificate says.
+//!
+//! There is no consensus here. Like `:global`, each operation involves the
+//! nodes connected at the time; on each side of a network partition the
+//! nodes go on alone, and when the partition heals, conflicting
+//! registrations are resolved by a deterministic rule (see [`Registry`]).
+//! Fencing tokens let a resource refuse a holder whose lock was given away
+//! meanwhile.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use quicmesh_mesh::{EventError, EventStream, Mesh, NodeEvent};
+use quicmesh_rpc::{CallContext, Rpc, RpcError};
+use quicmesh_wire::NodeName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, debug, info_span};
+
+mod election;
+mod groups;
+mod local_registry;
+mod lock;
+mod registry;
+
+pub use election::{Election, LeaderChange, Leadership};
+pub use groups::{GroupEvent, Groups, Member};
+pub use local_registry::{AlreadyRegistered, Keys, LocalRegistry, Registered};
+pub use lock::{LockError, LockGuard, LockOptions};
+pub use registry::{Hlc, Keep, Registration, Registry, RegistryError, RegistryEvent};
+
+/// The coordination state of one node: its lock tables, registry, groups
+/// and elections, kept in step with every connected node over RPC.
+pub struct Coord {
+    rpc: Rpc,
+    locks: Mutex<lock::Table>,
+    registry: registry::State,
+    groups: groups::State,
+    elections: election::State,
+}
+
+impl std::fmt::Debug for Coord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coord")
+            .field("node", self.me())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex, whether or not a panicking thread poisoned it.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Coord {
+    /// Registers the coordination services and follows nodes coming up and
+    /// going down.
+    pub fn start(rpc: &Rpc) -> Arc<Self> {
+        let coord = Arc::new(Self {
+            rpc: rpc.clone(),
+            locks: Mutex::new(lock::Table::default()),
+            registry: registry::State::new(),
+            groups: groups::State::new(),
+            elections: election::State::new(),
+        });
+        lock::serve(&coord);
+        registry::serve(&coord);
+        groups::serve(&coord);
+        election::serve(&coord);
+        let mesh = rpc.mesh();
+        let events = mesh.events();
+        let weak = Arc::downgrade(&coord);
+        let span = info_span!("coord", node = %mesh.name());
+        let tasks = mesh.tasks().clone();
+        mesh.tasks()
+            .spawn(async move { follow_nodes(weak, events, tasks).await }.instrument(span));
+        coord
+    }
+
+    /// The global name registry.
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        Registry {
+            coord: self.clone(),
+        }
+    }
+
+    /// The process groups.
+    pub fn groups(self: &Arc<Self>) -> Groups {
+        Groups {
+            coord: self.clone(),
+        }
+    }
+
+    /// The leader election called `name`.
+    pub fn election(self: &Arc<Self>, name: &str) -> Election {
+        Election {
+            coord: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Takes the cluster lock of `resource` with `options` (see
+    /// [`LockGuard`]).
+    pub async fn lock(
+        self: &Arc<Self>,
+        resource: &str,
+        options: &LockOptions,
+    ) -> Result<LockGuard, LockError> {
+        lock::acquire(self, resource, options).await
+    }
+
+    /// The mesh of this node.
+    pub(crate) fn mesh(&self) -> &Mesh {
+        self.rpc.mesh()
+    }
+
+    /// This node's name.
+    pub(crate) fn me(&self) -> &NodeName {
+        self.mesh().name()
+    }
+
+    /// The connected nodes, sorted (hidden ones take no part).
+    pub(crate) fn peers(&self) -> Vec<NodeName> {
+        self.mesh().nodes()
+    }
+
+    /// Calls a coordination service on `peer`.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: &NodeName,
+        service: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        self.rpc.call(peer, service, request, timeout).await
+    }
+
+    /// Calls `service` (answered with `()`) on every node of `peers` at
+    /// once; logs each failure as "could not {what}".
+    pub(crate) async fn tell<Req: Serialize>(
+        &self,
+        peers: &[NodeName],
+        service: &str,
+        request: &Req,
+        what: &str,
+    ) {
+        let timeout = self.message_timeout();
+        let results = lock::join_all(peers.iter().map(|peer| async move {
+            let r: Result<(), RpcError> = self.call(peer, service, request, timeout).await;
+            (peer, r)
+        }))
+        .await;
+        for (peer, r) in results {
+            if let Err(e) = r {
+                tracing::warn!(peer = %peer, "could not {what}: {e}");
+            }
+        }
+    }
+
+    /// Sends `request` to `service` on `peer` from a task of the node's;
+    /// logs a failure as "could not {what}".
+    pub(crate) fn send_in_background<Req: Serialize + Send + Sync + 'static>(
+        self: &Arc<Self>,
+        peer: &NodeName,
+        service: &'static str,
+        request: Req,
+        what: &'static str,
+    ) {
+        let (coord, peer) = (self.clone(), peer.clone());
+        self.mesh().tasks().spawn(async move {
+            let timeout = coord.message_timeout();
+            if let Err(e) = coord.call::<_, ()>(&peer, service, &request, timeout).await {
+                tracing::warn!(peer = %peer, "could not {what}: {e}");
+            }
+        });
+    }
+
+    /// The timeout of one coordination message.
+    pub(crate) fn message_timeout(&self) -> Duration {
+        self.rpc.config().timeout
+    }
+}
+
+/// Serves a coordination service: `f` gets the coordination state (while
+/// the node lives) and the request, and answers at once.
+pub(crate) fn serve<Req, Resp>(
+    coord: &Arc<Coord>,
+    service: &str,
+    f: fn(&Coord, &CallContext, Req) -> Resp,
+) where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+{
+    let weak: Weak<Coord> = Arc::downgrade(coord);
+    let registered = coord
+        .rpc
+        .register_reserved(service, move |ctx: CallContext, req: Req| {
+            let answer = weak
+                .upgrade()
+                .map(|coord| f(&coord, &ctx, req))
+                .ok_or("the node is stopping");
+            async move { answer }
+        });
+    // Names are fixed and registered once, before anything else can be.
+    debug_assert!(registered.is_ok(), "{service} registered twice");
+}
+
+/// After missed node events: forgets what nodes no longer connected held,
+/// and sends every connected node this node's state again.
+fn reconcile(coord: &Arc<Coord>) {
+    let peers = coord.peers();
+    let mut known: Vec<NodeName> = lock::holders(coord);
+    known.extend(registry::owners(coord));
+    known.extend(groups::nodes(coord));
+    known.sort();
+    known.dedup();
+    for node in known {
+        if node != *coord.me() && !peers.contains(&node) {
+            lock::node_down(coord, &node);
+            registry::node_down(coord, &node);
+            groups::node_down(coord, &node);
+            election::node_down(coord, &node);
+        }
+    }
+    for peer in &peers {
+        registry::node_up(coord, peer);
+        groups::node_up(coord, peer);
+        election::node_up(coord, peer);
+    }
+}
+
+async fn follow_nodes(coord: Weak<Coord>, mut events: EventStream, tasks: quicmesh_mesh::Tasks) {
+    loop {
+        let event = tokio::select! {
+            _ = tasks.cancelled() => return,
+            e = events.recv() => e,
+        };
+        let Some(coord) = coord.upgrade() else { return };
+        match event {
+            Ok(NodeEvent::NodeUp { node, .. }) => {
+                registry::node_up(&coord, &node);
+                groups::node_up(&coord, &node);
+                election::node_up(&coord, &node);
+            }
+            Ok(NodeEvent::NodeDown { node, reason }) => {
+                debug!(peer = %node, %reason, "releasing what the node held");
+                lock::node_down(&coord, &node);
+                registry::node_down(&coord, &node);
+                groups::node_down(&coord, &node);
+                election::node_down(&coord, &node);
+            }
+            Err(EventError::Lagged(n)) => {
+                tracing::warn!("coordination missed {n} node events; resynchronising");
+                reconcile(&coord);
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! The mesh layer of quicmesh: one QUIC endpoint per node, the peer table
+//! and its handshake, failure detection, transitive mesh formation,
+//! reconnects, node events and status, and the stream router that hands
+//! each incoming stream to the subsystem registered for its kind.
+//!
+//! The layers above (discovery, RPC, coordination) see a [`Mesh`] handle:
+//! look a peer up ([`Mesh::peer`] → [`Peer`]: its verified name and
+//! connection, and [`Peer::violation`] to drop it for breaking a
+//! protocol), keep a node connected ([`Mesh::add_seed`],
+//! [`Mesh::disconnect`]), follow [`NodeEvent`]s, and spawn tasks that
+//! shutdown waits for ([`Tasks`]). They serve streams by registering a
+//! [`StreamHandler`] for their [`StreamKind`](quicmesh_wire::StreamKind)
+//! in the [`Router`] given to [`Mesh::start`]; the mesh knows none of
+//! them by name.
+//!
+//! ```text
+//! quicmesh (Node) ─▶ coord ─▶ rpc ─▶ mesh ─▶ identity, wire
+//!                  ╰▶ discovery ───╯
+//! ```
+
+mod config;
+mod error;
+mod event;
+pub mod io;
+mod membership;
+mod peer;
+mod router;
+mod status;
+mod tasks;
+mod transport;
+
+pub use config::{HeartbeatConfig, MeshConfig, ReconnectConfig, duration};
+pub use error::{BindError, ConnectError, PingError, WaitError};
+pub use event::{DownReason, EventError, EventStream, NodeEvent};
+pub use membership::{CONTROL_PRIORITY, Mesh};
+pub use peer::Peer;
+pub use router::{HandlerFuture, Router, StreamHandler, Violation, refuse};
+pub use status::{CounterSnapshot, PeerState, PeerStatus, Status};
+pub use tasks::Tasks;

@@ -1,0 +1,674 @@
+//! Membership: the peer table and everything that changes it.
+//!
+//! Message flow for one connection:
+//!
+//! ```text
+//! dialler                                   listener
+//!   QUIC + TLS 1.3 handshake (mutual certificates, names verified)
+//!   open control stream: [Control] Hello ──▶ hello::judge (names, version)
+//!                                             tie-break (table::should_accept)
+//!   install, NodeUp  ◀── Welcome / Refuse     install, NodeUp
+//!   link task: heartbeats, control reader/writer, streams to the router
+//!   Peers([new node]) ◀──▶ to every other up peer when a node comes up
+//! ```
+//!
+//! One [`Mesh`] per node: a cheap handle on the state its tasks share;
+//! the peer table sits behind a mutex that is never held across an
+//! `.await`.
+
+mod accept;
+mod dial;
+mod hello;
+mod link;
+mod ping;
+pub(crate) mod table;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use quicmesh_identity::Identity;
+use quicmesh_wire::{CloseCode, Control, Hello, NodeAddr, NodeName, PeerInfo, StreamKind};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::MeshConfig;
+use crate::error::{BindError, ConnectError, PingError, WaitError};
+use crate::event::{DownReason, EventStream, NodeEvent};
+use crate::peer::{Link, Peer};
+use crate::router::Router;
+use crate::status::{Counters, PeerState, PeerStatus, Status};
+use crate::tasks::Tasks;
+use crate::{io, transport};
+use table::{Installed, PeerTable, UpPeer};
+
+/// Handshakes served at once; further incoming connections are refused
+/// until one finishes.
+const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// Control messages queued per peer before announcements are dropped.
+const CONTROL_QUEUE: usize = 64;
+/// Send priority of control and ping streams: above all application data.
+pub const CONTROL_PRIORITY: i32 = 2;
+/// Event queue per subscriber.
+const EVENT_QUEUE: usize = 1024;
+
+/// A node's place in the mesh: its endpoint, its peers, its events and
+/// its tasks. Cheap to clone; every clone is the same node.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+/// The state every task of one node shares.
+struct Inner {
+    me: NodeName,
+    incarnation: u64,
+    config: MeshConfig,
+    identity: Identity,
+    endpoint: quinn::Endpoint,
+    transport: Arc<quinn::TransportConfig>,
+    local_addr: SocketAddr,
+    table: Mutex<PeerTable<Link>>,
+    /// Bumped after every table change; waiters watch it.
+    changed: watch::Sender<u64>,
+    events: broadcast::Sender<NodeEvent>,
+    counters: Arc<Counters>,
+    /// Set once by `start`; the link tasks route streams with it.
+    router: OnceLock<Router>,
+    tasks: Tasks,
+    handshakes: Arc<Semaphore>,
+    shutting_down: AtomicBool,
+    /// Addresses to dial a seed at instead of resolving its host (set by
+    /// discovery strategies that resolve names themselves).
+    dial_at: Mutex<HashMap<NodeName, Vec<SocketAddr>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("me", &self.me)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection whose `Hello` exchange completed, ready to install.
+struct Handshake {
+    name: NodeName,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    hello: Hello,
+}
+
+/// Which side of a connection installs it.
+enum Role {
+    /// The dialler: the listener already applied the tie-break.
+    Dialler,
+    /// The listener: applies the tie-break, then sends its welcome.
+    Listener { welcome: Control },
+}
+
+impl Mesh {
+    /// Binds the node's endpoint with `identity` (TLS 1.3, client
+    /// certificates required). Nothing is accepted or dialled until
+    /// [`Mesh::start`].
+    pub fn bind(config: MeshConfig, identity: Identity) -> Result<Self, BindError> {
+        let transport = transport::transport_config(&config);
+        let endpoint = transport::bind(config.listen, &identity, transport.clone())?;
+        let local_addr = endpoint.local_addr().map_err(|source| BindError::Io {
+            addr: config.listen,
+            source,
+        })?;
+        let me = identity.name().clone();
+        let mut table = PeerTable::new(me.clone());
+        for seed in &config.seeds {
+            table.add_seed(seed.clone());
+        }
+        let inner = Inner {
+            me,
+            incarnation: fastrand::u64(1..),
+            config,
+            identity,
+            endpoint,
+            transport,
+            local_addr,
+            table: Mutex::new(table),
+            changed: watch::Sender::new(0),
+            events: broadcast::Sender::new(EVENT_QUEUE),
+            counters: Arc::default(),
+            router: OnceLock::new(),
+            tasks: Tasks::default(),
+            handshakes: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
+            shutting_down: AtomicBool::new(false),
+            dial_at: Mutex::default(),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Starts serving: accepts connections, routes their streams with
+    /// `router` (plus the mesh's own control and ping kinds), dials the
+    /// seeds and, in cookie mode, renews the node's certificate. Only the
+    /// first call does anything.
+    pub fn start(&self, router: Router) {
+        let router = router
+            .route(StreamKind::Control, link::SecondControl)
+            .route(
+                StreamKind::Ping,
+                ping::PingHandler::new(self.inner.config.handshake_timeout),
+            );
+        if self.inner.router.set(router).is_err() {
+            return;
+        }
+        let inner = self.inner.clone();
+        self.inner
+            .tasks
+            .spawn(async move { inner.accept_loop().await });
+        for seed in self.inner.config.seeds.clone() {
+            self.inner.spawn_keeper(seed, None);
+        }
+        let inner = self.inner.clone();
+        self.inner
+            .tasks
+            .spawn(async move { inner.renew_certificates().await });
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.inner.me
+    }
+
+    /// Changes every time a node starts.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
+    }
+
+    /// The address the node's UDP socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Who this node is and whom it trusts.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// The settings the mesh runs with.
+    pub fn config(&self) -> &MeshConfig {
+        &self.inner.config
+    }
+
+    /// Spawns and stops the node's tasks.
+    pub fn tasks(&self) -> &Tasks {
+        &self.inner.tasks
+    }
+
+    /// The connected peer called `name`, if it is up.
+    pub fn peer(&self, name: &NodeName) -> Option<Peer> {
+        self.inner
+            .link(name)
+            .map(|link| Peer::new(name.clone(), link))
+    }
+
+    /// Whether `name` is connected.
+    pub fn is_up(&self, name: &NodeName) -> bool {
+        self.inner.is_up(name)
+    }
+
+    /// The nodes connected now, sorted.
+    pub fn nodes(&self) -> Vec<NodeName> {
+        self.inner.nodes()
+    }
+
+    /// A stream of `NodeUp` / `NodeDown` events from now on.
+    pub fn events(&self) -> EventStream {
+        EventStream {
+            rx: self.inner.events.subscribe(),
+        }
+    }
+
+    /// Connects to `addr` once; `Ok` when the node is up, also if it
+    /// already was. The nodes it knows are then connected too.
+    pub async fn connect(&self, addr: &NodeAddr) -> Result<(), ConnectError> {
+        self.inner.dial_addr(addr).await
+    }
+
+    /// Keeps `addr` connected: dialled now and re-dialled with backoff
+    /// whenever it is down, until [`Mesh::disconnect`]; `via` names who
+    /// asked, for the log. `true` if it was not a seed yet.
+    pub fn add_seed(&self, addr: NodeAddr, via: Option<&str>) -> bool {
+        let new = self.inner.update(|t| {
+            let new = !t.is_seed(&addr.name);
+            t.add_seed(addr.clone());
+            new
+        });
+        if new {
+            self.inner.spawn_keeper(addr, via);
+        }
+        new
+    }
+
+    /// Dials `name` at `addrs` instead of resolving its host (empty:
+    /// resolve it again), from its next dial on; for discovery strategies
+    /// that resolve names themselves. Forgotten on [`Mesh::disconnect`].
+    pub fn set_dial_addrs(&self, name: &NodeName, addrs: Vec<SocketAddr>) {
+        let mut dial_at = guard(&self.inner.dial_at);
+        if addrs.is_empty() {
+            dial_at.remove(name);
+        } else {
+            dial_at.insert(name.clone(), addrs);
+        }
+    }
+
+    /// Whether `name` is one of the seeds of the configuration.
+    pub fn is_configured_seed(&self, name: &NodeName) -> bool {
+        self.inner.config.seeds.iter().any(|s| s.name == *name)
+    }
+
+    /// Closes the connection to `name` (it sees `DisconnectedByPeer`) and
+    /// stops re-dialling it. `false` if it was not up.
+    pub fn disconnect(&self, name: &NodeName) -> bool {
+        self.inner.disconnect(name)
+    }
+
+    /// Round trip of a ping over a fresh stream.
+    pub async fn ping(&self, peer: &NodeName, timeout: Duration) -> Result<Duration, PingError> {
+        let link = self
+            .inner
+            .link(peer)
+            .ok_or_else(|| PingError::NotConnected(peer.clone()))?;
+        ping::ping(&link.conn, peer, timeout).await
+    }
+
+    /// Waits until at least `n` other nodes are up or `timeout` passes.
+    pub async fn wait_for_nodes(&self, n: usize, timeout: Duration) -> Result<(), WaitError> {
+        self.inner.wait_for_nodes(n, timeout).await
+    }
+
+    /// This node and every peer it knows.
+    pub fn status(&self) -> Status {
+        self.inner.status()
+    }
+
+    /// Closes every connection with `Shutdown` and tells the tasks to
+    /// stop, without waiting (for a node dropped without `shutdown`).
+    pub fn close(&self, reason: &str) {
+        self.inner.close_all(reason);
+    }
+
+    /// Stops everything: peers see `NodeDown { Shutdown }` at once; then
+    /// waits, bounded by the shutdown timeout, for the close to be
+    /// delivered and the tasks to end. Idempotent; later calls wait for
+    /// the first.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown().await;
+    }
+
+    /// Whether [`Mesh::shutdown`] has been called.
+    pub fn is_shutdown(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// Locks a mutex, whether or not a panicking thread poisoned it.
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn table(&self) -> MutexGuard<'_, PeerTable<Link>> {
+        guard(&self.table)
+    }
+
+    /// Runs `f` on the table and tells waiters it may have changed.
+    fn update<R>(&self, f: impl FnOnce(&mut PeerTable<Link>) -> R) -> R {
+        let r = f(&mut self.table());
+        self.changed.send_modify(|v| *v += 1);
+        r
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        // No subscriber is fine: events are for whoever listens.
+        let _ = self.events.send(event);
+    }
+
+    fn is_up(&self, name: &NodeName) -> bool {
+        self.table().is_up(name)
+    }
+
+    fn nodes(&self) -> Vec<NodeName> {
+        let mut v: Vec<_> = self.table().up().map(|(n, _)| n.clone()).collect();
+        v.sort();
+        v
+    }
+
+    fn link(&self, name: &NodeName) -> Option<Link> {
+        self.table()
+            .get(name)
+            .and_then(|p| p.up.as_ref())
+            .map(|u| u.link.clone())
+    }
+
+    fn router(&self) -> Option<&Router> {
+        self.router.get()
+    }
+
+    /// The `Hello` this node sends to `peer`.
+    fn hello(&self, peer: &NodeName) -> Hello {
+        hello::ours(
+            &self.me,
+            self.incarnation,
+            self.local_addr,
+            self.config.hidden,
+            || self.table().shareable(peer),
+        )
+    }
+
+    /// Installs a connection whose `Hello` exchange completed, starts its
+    /// link task, emits events and tells the other peers. As the listener
+    /// the table may refuse it (the tie-break): the send stream is handed
+    /// back to write the refusal on.
+    fn install(self: &Arc<Self>, hs: Handshake, role: Role) -> Result<(), quinn::SendStream> {
+        let Handshake {
+            name,
+            conn,
+            send,
+            recv,
+            hello,
+        } = hs;
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let link = Link::new(conn.clone(), tx, self.counters.clone());
+        let addrs = hello::observed_addrs(&hello.listen, conn.remote_address());
+        let up = UpPeer {
+            link: link.clone(),
+            incarnation: hello.incarnation,
+            hidden: hello.hidden,
+            since: SystemTime::now(),
+        };
+        let (tie_break, first) = match role {
+            Role::Dialler => (false, None),
+            Role::Listener { welcome } => (true, Some(welcome)),
+        };
+        let decided = self.update(|t| {
+            if tie_break && !t.should_accept(&name, hello.incarnation) {
+                return None;
+            }
+            let installed = t.install(&name, up, addrs.clone());
+            let others: Vec<_> = t
+                .up()
+                .filter(|(n, u)| **n != name && !u.hidden)
+                .map(|(_, u)| u.link.control.clone())
+                .collect();
+            Some((installed, others))
+        });
+        let Some((installed, others)) = decided else {
+            return Err(send);
+        };
+        link::spawn(
+            self,
+            name.clone(),
+            link,
+            link::ControlStream {
+                send,
+                recv,
+                queue: rx,
+                first,
+            },
+        );
+        if self.replaced(&name, installed) {
+            info!(peer = %name, incarnation = hello.incarnation, hidden = hello.hidden, "node up");
+            self.emit(NodeEvent::NodeUp {
+                node: name.clone(),
+                incarnation: hello.incarnation,
+                hidden: hello.hidden,
+            });
+            if !hello.hidden {
+                let news = Control::Peers(vec![PeerInfo { name, addrs }]);
+                for tx in others {
+                    // A full queue means that peer is stuck; it learns the
+                    // node from the next Hello instead.
+                    let _ = tx.try_send(news.clone());
+                }
+            }
+        }
+        self.learn(hello.peers);
+        Ok(())
+    }
+
+    /// Closes the connection an install replaced; `true` if the peer is
+    /// newly up (so `NodeUp` is due).
+    fn replaced(&self, name: &NodeName, installed: Installed<Link>) -> bool {
+        match installed {
+            Installed::NewlyUp => true,
+            Installed::Replaced { old } => {
+                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                let why = "replaced by a newer connection";
+                let reason = DownReason::ConnectionLost {
+                    detail: why.to_owned(),
+                };
+                old.close(CloseCode::Duplicate, reason, why);
+                false
+            }
+            Installed::Restarted { old } => {
+                old.close(
+                    CloseCode::Duplicate,
+                    DownReason::Restarted,
+                    "peer restarted",
+                );
+                self.emit(NodeEvent::NodeDown {
+                    node: name.clone(),
+                    reason: DownReason::Restarted,
+                });
+                true
+            }
+        }
+    }
+
+    /// A link task ended: update the table and emit `NodeDown` if that
+    /// connection was the current one.
+    fn link_closed(&self, name: &NodeName, link_id: usize, reason: DownReason) {
+        let was_current =
+            self.update(|t| t.link_closed(name, link_id, reason.clone(), SystemTime::now()));
+        if was_current {
+            info!(peer = %name, %reason, "node down");
+            self.emit(NodeEvent::NodeDown {
+                node: name.clone(),
+                reason,
+            });
+        }
+    }
+
+    /// Dials the nodes a peer told us about that we do not know yet.
+    /// Hidden nodes never dial transitively.
+    fn learn(self: &Arc<Self>, peers: Vec<PeerInfo>) {
+        if self.config.hidden || self.tasks.is_cancelled() {
+            return;
+        }
+        for p in peers {
+            if p.name == self.me || p.addrs.is_empty() {
+                continue;
+            }
+            let started = self.update(|t| !t.is_known(&p.name) && t.begin_dial(&p.name));
+            if started {
+                let inner = self.clone();
+                self.tasks.spawn(async move {
+                    let result = inner.dial_started(&p.name, &p.addrs).await;
+                    if let Err(e) = result
+                        && !inner.tasks.is_cancelled()
+                    {
+                        warn!(peer = %p.name, "could not connect to a node a peer knows: {e}");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Addresses to dial `name` at instead of resolving its host, if any.
+    fn dial_at(&self, name: &NodeName) -> Vec<SocketAddr> {
+        guard(&self.dial_at).get(name).cloned().unwrap_or_default()
+    }
+
+    fn disconnect(&self, name: &NodeName) -> bool {
+        guard(&self.dial_at).remove(name);
+        let link = self.update(|t| {
+            t.remove_seed(name);
+            t.get(name)
+                .and_then(|p| p.up.as_ref())
+                .map(|u| u.link.clone())
+        });
+        match link {
+            Some(l) => {
+                l.close(
+                    CloseCode::Disconnected,
+                    DownReason::DisconnectedByUs,
+                    "disconnected",
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits until `n` nodes are up or `timeout` passes.
+    async fn wait_for_nodes(&self, n: usize, timeout: Duration) -> Result<(), WaitError> {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let connected = self.table().up_count();
+            if connected >= n {
+                return Ok(());
+            }
+            let waited = tokio::time::timeout_at(deadline, rx.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                return Err(WaitError {
+                    connected: self.table().up_count(),
+                    wanted: n,
+                    after: timeout,
+                });
+            }
+        }
+    }
+
+    /// Waits until `name` is up; `false` at the deadline.
+    async fn wait_up(&self, name: &NodeName, deadline: tokio::time::Instant) -> bool {
+        let mut rx = self.changed.subscribe();
+        loop {
+            if self.is_up(name) {
+                return true;
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return self.is_up(name);
+            }
+        }
+    }
+
+    /// Waits until `name` is not up, or the node stops.
+    async fn wait_down(&self, name: &NodeName) {
+        let mut rx = self.changed.subscribe();
+        while self.is_up(name) {
+            tokio::select! {
+                biased;
+                _ = self.tasks.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let t = self.table();
+        let mut peers: Vec<PeerStatus> = t
+            .iter()
+            .map(|(name, p)| PeerStatus {
+                node: name.clone(),
+                state: if p.up.is_some() {
+                    PeerState::Up
+                } else if p.dialing > 0 {
+                    PeerState::Connecting
+                } else {
+                    PeerState::Down
+                },
+                rtt: p.up.as_ref().map(|u| u.link.conn.rtt()),
+                connected_since: p.up.as_ref().map(|u| u.since),
+                incarnation: p.incarnation,
+                hidden: p.up.as_ref().is_some_and(|u| u.hidden),
+                seed: p.seed.is_some(),
+                addrs: p.addrs.clone(),
+                last_down: p.last_down.clone(),
+                last_dial_error: p.last_dial_error.clone(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.node.cmp(&b.node));
+        Status {
+            node: self.me.clone(),
+            incarnation: self.incarnation,
+            listen: self.local_addr,
+            ca_fingerprint: self.identity.ca_fingerprint().to_owned(),
+            hidden: self.config.hidden,
+            connections: self.endpoint.open_connections(),
+            peers,
+            counters: self.counters.snapshot(),
+        }
+    }
+
+    /// Closes every connection with `Shutdown`, then stops the tasks.
+    ///
+    /// The order matters. A task that ends drops its handles to its
+    /// connection, and quinn closes a connection whose last handle is
+    /// dropped with code 0 at once, while `Endpoint::close` only queues its
+    /// close to each connection's driver. So the live connections are
+    /// closed directly first; the endpoint close covers those still
+    /// handshaking.
+    fn close_all(&self, reason: &str) {
+        let links: Vec<Link> = self.table().up().map(|(_, u)| u.link.clone()).collect();
+        for link in links {
+            link.close(CloseCode::Shutdown, DownReason::LocalShutdown, reason);
+        }
+        self.endpoint.close(
+            quinn::VarInt::from_u32(CloseCode::Shutdown.code()),
+            reason.as_bytes(),
+        );
+        self.tasks.cancel();
+    }
+
+    /// See [`Mesh::shutdown`] and [`Inner::close_all`].
+    async fn shutdown(&self) {
+        if self.shutting_down.swap(true, Ordering::AcqRel) {
+            self.tasks.wait().await;
+            return;
+        }
+        info!(node = %self.me, "shutting down");
+        self.close_all("node shutting down");
+        let deadline = self.config.shutdown_timeout;
+        let _ = io::within(deadline, self.endpoint.wait_idle()).await;
+        let _ = io::within(deadline, self.tasks.wait()).await;
+    }
+
+    /// Cookie mode: renews this node's certificate before it expires.
+    async fn renew_certificates(self: Arc<Self>) {
+        let every = (self.config.leaf_validity / 20).min(Duration::from_secs(300));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.tasks.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.identity.renew_if_due(SystemTime::now()) {
+                Ok(true) => info!("renewed this node's certificate"),
+                Ok(false) => {}
+                Err(e) => warn!("could not renew this node's certificate: {e}"),
+            }
+        }
+    }
+}
+
+/// Counts one event of `counter` (for status and tests).
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

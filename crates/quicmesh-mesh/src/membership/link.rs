@@ -1,0 +1,231 @@
+//! The task that owns one installed connection.
+//!
+//! It sends a heartbeat datagram every interval and declares the peer down
+//! when no packet at all (heartbeat, data, acknowledgement) has arrived for
+//! the heartbeat timeout; it writes and reads the control stream, and
+//! hands every stream the peer opens to the router's handler for its kind.
+//! A peer that breaks the protocol is dropped with `ProtocolViolation`;
+//! nothing it sends can panic the node.
+
+use std::sync::Arc;
+
+use quicmesh_wire::{CloseCode, Control, Datagram, NodeName};
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info_span};
+
+use super::Inner;
+use crate::config::HeartbeatConfig;
+use crate::event::DownReason;
+use crate::io::{self, StreamError, within};
+use crate::peer::{Link, Peer};
+use crate::router::{HandlerFuture, Router, StreamHandler, Violation, refuse};
+use crate::transport;
+
+/// The control stream of an installed connection: its two halves, the
+/// queue of messages to send on it, and a message to send first (the
+/// listener's welcome).
+pub(super) struct ControlStream {
+    pub(super) send: SendStream,
+    pub(super) recv: RecvStream,
+    pub(super) queue: mpsc::Receiver<Control>,
+    pub(super) first: Option<Control>,
+}
+
+/// Starts the task that owns an installed connection until it ends, then
+/// reports the end to the peer table.
+pub(super) fn spawn(inner: &Arc<Inner>, name: NodeName, link: Link, control: ControlStream) {
+    let span = info_span!("link", node = %inner.me, peer = %name);
+    let inner = inner.clone();
+    let tasks = inner.tasks.clone();
+    let task = async move {
+        let conn = link.conn.clone();
+        let peer = Peer::new(name.clone(), link.clone());
+        let mut jobs = JoinSet::new();
+        let max = inner.config.max_frame;
+        let ControlStream {
+            send,
+            recv,
+            queue,
+            first,
+        } = control;
+        jobs.spawn(write_control(send, queue, first, max).in_current_span());
+        jobs.spawn(read_control(inner.clone(), peer.clone(), recv).in_current_span());
+        if let Some(router) = inner.router().cloned() {
+            let patience = inner.config.handshake_timeout;
+            jobs.spawn(serve_streams(router, peer, patience).in_current_span());
+        }
+        jobs.spawn(drain_datagrams(conn.clone()));
+
+        let reason = tokio::select! {
+            biased;
+            _ = inner.tasks.cancelled() => DownReason::LocalShutdown,
+            e = conn.closed() => link
+                .closed_by_us()
+                .unwrap_or_else(|| transport::down_reason(&e)),
+            () = heartbeat(&conn, inner.config.heartbeat) => {
+                let reason = DownReason::HeartbeatTimeout;
+                link.close(CloseCode::HeartbeatTimeout, reason.clone(), "no heartbeat");
+                reason
+            }
+        };
+        jobs.abort_all();
+        inner.link_closed(&name, conn.stable_id(), reason);
+    };
+    tasks.spawn(task.instrument(span));
+}
+
+/// Sends a heartbeat every interval and checks liveness four times as
+/// often; returns when nothing has arrived for `timeout`.
+async fn heartbeat(conn: &Connection, hb: HeartbeatConfig) {
+    const CHECKS_PER_INTERVAL: u32 = 4;
+    let mut tick = tokio::time::interval(hb.interval / CHECKS_PER_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
+    let mut seq = 0u64;
+    let mut seen_packets = conn.stats().udp_rx.datagrams;
+    let mut last_heard = Instant::now();
+    loop {
+        tick.tick().await;
+        if ticks % CHECKS_PER_INTERVAL == 0 {
+            if let Err(e) = conn.send_datagram(Datagram::Heartbeat { seq }.encode().into()) {
+                debug!("heartbeat not sent: {e}");
+            }
+            seq += 1;
+        }
+        ticks = ticks.wrapping_add(1);
+        // Any packet from the peer proves it alive, so bulk transfers that
+        // crowd out heartbeat datagrams never cause a false NodeDown.
+        let packets = conn.stats().udp_rx.datagrams;
+        if packets != seen_packets {
+            seen_packets = packets;
+            last_heard = Instant::now();
+        } else if last_heard.elapsed() >= hb.timeout {
+            return;
+        }
+    }
+}
+
+/// Reads and discards datagrams so the receive buffer never fills; their
+/// arrival is what counts, and it shows in the connection's statistics.
+async fn drain_datagrams(conn: Connection) {
+    while let Ok(d) = conn.read_datagram().await {
+        if Datagram::decode(&d).is_none() {
+            debug!("ignored an unknown datagram of {} bytes", d.len());
+        }
+    }
+}
+
+async fn write_control(
+    mut send: SendStream,
+    mut queue: mpsc::Receiver<Control>,
+    first: Option<Control>,
+    max: usize,
+) {
+    if let Some(msg) = first
+        && io::write_frame(&mut send, &msg, max).await.is_err()
+    {
+        return;
+    }
+    while let Some(msg) = queue.recv().await {
+        if let Err(e) = io::write_frame(&mut send, &msg, max).await {
+            debug!("control stream closed: {e}");
+            return;
+        }
+    }
+}
+
+async fn read_control(inner: Arc<Inner>, peer: Peer, mut recv: RecvStream) {
+    loop {
+        match io::read_frame::<Control>(&mut recv, inner.config.max_frame).await {
+            Ok(Some(Control::Peers(peers))) => inner.learn(peers),
+            Ok(Some(other)) => {
+                let detail = format!("unexpected control message after the handshake: {other:?}");
+                return peer.violation(Violation::new(detail));
+            }
+            Ok(None) => return,
+            Err(StreamError::Bad(e)) => {
+                return peer.violation(Violation::new(format!("control stream: {e}")));
+            }
+            Err(StreamError::Transport(e)) => {
+                debug!("control stream ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Accepts the streams the peer opens and hands each to its handler.
+async fn serve_streams(router: Router, peer: Peer, patience: std::time::Duration) {
+    let conn = peer.connection().clone();
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let served = route(router.clone(), peer.clone(), Some(send), recv, patience);
+                    streams.spawn(served.in_current_span());
+                }
+                Err(_) => return,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let served = route(router.clone(), peer.clone(), None, recv, patience);
+                    streams.spawn(served.in_current_span());
+                }
+                Err(_) => return,
+            },
+            Some(_) = streams.join_next() => {}
+        }
+    }
+}
+
+/// Reads a stream's kind (within `patience`) and runs its handler; a
+/// kind nobody serves is refused with `UnknownStreamKind`.
+async fn route(
+    router: Router,
+    peer: Peer,
+    mut send: Option<SendStream>,
+    mut recv: RecvStream,
+    patience: std::time::Duration,
+) {
+    let kind = match within(patience, io::read_kind(&mut recv)).await {
+        None => return refuse(send.as_mut(), &mut recv, CloseCode::HandshakeTimeout),
+        Some(Err(StreamError::Bad(e))) => {
+            return peer.violation(Violation::new(format!("stream header: {e}")));
+        }
+        Some(Err(StreamError::Transport(_))) => return,
+        Some(Ok(kind)) => kind,
+    };
+    let handler = match kind {
+        Ok(kind) => router.get(kind),
+        Err(code) => {
+            debug!("refused a stream of unknown kind {code:#06x}");
+            None
+        }
+    };
+    let Some(handler) = handler else {
+        return refuse(send.as_mut(), &mut recv, CloseCode::UnknownStreamKind);
+    };
+    let served = match send {
+        Some(send) => handler.bi(peer.clone(), send, recv),
+        None => handler.uni(peer.clone(), recv),
+    };
+    if let Err(violation) = served.await {
+        peer.violation(violation);
+    }
+}
+
+/// The control stream is opened once, by the dialler, before anything
+/// else; a second one breaks the protocol.
+pub(super) struct SecondControl;
+
+impl StreamHandler for SecondControl {
+    fn bi(&self, _: Peer, _: SendStream, _: RecvStream) -> HandlerFuture {
+        Box::pin(std::future::ready(Err(Violation::new(
+            "a second control stream",
+        ))))
+    }
+}

@@ -1,0 +1,131 @@
+//! The QUIC layer: one quinn endpoint per node, its TLS configs, and the
+//! translation of transport errors into quicmesh's.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quicmesh_identity::{AuthFailure, Identity, NodeName};
+use quicmesh_wire::CloseCode;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, VarInt};
+
+use crate::config::MeshConfig;
+use crate::error::BindError;
+use crate::event::DownReason;
+
+/// quinn needs a DNS-valid server name for SNI; the real check is the node
+/// name in the certificate, done by the identity's verifier.
+const SNI: &str = "quicmesh";
+
+/// Transport parameters shared by every connection of a node.
+pub(crate) fn transport_config(cfg: &MeshConfig) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // A backstop behind the heartbeat detector: QUIC gives up on a silent
+    // path after twice the heartbeat timeout.
+    let idle = quinn::IdleTimeout::try_from(cfg.heartbeat.timeout * 2)
+        .unwrap_or_else(|_| quinn::IdleTimeout::from(VarInt::from_u32(60_000)));
+    t.max_idle_timeout(Some(idle));
+    t.keep_alive_interval(None);
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
+    t.max_concurrent_uni_streams(VarInt::from_u32(256));
+    t.datagram_receive_buffer_size(Some(64 * 1024));
+    Arc::new(t)
+}
+
+/// Binds the node's endpoint: the server side requires client
+/// certificates; the client side is configured per dial.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    identity: &Identity,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::Endpoint, BindError> {
+    let tls = identity.server_config()?;
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| BindError::Identity(rustls::Error::General(e.to_string()).into()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(transport);
+    quinn::Endpoint::server(server, addr).map_err(|source| BindError::Io { addr, source })
+}
+
+/// Starts a dial to `expected` at `addr` with a client config whose
+/// verifier insists on that name. Returns the handshake future and the
+/// verdict slot that explains a refusal.
+pub(crate) fn connect(
+    endpoint: &quinn::Endpoint,
+    identity: &Identity,
+    transport: &Arc<quinn::TransportConfig>,
+    expected: &NodeName,
+    addr: SocketAddr,
+) -> Result<(quinn::Connecting, quicmesh_identity::DialVerdict), String> {
+    let (tls, verdict) = identity
+        .client_config(expected)
+        .map_err(|e| e.to_string())?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    client.transport_config(transport.clone());
+    let connecting = endpoint
+        .connect_with(client, addr, SNI)
+        .map_err(|e| e.to_string())?;
+    Ok((connecting, verdict))
+}
+
+/// The verified node name of a connection's peer.
+pub(crate) fn peer_name(conn: &quinn::Connection) -> Result<NodeName, AuthFailure> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or(AuthFailure::NoNodeName)?;
+    quicmesh_identity::peer_name(&certs)
+}
+
+/// Closes `conn` with a quicmesh code and a short reason.
+pub(crate) fn close(conn: &quinn::Connection, code: CloseCode, reason: &str) {
+    conn.close(VarInt::from_u32(code.code()), reason.as_bytes());
+}
+
+/// Whether a transport error code is a TLS alert (0x100–0x1ff), i.e. an
+/// authentication failure on one side or the other.
+fn tls_alert(code: quinn::TransportErrorCode) -> Option<u8> {
+    let c = u64::from(code);
+    (0x100..0x200).contains(&c).then(|| (c - 0x100) as u8)
+}
+
+/// If the connection failed on a TLS alert, what the peer (or this side)
+/// said, as an authentication failure.
+pub(crate) fn auth_refusal(e: &ConnectionError) -> Option<AuthFailure> {
+    let (alert, reason) = match e {
+        ConnectionError::TransportError(t) => (tls_alert(t.code)?, t.reason.clone()),
+        ConnectionError::ConnectionClosed(c) => (
+            tls_alert(c.error_code)?,
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        _ => return None,
+    };
+    Some(AuthFailure::RefusedByPeer(format!(
+        "TLS alert {alert}: {reason}"
+    )))
+}
+
+/// Why a connection ended, from the transport's error.
+pub(crate) fn down_reason(e: &ConnectionError) -> DownReason {
+    match e {
+        ConnectionError::ApplicationClosed(a) => {
+            let reason = String::from_utf8_lossy(&a.reason);
+            match CloseCode::from_code(a.error_code.into_inner()) {
+                CloseCode::Shutdown => DownReason::Shutdown,
+                CloseCode::Disconnected => DownReason::DisconnectedByPeer,
+                other => DownReason::ClosedByPeer {
+                    detail: format!("{other:?}: {reason}"),
+                },
+            }
+        }
+        ConnectionError::TimedOut => DownReason::HeartbeatTimeout,
+        ConnectionError::LocallyClosed => DownReason::LocalShutdown,
+        other => DownReason::ConnectionLost {
+            detail: other.to_string(),
+        },
+    }
+}
