@@ -9,7 +9,7 @@ use quinn::{RecvStream, SendStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::router::Violation;
+use crate::peer::Violation;
 
 /// A failure to read or write a stream.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,6 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::event::DownReason;
-use crate::router::Violation;
 use crate::status::Counters;
 use crate::transport;
 
@@ -106,5 +105,23 @@ impl Peer {
     /// Resolves when the connection has ended.
     pub async fn closed(&self) {
         self.link.conn.closed().await;
+    }
+}
+
+/// A peer broke a protocol on a stream; the detail says what it did. The
+/// mesh then drops that peer (only it) with `ProtocolViolation`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct Violation {
+    /// What the peer did.
+    pub detail: String,
+}
+
+impl Violation {
+    /// A violation described by `detail`.
+    pub fn new(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+        }
     }
 }

@@ -18,25 +18,7 @@ use std::sync::Arc;
 use quicmesh_wire::{CloseCode, StreamKind};
 use quinn::{RecvStream, SendStream, VarInt};
 
-use crate::peer::Peer;
-
-/// A peer broke a protocol on a stream; the detail says what it did. The
-/// mesh then drops that peer (only it) with `ProtocolViolation`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{detail}")]
-pub struct Violation {
-    /// What the peer did.
-    pub detail: String,
-}
-
-impl Violation {
-    /// A violation described by `detail`.
-    pub fn new(detail: impl Into<String>) -> Self {
-        Self {
-            detail: detail.into(),
-        }
-    }
-}
+use crate::peer::{Peer, Violation};
 
 /// What serving one stream returns: `Err` when the peer broke the protocol.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), Violation>> + Send>>;

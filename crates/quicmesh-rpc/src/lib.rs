@@ -33,6 +33,7 @@ mod codec;
 mod config;
 mod connections;
 mod error;
+mod handlers;
 mod lane;
 mod rpc;
 mod served;

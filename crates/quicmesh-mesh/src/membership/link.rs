@@ -20,8 +20,8 @@ use super::Inner;
 use crate::config::HeartbeatConfig;
 use crate::event::DownReason;
 use crate::io::{self, StreamError, within};
-use crate::peer::{Link, Peer};
-use crate::router::{HandlerFuture, Router, StreamHandler, Violation, refuse};
+use crate::peer::{Link, Peer, Violation};
+use crate::router::{HandlerFuture, Router, StreamHandler, refuse};
 use crate::transport;
 
 /// The control stream of an installed connection: its two halves, the

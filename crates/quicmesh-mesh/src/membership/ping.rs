@@ -9,8 +9,8 @@ use quinn::{RecvStream, SendStream};
 use super::CONTROL_PRIORITY;
 use crate::error::PingError;
 use crate::io::{self, StreamError, within};
-use crate::peer::Peer;
-use crate::router::{HandlerFuture, StreamHandler, Violation};
+use crate::peer::{Peer, Violation};
+use crate::router::{HandlerFuture, StreamHandler};
 
 /// Largest ping frame.
 const MAX_PING: usize = 64;
