@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quicmesh_wire::NodeName;
+use quicmesh_wire::coord::{Announce, service};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::info;
@@ -20,8 +21,6 @@ use tracing::info;
 use crate::lock::{LockError, LockGuard, LockOptions};
 use crate::{Coord, locked};
 use quicmesh_rpc::CallContext;
-
-const ANNOUNCE: &str = "quicmesh.election.announce";
 
 /// How long a campaigner waits between attempts at a held lock, at most.
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(250);
@@ -33,14 +32,6 @@ pub struct LeaderChange {
     pub leader: Option<NodeName>,
     /// The term of the leader, or of the last leader when there is none.
     pub term: u64,
-}
-
-/// Sent by a node when it starts or stops leading.
-#[derive(Debug, Serialize, Deserialize)]
-struct Announce {
-    election: String,
-    term: u64,
-    leading: bool,
 }
 
 pub(crate) struct State {
@@ -188,7 +179,12 @@ impl Election {
         self.coord.elections.announced(self.coord.me(), &announce);
         let what = format!("announce the leadership of {} (term {term})", self.name);
         self.coord
-            .tell(&self.coord.peers(), ANNOUNCE, &announce, &what)
+            .tell(
+                &self.coord.peers(),
+                service::ELECTION_ANNOUNCE,
+                &announce,
+                &what,
+            )
             .await;
     }
 }
@@ -236,8 +232,10 @@ impl Drop for Leadership {
         self.stop_leading();
         let election = self.election.clone();
         let (term, guard) = (self.term, self.guard.take());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
+        // A task of the node's, so shutdown waits for it.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let tasks = election.coord.mesh().tasks().clone();
+            tasks.spawn(async move {
                 election.announce(term, false).await;
                 drop(guard);
             });
@@ -257,7 +255,12 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
             term,
             leading: true,
         };
-        coord.send_in_background(peer, ANNOUNCE, announce, "tell it of a leadership");
+        coord.send_in_background(
+            peer,
+            service::ELECTION_ANNOUNCE,
+            announce,
+            "tell it of a leadership",
+        );
     }
 }
 
@@ -272,9 +275,13 @@ pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
 }
 
 pub(crate) fn serve(coord: &Arc<Coord>) {
-    crate::serve(coord, ANNOUNCE, |coord, ctx: &CallContext, a: Announce| {
-        if a.election.len() <= 1024 {
-            coord.elections.announced(&ctx.from, &a);
-        }
-    });
+    crate::serve(
+        coord,
+        service::ELECTION_ANNOUNCE,
+        |coord, ctx: &CallContext, a: Announce| {
+            if a.election.len() <= 1024 {
+                coord.elections.announced(&ctx.from, &a);
+            }
+        },
+    );
 }

@@ -10,14 +10,12 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use quicmesh_wire::NodeName;
+use quicmesh_wire::coord::{GroupChange, GroupJoins, service};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::{Coord, locked};
 use quicmesh_rpc::CallContext;
-
-const CHANGE: &str = "quicmesh.groups.change";
-const SYNC: &str = "quicmesh.groups.sync";
 
 /// Longest group or service name, in bytes.
 const MAX_NAME: usize = 255;
@@ -54,13 +52,6 @@ pub enum GroupEvent {
 }
 
 /// A change sent to the other nodes.
-#[derive(Debug, Serialize, Deserialize)]
-struct Change {
-    group: String,
-    service: String,
-    joined: bool,
-}
-
 /// `(group, service) → how many times joined`, per node.
 type Joins = BTreeMap<(String, String), u32>;
 
@@ -198,7 +189,7 @@ impl Groups {
         if !self.state().apply(&me, group, service, joined) {
             return false;
         }
-        let change = Change {
+        let change = GroupChange {
             group: group.to_owned(),
             service: service.to_owned(),
             joined,
@@ -209,7 +200,7 @@ impl Groups {
             if joined { "joined" } else { "left" }
         );
         self.coord
-            .tell(&self.coord.peers(), CHANGE, &change, &what)
+            .tell(&self.coord.peers(), service::GROUPS_CHANGE, &change, &what)
             .await;
         true
     }
@@ -265,16 +256,25 @@ impl Groups {
 
 /// Sends `peer` this node's whole membership.
 pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
-    let mine: Vec<(String, String, u32)> = locked(&coord.groups.by_node)
+    let mine: Vec<GroupJoins> = locked(&coord.groups.by_node)
         .get(coord.me())
         .map(|joins| {
             joins
                 .iter()
-                .map(|((g, s), n)| (g.clone(), s.clone(), *n))
+                .map(|((group, service), count)| GroupJoins {
+                    group: group.clone(),
+                    service: service.clone(),
+                    count: *count,
+                })
                 .collect()
         })
         .unwrap_or_default();
-    coord.send_in_background(peer, SYNC, mine, "send it this node's group memberships");
+    coord.send_in_background(
+        peer,
+        service::GROUPS_SYNC,
+        mine,
+        "send it this node's group memberships",
+    );
 }
 
 /// The nodes with members here.
@@ -288,24 +288,29 @@ pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
 }
 
 pub(crate) fn serve(coord: &Arc<Coord>) {
-    crate::serve(coord, CHANGE, |coord, ctx: &CallContext, c: Change| {
-        if !c.group.is_empty() && c.group.len() <= MAX_NAME && c.service.len() <= MAX_NAME {
-            coord
-                .groups
-                .apply(&ctx.from, &c.group, &c.service, c.joined);
-        }
-    });
     crate::serve(
         coord,
-        SYNC,
-        |coord, ctx: &CallContext, all: Vec<(String, String, u32)>| {
+        service::GROUPS_CHANGE,
+        |coord, ctx: &CallContext, c: GroupChange| {
+            if !c.group.is_empty() && c.group.len() <= MAX_NAME && c.service.len() <= MAX_NAME {
+                coord
+                    .groups
+                    .apply(&ctx.from, &c.group, &c.service, c.joined);
+            }
+        },
+    );
+    crate::serve(
+        coord,
+        service::GROUPS_SYNC,
+        |coord, ctx: &CallContext, all: Vec<GroupJoins>| {
             let joins: Joins = all
                 .into_iter()
                 .take(MAX_SYNC)
-                .filter(|(g, s, n)| {
-                    !g.is_empty() && g.len() <= MAX_NAME && s.len() <= MAX_NAME && *n > 0
+                .filter(|j| {
+                    let (g, s) = (&j.group, &j.service);
+                    !g.is_empty() && g.len() <= MAX_NAME && s.len() <= MAX_NAME && j.count > 0
                 })
-                .map(|(g, s, n)| ((g, s), n.min(1024)))
+                .map(|j| ((j.group, j.service), j.count.min(1024)))
                 .collect();
             coord.groups.replace(&ctx.from, joins);
         },

@@ -36,7 +36,8 @@ pub use election::{Election, LeaderChange, Leadership};
 pub use groups::{GroupEvent, Groups, Member};
 pub use local_registry::{AlreadyRegistered, Keys, LocalRegistry, Registered};
 pub use lock::{LockError, LockGuard, LockOptions};
-pub use registry::{Hlc, Keep, Registration, Registry, RegistryError, RegistryEvent};
+pub use quicmesh_wire::coord::{Hlc, Registration};
+pub use registry::{Keep, Registry, RegistryError, RegistryEvent};
 
 /// The coordination state of one node: its lock tables, registry, groups
 /// and elections, kept in step with every connected node over RPC.

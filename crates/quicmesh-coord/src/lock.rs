@@ -15,23 +15,26 @@
 //! A lock is released when its guard is dropped (so when the task holding
 //! it ends, or panics), and by every node when the holder's node goes down.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quicmesh_wire::NodeName;
-use serde::{Deserialize, Serialize};
+use quicmesh_wire::coord::{
+    LockAcquire, LockAnswer, LockConfirm, LockRelease, LockRequester, service,
+};
+use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::{Coord, locked};
 use quicmesh_rpc::{CallContext, RpcError};
 
-const ACQUIRE: &str = "quicmesh.lock.acquire";
-const CONFIRM: &str = "quicmesh.lock.confirm";
-const RELEASE: &str = "quicmesh.lock.release";
+use crate::{Coord, locked};
+
+mod table;
+
+pub(crate) use table::Table;
 
 /// Shortest and longest wait between attempts on a contended lock.
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
@@ -39,78 +42,6 @@ const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Longest resource name, in bytes.
 pub(crate) const MAX_RESOURCE: usize = 1024;
-
-/// Who asks for a lock: a node and a number unique on it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub(crate) struct Requester {
-    node: NodeName,
-    incarnation: u64,
-    id: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Acquire {
-    resource: String,
-    requester: Requester,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-enum Answer {
-    /// Granted, with this node's fence for it.
-    Granted(u64),
-    /// Someone else holds it here.
-    Held,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Confirm {
-    resource: String,
-    requester: Requester,
-    token: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Release {
-    resource: String,
-    requester: Requester,
-}
-
-/// One node's locks.
-#[derive(Debug, Default)]
-pub(crate) struct Table {
-    held: HashMap<String, Requester>,
-    fences: HashMap<String, u64>,
-    next_id: u64,
-}
-
-impl Table {
-    fn acquire(&mut self, resource: &str, requester: &Requester) -> Answer {
-        match self.held.get(resource) {
-            Some(holder) if holder != requester => Answer::Held,
-            _ => {
-                let fence = self.fences.entry(resource.to_owned()).or_insert(0);
-                *fence += 1;
-                let granted = *fence;
-                self.held.insert(resource.to_owned(), requester.clone());
-                Answer::Granted(granted)
-            }
-        }
-    }
-
-    fn confirm(&mut self, resource: &str, token: u64) {
-        let fence = self.fences.entry(resource.to_owned()).or_insert(0);
-        *fence = (*fence).max(token);
-    }
-
-    fn release(&mut self, resource: &str, requester: &Requester) -> bool {
-        if self.held.get(resource) == Some(requester) {
-            self.held.remove(resource);
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// How to take a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +118,7 @@ pub enum LockError {
 pub struct LockGuard {
     coord: Arc<Coord>,
     resource: String,
-    requester: Requester,
+    requester: LockRequester,
     nodes: Vec<NodeName>,
     token: u64,
     released: bool,
@@ -231,8 +162,11 @@ impl Drop for LockGuard {
         );
         // The local table at once; the other nodes as soon as possible.
         locked(&coord.locks).release(&resource, &requester);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { release_on(&coord, &resource, &requester, &nodes).await });
+        // A task of the node's, so shutdown waits for it (outside a
+        // runtime the nodes release it when this node goes down).
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let tasks = coord.mesh().tasks().clone();
+            tasks.spawn(async move { release_on(&coord, &resource, &requester, &nodes).await });
         }
     }
 }
@@ -246,14 +180,10 @@ pub(crate) async fn acquire(
     if resource.is_empty() || resource.len() > MAX_RESOURCE {
         return Err(LockError::BadResource(resource.to_owned()));
     }
-    let requester = {
-        let mut table = locked(&coord.locks);
-        table.next_id += 1;
-        Requester {
-            node: coord.me().clone(),
-            incarnation: coord.mesh().incarnation(),
-            id: table.next_id,
-        }
+    let requester = LockRequester {
+        node: coord.me().clone(),
+        incarnation: coord.mesh().incarnation(),
+        id: locked(&coord.locks).next_id(),
     };
     let started = Instant::now();
     // A timeout too large to add means no timeout (about 30 years).
@@ -313,7 +243,7 @@ fn backoff(attempt: u32) -> Duration {
 async fn attempt(
     coord: &Arc<Coord>,
     resource: &str,
-    requester: &Requester,
+    requester: &LockRequester,
     nodes: &[NodeName],
     deadline: Instant,
 ) -> Option<u64> {
@@ -322,7 +252,7 @@ async fn attempt(
     let mut granted = Vec::with_capacity(nodes.len());
     let mut refused = false;
     match first_answer {
-        Some(Answer::Granted(fence)) => granted.push((first.clone(), fence)),
+        Some(LockAnswer::Granted(fence)) => granted.push((first.clone(), fence)),
         _ => refused = true,
     }
     if !refused {
@@ -337,13 +267,13 @@ async fn attempt(
         }
         while let Some(joined) = asks.join_next().await {
             match joined {
-                Ok((node, Some(Answer::Granted(fence)))) => granted.push((node, fence)),
+                Ok((node, Some(LockAnswer::Granted(fence)))) => granted.push((node, fence)),
                 _ => refused = true,
             }
         }
     }
     if refused {
-        // Release everywhere asked (a late grant may still land).
+        // LockRelease everywhere asked (a late grant may still land).
         release_on(coord, resource, requester, nodes).await;
         return None;
     }
@@ -357,20 +287,23 @@ async fn ask(
     coord: &Arc<Coord>,
     node: &NodeName,
     resource: &str,
-    requester: &Requester,
+    requester: &LockRequester,
     deadline: Instant,
-) -> Option<Answer> {
+) -> Option<LockAnswer> {
     if *node == *coord.me() {
         return Some(locked(&coord.locks).acquire(resource, requester));
     }
     let timeout = deadline
         .saturating_duration_since(Instant::now())
         .min(coord.message_timeout());
-    let request = Acquire {
+    let request = LockAcquire {
         resource: resource.to_owned(),
         requester: requester.clone(),
     };
-    match coord.call(node, ACQUIRE, &request, timeout).await {
+    match coord
+        .call(node, service::LOCK_ACQUIRE, &request, timeout)
+        .await
+    {
         Ok(answer) => Some(answer),
         Err(e) => {
             debug!(peer = %node, resource, "lock request failed: {e}");
@@ -383,16 +316,16 @@ async fn ask(
 async fn confirm_on(
     coord: &Arc<Coord>,
     resource: &str,
-    requester: &Requester,
+    requester: &LockRequester,
     nodes: &[NodeName],
     token: u64,
 ) {
-    let request = Confirm {
+    let request = LockConfirm {
         resource: resource.to_owned(),
         requester: requester.clone(),
         token,
     };
-    let results = on_each(coord, nodes, CONFIRM, &request, |t| {
+    let results = on_each(coord, nodes, service::LOCK_CONFIRM, &request, |t| {
         t.confirm(resource, token)
     })
     .await;
@@ -402,12 +335,17 @@ async fn confirm_on(
 }
 
 /// Releases the lock on every node of the set that still has it.
-async fn release_on(coord: &Arc<Coord>, resource: &str, requester: &Requester, nodes: &[NodeName]) {
-    let request = Release {
+async fn release_on(
+    coord: &Arc<Coord>,
+    resource: &str,
+    requester: &LockRequester,
+    nodes: &[NodeName],
+) {
+    let request = LockRelease {
         resource: resource.to_owned(),
         requester: requester.clone(),
     };
-    let results = on_each(coord, nodes, RELEASE, &request, |t| {
+    let results = on_each(coord, nodes, service::LOCK_RELEASE, &request, |t| {
         t.release(resource, requester);
     })
     .await;
@@ -469,44 +407,49 @@ pub(crate) async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) ->
 
 /// The nodes holding locks here.
 pub(crate) fn holders(coord: &Coord) -> Vec<NodeName> {
-    locked(&coord.locks)
-        .held
-        .values()
-        .map(|r| r.node.clone())
-        .collect()
+    locked(&coord.locks).holders()
 }
 
 /// Releases every lock `node` held here (it went down).
 pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
-    let mut table = locked(&coord.locks);
-    let before = table.held.len();
-    table.held.retain(|_, holder| holder.node != *node);
-    let freed = before - table.held.len();
+    let freed = locked(&coord.locks).release_node(node);
     if freed > 0 {
         debug!(peer = %node, "released {freed} locks it held");
     }
 }
 
 pub(crate) fn serve(coord: &Arc<Coord>) {
-    crate::serve(coord, ACQUIRE, |coord, ctx: &CallContext, req: Acquire| {
-        if !from_requester(ctx, &req.requester) || req.resource.len() > MAX_RESOURCE {
-            return Answer::Held;
-        }
-        locked(&coord.locks).acquire(&req.resource, &req.requester)
-    });
-    crate::serve(coord, CONFIRM, |coord, ctx: &CallContext, req: Confirm| {
-        if from_requester(ctx, &req.requester) {
-            locked(&coord.locks).confirm(&req.resource, req.token);
-        }
-    });
-    crate::serve(coord, RELEASE, |coord, ctx: &CallContext, req: Release| {
-        if from_requester(ctx, &req.requester) {
-            locked(&coord.locks).release(&req.resource, &req.requester);
-        }
-    });
+    crate::serve(
+        coord,
+        service::LOCK_ACQUIRE,
+        |coord, ctx: &CallContext, req: LockAcquire| {
+            if !from_requester(ctx, &req.requester) || req.resource.len() > MAX_RESOURCE {
+                return LockAnswer::Held;
+            }
+            locked(&coord.locks).acquire(&req.resource, &req.requester)
+        },
+    );
+    crate::serve(
+        coord,
+        service::LOCK_CONFIRM,
+        |coord, ctx: &CallContext, req: LockConfirm| {
+            if from_requester(ctx, &req.requester) {
+                locked(&coord.locks).confirm(&req.resource, req.token);
+            }
+        },
+    );
+    crate::serve(
+        coord,
+        service::LOCK_RELEASE,
+        |coord, ctx: &CallContext, req: LockRelease| {
+            if from_requester(ctx, &req.requester) {
+                locked(&coord.locks).release(&req.resource, &req.requester);
+            }
+        },
+    );
 }
 
 /// A node may only lock, confirm and release for itself.
-fn from_requester(ctx: &CallContext, requester: &Requester) -> bool {
+fn from_requester(ctx: &CallContext, requester: &LockRequester) -> bool {
     ctx.from == requester.node
 }

@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quicmesh_wire::NodeName;
+use quicmesh_wire::coord::{Hlc, PutAnswer, Registration, service};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
@@ -26,58 +27,25 @@ use crate::lock::{LockError, LockOptions, join_all};
 use crate::{Coord, locked};
 use quicmesh_rpc::{CallContext, RpcError};
 
-const PUT: &str = "quicmesh.registry.put";
-const DELETE: &str = "quicmesh.registry.delete";
-const SYNC: &str = "quicmesh.registry.sync";
-
 /// Longest registered name, in bytes.
 const MAX_NAME: usize = 255;
 /// At most this many names per node are taken from a peer's sync.
 const MAX_SYNC: usize = 65_536;
 
-/// A hybrid logical clock reading: wall-clock milliseconds, and a counter
-/// that orders readings within one millisecond and across nodes whose
-/// clocks disagree. Every registry message carries one, and every node's
-/// clock moves past every reading it sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Hlc {
-    /// Milliseconds since the Unix epoch.
-    pub millis: u64,
-    /// Orders readings with equal `millis`.
-    pub counter: u32,
-}
-
-impl Hlc {
-    /// A reading after both `self` and the wall clock.
-    fn tick(self) -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        if wall > self.millis {
-            Self {
-                millis: wall,
-                counter: 0,
-            }
-        } else {
-            Self {
-                millis: self.millis,
-                counter: self.counter.saturating_add(1),
-            }
+/// A clock reading after both `last` and the wall clock reading
+/// `wall_millis`.
+fn tick(last: Hlc, wall_millis: u64) -> Hlc {
+    if wall_millis > last.millis {
+        Hlc {
+            millis: wall_millis,
+            counter: 0,
+        }
+    } else {
+        Hlc {
+            millis: last.millis,
+            counter: last.counter.saturating_add(1),
         }
     }
-}
-
-/// A name in the global registry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Registration {
-    /// The name.
-    pub name: String,
-    /// The node that registered it (calls to the name go there).
-    pub owner: NodeName,
-    /// The RPC service the name stands for on that node.
-    pub service: String,
-    /// When it was registered, by the owner's clock.
-    pub registered_at: Hlc,
 }
 
 /// Which of two conflicting registrations of one name to keep.
@@ -174,8 +142,11 @@ impl State {
     }
 
     fn now(&self) -> Hlc {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let mut clock = locked(&self.clock);
-        *clock = clock.tick();
+        *clock = tick(*clock, wall);
         *clock
     }
 
@@ -259,12 +230,6 @@ impl fmt::Debug for State {
 }
 
 /// What a `put` found.
-#[derive(Debug, Serialize, Deserialize)]
-enum PutAnswer {
-    Stored,
-    Taken(NodeName),
-}
-
 /// The global registry of a node (`quicmesh::Node::registry`).
 #[derive(Clone)]
 pub struct Registry {
@@ -321,8 +286,9 @@ impl Registry {
             let coord = &self.coord;
             let registration = &registration;
             async move {
-                let r: Result<PutAnswer, RpcError> =
-                    coord.call(peer, PUT, registration, timeout).await;
+                let r: Result<PutAnswer, RpcError> = coord
+                    .call(peer, service::REGISTRY_PUT, registration, timeout)
+                    .await;
                 (peer, r)
             }
         }))
@@ -364,7 +330,7 @@ impl Registry {
     async fn delete_everywhere(&self, registration: &Registration, peers: &[NodeName]) {
         let what = format!("unregister {:?} there", registration.name);
         self.coord
-            .tell(peers, DELETE, &registration.name, &what)
+            .tell(peers, service::REGISTRY_DELETE, &registration.name, &what)
             .await;
     }
 
@@ -435,7 +401,12 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
         .filter(|r| r.owner == me)
         .cloned()
         .collect();
-    coord.send_in_background(peer, SYNC, mine, "send it this node's registered names");
+    coord.send_in_background(
+        peer,
+        service::REGISTRY_SYNC,
+        mine,
+        "send it this node's registered names",
+    );
 }
 
 /// The nodes owning names here.
@@ -459,27 +430,35 @@ pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
 }
 
 pub(crate) fn serve(coord: &Arc<Coord>) {
-    crate::serve(coord, PUT, |coord, ctx: &CallContext, r: Registration| {
-        if r.owner != ctx.from || r.name.is_empty() || r.name.len() > MAX_NAME {
-            // Only an owner registers, for itself.
-            return PutAnswer::Taken(ctx.from.clone());
-        }
-        let state = &coord.registry;
-        state.observe(r.registered_at);
-        if let Some(stored) = locked(&state.names).get(&r.name)
-            && stored.owner != r.owner
-        {
-            return PutAnswer::Taken(stored.owner.clone());
-        }
-        state.merge(coord.me(), r);
-        PutAnswer::Stored
-    });
-    crate::serve(coord, DELETE, |coord, ctx: &CallContext, name: String| {
-        coord.registry.remove_if(&name, &ctx.from, false);
-    });
     crate::serve(
         coord,
-        SYNC,
+        service::REGISTRY_PUT,
+        |coord, ctx: &CallContext, r: Registration| {
+            if r.owner != ctx.from || r.name.is_empty() || r.name.len() > MAX_NAME {
+                // Only an owner registers, for itself.
+                return PutAnswer::Taken(ctx.from.clone());
+            }
+            let state = &coord.registry;
+            state.observe(r.registered_at);
+            if let Some(stored) = locked(&state.names).get(&r.name)
+                && stored.owner != r.owner
+            {
+                return PutAnswer::Taken(stored.owner.clone());
+            }
+            state.merge(coord.me(), r);
+            PutAnswer::Stored
+        },
+    );
+    crate::serve(
+        coord,
+        service::REGISTRY_DELETE,
+        |coord, ctx: &CallContext, name: String| {
+            coord.registry.remove_if(&name, &ctx.from, false);
+        },
+    );
+    crate::serve(
+        coord,
+        service::REGISTRY_SYNC,
         |coord, ctx: &CallContext, names: Vec<Registration>| {
             for r in names.into_iter().take(MAX_SYNC) {
                 if r.owner == ctx.from && !r.name.is_empty() && r.name.len() <= MAX_NAME {
@@ -488,4 +467,26 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
             }
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_passes_the_wall_and_every_reading() {
+        let t = Hlc {
+            millis: 10,
+            counter: 4,
+        };
+        let at = |millis, counter| Hlc { millis, counter };
+        assert_eq!(tick(t, 20), at(20, 0));
+        assert_eq!(tick(t, 10), at(10, 5));
+        assert_eq!(
+            tick(t, 3),
+            at(10, 5),
+            "a wall clock behind the last reading"
+        );
+        assert_eq!(tick(at(10, u32::MAX), 0), at(10, u32::MAX), "saturates");
+    }
 }

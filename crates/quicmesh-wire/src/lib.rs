@@ -13,6 +13,8 @@
 //! - [`Datagram`]: unreliable QUIC datagrams (heartbeats);
 //! - [`RpcHeader`] / [`RpcStatus`]: the two ends of an RPC stream, and
 //!   [`AppHeader`] for application protocols;
+//! - [`coord`]: the messages of locks, the global registry, process
+//!   groups and elections;
 //! - [`CloseCode`]: the QUIC application error codes quicmesh closes
 //!   connections and resets streams with.
 //!
@@ -27,6 +29,7 @@
 
 mod codes;
 mod control;
+pub mod coord;
 mod datagram;
 pub mod frame;
 mod name;
