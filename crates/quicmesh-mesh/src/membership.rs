@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use crate::config::MeshConfig;
 use crate::error::{BindError, ConnectError, PingError, WaitError};
 use crate::event::{DownReason, EventStream, NodeEvent};
-use crate::peer::{Link, Peer};
+use crate::peer::Peer;
 use crate::router::Router;
 use crate::status::{Counters, PeerState, PeerStatus, Status};
 use crate::tasks::Tasks;
@@ -70,13 +70,13 @@ struct Inner {
     endpoint: quinn::Endpoint,
     transport: Arc<quinn::TransportConfig>,
     local_addr: SocketAddr,
-    table: Mutex<PeerTable<Link>>,
+    table: Mutex<PeerTable<Peer>>,
     /// Bumped after every table change; waiters watch it.
     changed: watch::Sender<u64>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
     /// Set once by `start`; the link tasks route streams with it.
-    router: OnceLock<Router>,
+    router: OnceLock<Arc<Router>>,
     tasks: Tasks,
     handshakes: Arc<Semaphore>,
     shutting_down: AtomicBool,
@@ -161,7 +161,7 @@ impl Mesh {
                 StreamKind::Ping,
                 ping::PingHandler::new(self.inner.config.handshake_timeout),
             );
-        if self.inner.router.set(router).is_err() {
+        if self.inner.router.set(Arc::new(router)).is_err() {
             return;
         }
         let inner = self.inner.clone();
@@ -209,9 +209,7 @@ impl Mesh {
 
     /// The connected peer called `name`, if it is up.
     pub fn peer(&self, name: &NodeName) -> Option<Peer> {
-        self.inner
-            .link(name)
-            .map(|link| Peer::new(name.clone(), link))
+        self.inner.peer(name)
     }
 
     /// Whether `name` is connected.
@@ -277,11 +275,11 @@ impl Mesh {
 
     /// Round trip of a ping over a fresh stream.
     pub async fn ping(&self, peer: &NodeName, timeout: Duration) -> Result<Duration, PingError> {
-        let link = self
+        let connected = self
             .inner
-            .link(peer)
+            .peer(peer)
             .ok_or_else(|| PingError::NotConnected(peer.clone()))?;
-        ping::ping(&link.conn, peer, timeout).await
+        ping::ping(connected.connection(), peer, timeout).await
     }
 
     /// Waits until at least `n` other nodes are up or `timeout` passes.
@@ -320,12 +318,12 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
-    fn table(&self) -> MutexGuard<'_, PeerTable<Link>> {
+    fn table(&self) -> MutexGuard<'_, PeerTable<Peer>> {
         guard(&self.table)
     }
 
     /// Runs `f` on the table and tells waiters it may have changed.
-    fn update<R>(&self, f: impl FnOnce(&mut PeerTable<Link>) -> R) -> R {
+    fn update<R>(&self, f: impl FnOnce(&mut PeerTable<Peer>) -> R) -> R {
         let r = f(&mut self.table());
         self.changed.send_modify(|v| *v += 1);
         r
@@ -346,14 +344,14 @@ impl Inner {
         v
     }
 
-    fn link(&self, name: &NodeName) -> Option<Link> {
+    fn peer(&self, name: &NodeName) -> Option<Peer> {
         self.table()
             .get(name)
             .and_then(|p| p.up.as_ref())
             .map(|u| u.link.clone())
     }
 
-    fn router(&self) -> Option<&Router> {
+    fn router(&self) -> Option<&Arc<Router>> {
         self.router.get()
     }
 
@@ -381,10 +379,10 @@ impl Inner {
             hello,
         } = hs;
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-        let link = Link::new(conn.clone(), tx, self.counters.clone());
+        let peer = Peer::new(name.clone(), conn.clone(), tx, self.counters.clone());
         let addrs = hello::observed_addrs(&hello.listen, conn.remote_address());
         let up = UpPeer {
-            link: link.clone(),
+            link: peer.clone(),
             incarnation: hello.incarnation,
             hidden: hello.hidden,
             since: SystemTime::now(),
@@ -401,7 +399,7 @@ impl Inner {
             let others: Vec<_> = t
                 .up()
                 .filter(|(n, u)| **n != name && !u.hidden)
-                .map(|(_, u)| u.link.control.clone())
+                .map(|(_, u)| u.link.control().clone())
                 .collect();
             Some((installed, others))
         });
@@ -410,8 +408,7 @@ impl Inner {
         };
         link::spawn(
             self,
-            name.clone(),
-            link,
+            peer,
             link::ControlStream {
                 send,
                 recv,
@@ -441,7 +438,7 @@ impl Inner {
 
     /// Closes the connection an install replaced; `true` if the peer is
     /// newly up (so `NodeUp` is due).
-    fn replaced(&self, name: &NodeName, installed: Installed<Link>) -> bool {
+    fn replaced(&self, name: &NodeName, installed: Installed<Peer>) -> bool {
         match installed {
             Installed::NewlyUp => true,
             Installed::Replaced { old } => {
@@ -594,7 +591,7 @@ impl Inner {
                 } else {
                     PeerState::Down
                 },
-                rtt: p.up.as_ref().map(|u| u.link.conn.rtt()),
+                rtt: p.up.as_ref().map(|u| u.link.connection().rtt()),
                 connected_since: p.up.as_ref().map(|u| u.since),
                 incarnation: p.incarnation,
                 hidden: p.up.as_ref().is_some_and(|u| u.hidden),
@@ -626,7 +623,7 @@ impl Inner {
     /// closed directly first; the endpoint close covers those still
     /// handshaking.
     fn close_all(&self, reason: &str) {
-        let links: Vec<Link> = self.table().up().map(|(_, u)| u.link.clone()).collect();
+        let links: Vec<Peer> = self.table().up().map(|(_, u)| u.link.clone()).collect();
         for link in links {
             link.close(CloseCode::Shutdown, DownReason::LocalShutdown, reason);
         }

@@ -11,89 +11,77 @@ use crate::event::DownReason;
 use crate::status::Counters;
 use crate::transport;
 
-/// A connection installed in the peer table: the QUIC connection, the
-/// queue to its control stream, and the reason this side closed it (if it
-/// did), which the `NodeDown` event reports.
-#[derive(Debug, Clone)]
-pub(crate) struct Link {
-    pub(crate) conn: quinn::Connection,
-    pub(crate) control: mpsc::Sender<Control>,
-    closing: Arc<OnceLock<DownReason>>,
+/// What a connected peer is: its verified name, the QUIC connection, the
+/// queue to its control stream, and the reason this side closed it (if
+/// it did), which the `NodeDown` event reports.
+#[derive(Debug)]
+struct Connected {
+    name: NodeName,
+    conn: quinn::Connection,
+    control: mpsc::Sender<Control>,
+    closing: OnceLock<DownReason>,
     counters: Arc<Counters>,
 }
 
-impl crate::membership::table::Link for Link {
+/// A connected peer: its verified name and its connection. Cheap to
+/// clone (one reference count), as the peer table and every call hold
+/// one; it stays valid after the connection ends (then opening streams
+/// fails).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    connected: Arc<Connected>,
+}
+
+impl crate::membership::table::Link for Peer {
     fn id(&self) -> usize {
-        self.conn.stable_id()
+        self.connected.conn.stable_id()
     }
 }
 
-impl Link {
+impl Peer {
     pub(crate) fn new(
+        name: NodeName,
         conn: quinn::Connection,
         control: mpsc::Sender<Control>,
         counters: Arc<Counters>,
     ) -> Self {
         Self {
-            conn,
-            control,
-            closing: Arc::default(),
-            counters,
+            connected: Arc::new(Connected {
+                name,
+                conn,
+                control,
+                closing: OnceLock::new(),
+                counters,
+            }),
         }
-    }
-
-    /// Closes the connection, remembering why for the `NodeDown` event.
-    pub(crate) fn close(&self, code: CloseCode, reason: DownReason, text: &str) {
-        let _ = self.closing.set(reason);
-        transport::close(&self.conn, code, text);
-    }
-
-    /// Why this side closed the connection, if it did.
-    pub(crate) fn closed_by_us(&self) -> Option<DownReason> {
-        self.closing.get().cloned()
-    }
-}
-
-/// A connected peer: its verified name and its connection. Cheap to
-/// clone; it stays valid after the connection ends (then opening streams
-/// fails).
-#[derive(Debug, Clone)]
-pub struct Peer {
-    name: NodeName,
-    link: Link,
-}
-
-impl Peer {
-    pub(crate) fn new(name: NodeName, link: Link) -> Self {
-        Self { name, link }
     }
 
     /// The peer's name, as its certificate says.
     pub fn name(&self) -> &NodeName {
-        &self.name
+        &self.connected.name
     }
 
     /// The QUIC connection to it.
     pub fn connection(&self) -> &quinn::Connection {
-        &self.link.conn
+        &self.connected.conn
     }
 
     /// Identifies this connection among all of this node's connections
     /// (a reconnect gets another).
     pub fn connection_id(&self) -> usize {
-        self.link.conn.stable_id()
+        self.connected.conn.stable_id()
     }
 
     /// The peer broke a protocol: drop it (only it) with
     /// `ProtocolViolation`, count it and log it once.
     pub fn violation(&self, violation: Violation) {
-        self.link
+        self.connected
             .counters
             .protocol_violations
             .fetch_add(1, Ordering::Relaxed);
         let detail = violation.detail;
-        warn!(peer = %self.name, "protocol violation, dropping the peer: {detail}");
-        self.link.close(
+        warn!(peer = %self.name(), "protocol violation, dropping the peer: {detail}");
+        self.close(
             CloseCode::ProtocolViolation,
             DownReason::ProtocolViolation {
                 detail: detail.clone(),
@@ -104,7 +92,23 @@ impl Peer {
 
     /// Resolves when the connection has ended.
     pub async fn closed(&self) {
-        self.link.conn.closed().await;
+        self.connected.conn.closed().await;
+    }
+
+    /// The queue to the peer's control stream.
+    pub(crate) fn control(&self) -> &mpsc::Sender<Control> {
+        &self.connected.control
+    }
+
+    /// Closes the connection, remembering why for the `NodeDown` event.
+    pub(crate) fn close(&self, code: CloseCode, reason: DownReason, text: &str) {
+        let _ = self.connected.closing.set(reason);
+        transport::close(&self.connected.conn, code, text);
+    }
+
+    /// Why this side closed the connection, if it did.
+    pub(crate) fn closed_by_us(&self) -> Option<DownReason> {
+        self.connected.closing.get().cloned()
     }
 }
 

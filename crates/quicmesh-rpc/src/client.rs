@@ -1,5 +1,6 @@
 //! The caller's side: small calls on the lane, large ones on a stream each.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use quicmesh_wire::{
 };
 use quinn::{ReadToEndError, RecvStream, SendStream, VarInt, WriteError};
 
-use crate::connections::ConnState;
+use crate::connections::Connections;
 use crate::lane::{Lane, Reply};
 use crate::{RpcError, Side, priority_for};
 
@@ -52,7 +53,7 @@ impl Call<'_> {
     pub(crate) async fn run(
         &self,
         peer: &Peer,
-        state: &ConnState,
+        conns: &Arc<Connections>,
         tasks: &Tasks,
         body: Bytes,
     ) -> Result<Vec<u8>, RpcError> {
@@ -65,6 +66,7 @@ impl Call<'_> {
         }
         let exchange = async {
             if body.len() <= LANE_MAX_BODY {
+                let state = conns.of(peer);
                 let lane = state
                     .lane
                     .get_or_try_init(|| Lane::open(peer, tasks))

@@ -3,7 +3,8 @@
 //! lives as long as its connection; a reconnect starts a fresh one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, RwLock, Weak};
 
 use quicmesh_mesh::{Peer, Tasks};
 use tokio::sync::{OnceCell, Semaphore};
@@ -21,9 +22,11 @@ pub(crate) struct ConnState {
 
 /// The state of every live connection, by connection id. Bounded by the
 /// connections the mesh keeps: each entry goes when its connection ends.
+/// Read on every call, so behind a read-write lock and keyed without
+/// hashing (the ids are the mesh's own, not a peer's).
 #[derive(Debug)]
 pub(crate) struct Connections {
-    states: Mutex<HashMap<usize, Arc<ConnState>>>,
+    states: RwLock<HashMap<usize, Arc<ConnState>, BuildHasherDefault<IdHasher>>>,
     permits_per_peer: usize,
     tasks: Tasks,
 }
@@ -31,7 +34,7 @@ pub(crate) struct Connections {
 impl Connections {
     pub(crate) fn new(permits_per_peer: usize, tasks: Tasks) -> Arc<Self> {
         Arc::new(Self {
-            states: Mutex::default(),
+            states: RwLock::default(),
             permits_per_peer,
             tasks,
         })
@@ -40,7 +43,12 @@ impl Connections {
     /// The state of `peer`'s connection, made on first use.
     pub(crate) fn of(self: &Arc<Self>, peer: &Peer) -> Arc<ConnState> {
         let id = peer.connection_id();
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let known = self.states.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = known.get(&id) {
+            return state.clone();
+        }
+        drop(known);
+        let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
         if let Some(state) = states.get(&id) {
             return state.clone();
         }
@@ -54,10 +62,31 @@ impl Connections {
         self.tasks.spawn(async move {
             peer.closed().await;
             if let Some(conns) = weak.upgrade() {
-                let mut states = conns.states.lock().unwrap_or_else(|e| e.into_inner());
+                let mut states = conns.states.write().unwrap_or_else(|e| e.into_inner());
                 states.remove(&peer.connection_id());
             }
         });
         state
+    }
+}
+
+/// Hashes a connection id to itself: the ids are distinct numbers the
+/// mesh hands out, so nothing is gained by mixing them.
+#[derive(Debug, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_usize(&mut self, id: usize) {
+        self.0 = id as u64;
     }
 }

@@ -23,7 +23,7 @@ use quicmesh_mesh::{Peer, Tasks, Violation};
 use quicmesh_wire::{
     FrameError, LANE_MAX_FRAME, LaneReply, LaneRequest, RpcMode, RpcStatus, StreamKind, frame,
 };
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{RecvStream, SendStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -83,7 +83,7 @@ impl Lane {
         let _ = send.write_all(&StreamKind::RpcLane.header()).await;
         let (frames, queue) = mpsc::channel(QUEUE);
         let waiting: Arc<Waiting> = Arc::default();
-        tasks.spawn(write_frames(send, queue, conn.clone()));
+        tasks.spawn(write_frames(send, queue));
         tasks.spawn(read_replies(recv, waiting.clone(), peer.clone()));
         Ok(Arc::new(Self {
             frames,
@@ -176,17 +176,11 @@ impl Drop for Waiter<'_> {
 }
 
 /// Writes queued frames to `send`, gathering what is queued into one
-/// write, until the lane is dropped or the connection ends.
-async fn write_frames(mut send: SendStream, mut queue: mpsc::Receiver<Vec<u8>>, conn: Connection) {
+/// write, until the lane is dropped: RPC drops a connection's lane when
+/// the connection ends, and a write fails then too.
+async fn write_frames(mut send: SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
     let mut batch = Vec::new();
-    loop {
-        let bytes = tokio::select! {
-            queued = queue.recv() => match queued {
-                Some(bytes) => bytes,
-                None => break,
-            },
-            _ = conn.closed() => return,
-        };
+    while let Some(bytes) = queue.recv().await {
         let written = if queue.is_empty() {
             send.write_all(&bytes).await
         } else {

@@ -291,7 +291,6 @@ impl Rpc {
         mode: RpcMode,
     ) -> Result<Vec<u8>, RpcError> {
         let connected = self.connected(peer)?;
-        let state = self.served.conns.of(&connected);
         let call = Call {
             peer,
             service,
@@ -299,7 +298,9 @@ impl Rpc {
             mode,
             max: self.config.max_message,
         };
-        call.run(&connected, &state, &self.served.tasks, body).await
+        let served = &self.served;
+        call.run(&connected, &served.conns, &served.tasks, body)
+            .await
     }
 
     fn connected(&self, peer: &NodeName) -> Result<Peer, RpcError> {

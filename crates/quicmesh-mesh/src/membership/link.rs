@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use quicmesh_wire::{CloseCode, Control, Datagram, NodeName};
+use quicmesh_wire::{CloseCode, Control, Datagram};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -20,7 +20,7 @@ use super::Inner;
 use crate::config::HeartbeatConfig;
 use crate::event::DownReason;
 use crate::io::{self, StreamError, within};
-use crate::peer::{Link, Peer, Violation};
+use crate::peer::{Peer, Violation};
 use crate::router::{HandlerFuture, Router, StreamHandler, refuse};
 use crate::transport;
 
@@ -36,13 +36,12 @@ pub(super) struct ControlStream {
 
 /// Starts the task that owns an installed connection until it ends, then
 /// reports the end to the peer table.
-pub(super) fn spawn(inner: &Arc<Inner>, name: NodeName, link: Link, control: ControlStream) {
-    let span = info_span!("link", node = %inner.me, peer = %name);
+pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
+    let span = info_span!("link", node = %inner.me, peer = %peer.name());
     let inner = inner.clone();
     let tasks = inner.tasks.clone();
     let task = async move {
-        let conn = link.conn.clone();
-        let peer = Peer::new(name.clone(), link.clone());
+        let conn = peer.connection().clone();
         let mut jobs = JoinSet::new();
         let max = inner.config.max_frame;
         let ControlStream {
@@ -55,24 +54,24 @@ pub(super) fn spawn(inner: &Arc<Inner>, name: NodeName, link: Link, control: Con
         jobs.spawn(read_control(inner.clone(), peer.clone(), recv).in_current_span());
         if let Some(router) = inner.router().cloned() {
             let patience = inner.config.handshake_timeout;
-            jobs.spawn(serve_streams(router, peer, patience).in_current_span());
+            jobs.spawn(serve_streams(router, peer.clone(), patience).in_current_span());
         }
         jobs.spawn(drain_datagrams(conn.clone()));
 
         let reason = tokio::select! {
             biased;
             _ = inner.tasks.cancelled() => DownReason::LocalShutdown,
-            e = conn.closed() => link
+            e = conn.closed() => peer
                 .closed_by_us()
                 .unwrap_or_else(|| transport::down_reason(&e)),
             () = heartbeat(&conn, inner.config.heartbeat) => {
                 let reason = DownReason::HeartbeatTimeout;
-                link.close(CloseCode::HeartbeatTimeout, reason.clone(), "no heartbeat");
+                peer.close(CloseCode::HeartbeatTimeout, reason.clone(), "no heartbeat");
                 reason
             }
         };
         jobs.abort_all();
-        inner.link_closed(&name, conn.stable_id(), reason);
+        inner.link_closed(peer.name(), conn.stable_id(), reason);
     };
     tasks.spawn(task.instrument(span));
 }
@@ -158,7 +157,7 @@ async fn read_control(inner: Arc<Inner>, peer: Peer, mut recv: RecvStream) {
 }
 
 /// Accepts the streams the peer opens and hands each to its handler.
-async fn serve_streams(router: Router, peer: Peer, patience: std::time::Duration) {
+async fn serve_streams(router: Arc<Router>, peer: Peer, patience: std::time::Duration) {
     let conn = peer.connection().clone();
     let mut streams = JoinSet::new();
     loop {
@@ -185,7 +184,7 @@ async fn serve_streams(router: Router, peer: Peer, patience: std::time::Duration
 /// Reads a stream's kind (within `patience`) and runs its handler; a
 /// kind nobody serves is refused with `UnknownStreamKind`.
 async fn route(
-    router: Router,
+    router: Arc<Router>,
     peer: Peer,
     mut send: Option<SendStream>,
     mut recv: RecvStream,

@@ -3,6 +3,7 @@
 //! handlers. No I/O, no clock.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// Why a call could not be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,12 +33,13 @@ impl<T> Default for CallTable<T> {
 impl<T> CallTable<T> {
     /// Adds call `id`.
     pub(super) fn insert(&mut self, id: u64, call: T) -> Result<(), Refused> {
-        let calls = self.calls.as_mut().ok_or(Refused::Closed)?;
-        if calls.contains_key(&id) {
-            return Err(Refused::Duplicate(id));
+        match self.calls.as_mut().ok_or(Refused::Closed)?.entry(id) {
+            Entry::Occupied(_) => Err(Refused::Duplicate(id)),
+            Entry::Vacant(slot) => {
+                slot.insert(call);
+                Ok(())
+            }
         }
-        calls.insert(id, call);
-        Ok(())
     }
 
     /// Whether call `id` is in progress.
