@@ -178,11 +178,10 @@ impl Call<'_> {
 
     /// A small call, on the connection's lane.
     async fn on_lane(&self, lane: &Lane, body: &[u8]) -> Result<Vec<u8>, RpcError> {
-        let reply = lane
+        match lane
             .call(self.service, self.timeout_ms(), self.mode, body)
             .await
-            .map_err(|e| self.down(e))?;
-        match reply {
+        {
             Reply::Inline(RpcStatus::Ok, body) if body.len() > self.max => {
                 Err(self.too_large_response())
             }
@@ -191,6 +190,11 @@ impl Call<'_> {
             Reply::Inline(status, _) | Reply::Streamed(status, _) => Err(self.failed(status)),
             Reply::Down(detail) => Err(self.down(detail)),
             Reply::Broken(detail) => Err(self.protocol(&detail)),
+            Reply::Unsent(detail) => Err(RpcError::Decode {
+                side: Side::Request,
+                service: self.service.to_owned(),
+                detail,
+            }),
         }
     }
 

@@ -38,7 +38,8 @@ const QUEUE: usize = 1024;
 /// Most bytes the writer gathers from queued frames into one stream write.
 const BATCH: usize = 64 * 1024;
 
-/// How a lane call's reply arrived.
+/// How a lane call ended: its reply (on the lane or a stream of its own),
+/// or why there is none.
 pub(super) enum Reply {
     /// On the lane: the status and the response body.
     Inline(RpcStatus, Vec<u8>),
@@ -48,6 +49,8 @@ pub(super) enum Reply {
     Down(String),
     /// The callee's replies broke the protocol (it is dropped).
     Broken(String),
+    /// The request could not be framed, so it was not sent.
+    Unsent(String),
 }
 
 /// Calls waiting for replies.
@@ -96,15 +99,17 @@ impl Lane {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends one call (or cast) and, for a call, waits for its reply.
-    /// Dropping the future before the reply cancels the call on the callee.
+    /// Sends one call (or cast) and, for a call, waits for its reply (a
+    /// cast's is an empty `Ok` once queued). Dropping the future before the
+    /// reply cancels the call on the callee.
     pub(super) async fn call(
         &self,
         service: &str,
         timeout_ms: u32,
         mode: RpcMode,
         body: &[u8],
-    ) -> Result<Reply, String> {
+    ) -> Reply {
+        const CLOSED: &str = "the lane closed";
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = LaneRequest::Call {
             id,
@@ -114,18 +119,18 @@ impl Lane {
             body,
         };
         let mut bytes = Vec::with_capacity(body.len() + service.len() + 32);
-        frame::encode_into(&request, LANE_MAX_FRAME, &mut bytes).map_err(|e| e.to_string())?;
+        if let Err(e) = frame::encode_into(&request, LANE_MAX_FRAME, &mut bytes) {
+            return Reply::Unsent(e.to_string());
+        }
         if mode == RpcMode::Cast {
-            return self
-                .frames
-                .send(bytes)
-                .await
-                .map(|()| Reply::Inline(RpcStatus::Ok, Vec::new()))
-                .map_err(|_| "the lane closed".to_owned());
+            return match self.frames.send(bytes).await {
+                Ok(()) => Reply::Inline(RpcStatus::Ok, Vec::new()),
+                Err(_) => Reply::Down(CLOSED.to_owned()),
+            };
         }
         let (tx, rx) = oneshot::channel();
         if self.waiting().insert(id, tx).is_err() {
-            return Err("the lane closed".to_owned());
+            return Reply::Down(CLOSED.to_owned());
         }
         let mut guard = Waiter {
             lane: self,
@@ -133,13 +138,11 @@ impl Lane {
             answered: false,
         };
         if self.frames.send(bytes).await.is_err() {
-            return Err("the lane closed".to_owned());
+            return Reply::Down(CLOSED.to_owned());
         }
-        let reply = rx
-            .await
-            .unwrap_or(Reply::Down("the lane closed".to_owned()));
+        let reply = rx.await.unwrap_or(Reply::Down(CLOSED.to_owned()));
         guard.answered = true;
-        Ok(reply)
+        reply
     }
 
     /// Hands a reply that came on its own stream to the call awaiting it;
