@@ -192,7 +192,7 @@ impl NodeConfig {
             return Err(ConfigError::MissingName);
         }
         for (topology, t) in &self.topologies {
-            t.validate().map_err(|e| ConfigError::Topology {
+            quicmesh_discovery::validate(t).map_err(|e| ConfigError::Topology {
                 topology: topology.clone(),
                 detail: e.to_string(),
             })?;
@@ -220,8 +220,14 @@ impl NodeConfig {
         if self.handshake_timeout.is_zero() {
             return Err(ConfigError::ZeroHandshakeTimeout);
         }
-        if let Some(field) = self.rpc.zero_field() {
-            return Err(ConfigError::ZeroRpcLimit(field));
+        if self.rpc.timeout.is_zero() {
+            return Err(ConfigError::ZeroRpcLimit("timeout"));
+        }
+        if self.rpc.max_message == 0 {
+            return Err(ConfigError::ZeroRpcLimit("max_message"));
+        }
+        if self.rpc.max_inbound_per_peer == 0 {
+            return Err(ConfigError::ZeroRpcLimit("max_inbound_per_peer"));
         }
         if self.leaf_validity < Duration::from_secs(600) {
             return Err(ConfigError::LeafValidityTooShort(self.leaf_validity));

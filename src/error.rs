@@ -26,8 +26,9 @@ pub enum StartError {
     },
 }
 
-impl From<BindError> for StartError {
-    fn from(e: BindError) -> Self {
+impl StartError {
+    /// The mesh could not bind the node's endpoint.
+    pub(crate) fn bind(e: BindError) -> Self {
         match e {
             BindError::Identity(e) => Self::Identity(e),
             BindError::Io { addr, source } => Self::Bind { addr, source },

@@ -476,7 +476,7 @@ impl Builder {
         config.validate()?;
         let name = config.name.clone().ok_or(ConfigError::MissingName)?;
         let identity = load_identity(&config, name).await?;
-        let mesh = Mesh::bind(config.mesh(), identity)?;
+        let mesh = Mesh::bind(config.mesh(), identity).map_err(StartError::bind)?;
         // Strategies start once the node's port and CA are known (mDNS
         // advertises them), before anything is dialled.
         let ca = mesh.identity().ca_fingerprint();

@@ -298,19 +298,19 @@ impl TopologyConfig {
             } => Some(*polling_interval),
         }
     }
+}
 
-    /// Checks values serde cannot: zero durations.
-    pub fn validate(&self) -> Result<(), TopologyError> {
-        if self.polling_interval().is_some_and(|d| d.is_zero()) {
-            return Err(TopologyError::ZeroPollingInterval);
-        }
-        if let Self::Mdns { verify_timeout, .. } = self
-            && verify_timeout.is_zero()
-        {
-            return Err(TopologyError::ZeroVerifyTimeout);
-        }
-        Ok(())
+/// Checks what serde cannot in `config`: zero durations.
+pub fn validate(config: &TopologyConfig) -> Result<(), TopologyError> {
+    if config.polling_interval().is_some_and(|d| d.is_zero()) {
+        return Err(TopologyError::ZeroPollingInterval);
     }
+    if let TopologyConfig::Mdns { verify_timeout, .. } = config
+        && verify_timeout.is_zero()
+    {
+        return Err(TopologyError::ZeroVerifyTimeout);
+    }
+    Ok(())
 }
 
 /// A topology value serde accepts but that cannot work.

@@ -23,7 +23,7 @@ mod dns;
 mod mdns;
 mod runner;
 
-pub use config::{TopologyConfig, TopologyError};
+pub use config::{TopologyConfig, TopologyError, validate};
 pub use dns::{DnsPoll, DnsSrv};
 pub use mdns::{Mdns, MdnsOptions, SERVICE_TYPE};
 pub use runner::{Discovery, Topology};

@@ -33,21 +33,6 @@ impl Default for RpcConfig {
     }
 }
 
-impl RpcConfig {
-    /// The name of the first field that is zero (none may be).
-    pub fn zero_field(&self) -> Option<&'static str> {
-        if self.timeout.is_zero() {
-            Some("timeout")
-        } else if self.max_message == 0 {
-            Some("max_message")
-        } else if self.max_inbound_per_peer == 0 {
-            Some("max_inbound_per_peer")
-        } else {
-            None
-        }
-    }
-}
-
 mod defaults {
     use std::time::Duration;
     pub(super) fn timeout() -> Duration {
