@@ -32,8 +32,21 @@ mod transport;
 pub use config::{HeartbeatConfig, MeshConfig, ReconnectConfig, duration};
 pub use error::{BindError, ConnectError, PingError, WaitError};
 pub use event::{DownReason, EventError, EventStream, NodeEvent};
-pub use membership::{CONTROL_PRIORITY, Mesh};
+pub use membership::Mesh;
 pub use peer::{Peer, Violation};
 pub use router::{HandlerFuture, Router, StreamHandler, refuse};
 pub use status::{CounterSnapshot, PeerState, PeerStatus, Status};
 pub use tasks::Tasks;
+
+#[cfg(test)]
+mod tests {
+    /// Handles cross tasks and threads: they must stay `Send + Sync`.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync + Clone + std::fmt::Debug>() {}
+        send_sync::<super::Mesh>();
+        send_sync::<super::Peer>();
+        send_sync::<super::Tasks>();
+        send_sync::<super::Router>();
+    }
+}

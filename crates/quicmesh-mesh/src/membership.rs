@@ -21,6 +21,7 @@ mod dial;
 mod hello;
 mod link;
 mod ping;
+mod report;
 pub(crate) mod table;
 
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ use crate::error::{BindError, ConnectError, PingError, WaitError};
 use crate::event::{DownReason, EventStream, NodeEvent};
 use crate::peer::Peer;
 use crate::router::Router;
-use crate::status::{Counters, PeerState, PeerStatus, Status};
+use crate::status::{Counters, Status};
 use crate::tasks::Tasks;
 use crate::{io, transport};
 use table::{Installed, PeerTable, UpPeer};
@@ -50,7 +51,7 @@ const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 /// Control messages queued per peer before announcements are dropped.
 const CONTROL_QUEUE: usize = 64;
 /// Send priority of control and ping streams: above all application data.
-pub const CONTROL_PRIORITY: i32 = 2;
+pub(crate) const CONTROL_PRIORITY: i32 = 2;
 /// Event queue per subscriber.
 const EVENT_QUEUE: usize = 1024;
 
@@ -527,90 +528,6 @@ impl Inner {
                 true
             }
             None => false,
-        }
-    }
-
-    /// Waits until `n` nodes are up or `timeout` passes.
-    async fn wait_for_nodes(&self, n: usize, timeout: Duration) -> Result<(), WaitError> {
-        let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let connected = self.table().up_count();
-            if connected >= n {
-                return Ok(());
-            }
-            let waited = tokio::time::timeout_at(deadline, rx.changed()).await;
-            if !matches!(waited, Ok(Ok(()))) {
-                return Err(WaitError {
-                    connected: self.table().up_count(),
-                    wanted: n,
-                    after: timeout,
-                });
-            }
-        }
-    }
-
-    /// Waits until `name` is up; `false` at the deadline.
-    async fn wait_up(&self, name: &NodeName, deadline: tokio::time::Instant) -> bool {
-        let mut rx = self.changed.subscribe();
-        loop {
-            if self.is_up(name) {
-                return true;
-            }
-            if !matches!(
-                tokio::time::timeout_at(deadline, rx.changed()).await,
-                Ok(Ok(()))
-            ) {
-                return self.is_up(name);
-            }
-        }
-    }
-
-    /// Waits until `name` is not up, or the node stops.
-    async fn wait_down(&self, name: &NodeName) {
-        let mut rx = self.changed.subscribe();
-        while self.is_up(name) {
-            tokio::select! {
-                biased;
-                _ = self.tasks.cancelled() => return,
-                r = rx.changed() => if r.is_err() { return },
-            }
-        }
-    }
-
-    fn status(&self) -> Status {
-        let t = self.table();
-        let mut peers: Vec<PeerStatus> = t
-            .iter()
-            .map(|(name, p)| PeerStatus {
-                node: name.clone(),
-                state: if p.up.is_some() {
-                    PeerState::Up
-                } else if p.dialing > 0 {
-                    PeerState::Connecting
-                } else {
-                    PeerState::Down
-                },
-                rtt: p.up.as_ref().map(|u| u.link.connection().rtt()),
-                connected_since: p.up.as_ref().map(|u| u.since),
-                incarnation: p.incarnation,
-                hidden: p.up.as_ref().is_some_and(|u| u.hidden),
-                seed: p.seed.is_some(),
-                addrs: p.addrs.clone(),
-                last_down: p.last_down.clone(),
-                last_dial_error: p.last_dial_error.clone(),
-            })
-            .collect();
-        peers.sort_by(|a, b| a.node.cmp(&b.node));
-        Status {
-            node: self.me.clone(),
-            incarnation: self.incarnation,
-            listen: self.local_addr,
-            ca_fingerprint: self.identity.ca_fingerprint().to_owned(),
-            hidden: self.config.hidden,
-            connections: self.endpoint.open_connections(),
-            peers,
-            counters: self.counters.snapshot(),
         }
     }
 

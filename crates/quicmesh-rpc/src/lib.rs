@@ -85,3 +85,15 @@ pub(crate) fn check_name(name: &str) -> Result<(), RegisterError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// Handles cross tasks and threads: they must stay `Send + Sync`.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync + Clone + std::fmt::Debug>() {}
+        send_sync::<super::Rpc>();
+        send_sync::<super::CallContext>();
+        send_sync::<super::RpcConfig>();
+    }
+}
