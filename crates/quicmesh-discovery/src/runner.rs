@@ -71,7 +71,8 @@ pub struct Discovery {
 #[derive(Debug)]
 struct Found {
     mesh: Mesh,
-    by: Mutex<HashMap<NodeName, BTreeSet<String>>>,
+    /// For each candidate, the topologies that report it.
+    reported_by: Mutex<HashMap<NodeName, BTreeSet<String>>>,
 }
 
 impl Discovery {
@@ -80,7 +81,7 @@ impl Discovery {
         Self {
             inner: Arc::new(Found {
                 mesh,
-                by: Mutex::default(),
+                reported_by: Mutex::default(),
             }),
         }
     }
@@ -94,13 +95,16 @@ impl Discovery {
             .spawn(self.clone().run(topology).instrument(span));
     }
 
-    fn by(&self) -> MutexGuard<'_, HashMap<NodeName, BTreeSet<String>>> {
-        self.inner.by.lock().unwrap_or_else(|e| e.into_inner())
+    fn reported_by(&self) -> MutexGuard<'_, HashMap<NodeName, BTreeSet<String>>> {
+        self.inner
+            .reported_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// `topology` reported `candidate`: keep it connected.
     fn discovered(&self, topology: &str, candidate: Candidate) {
-        self.by()
+        self.reported_by()
             .entry(candidate.node.name.clone())
             .or_default()
             .insert(topology.to_owned());
@@ -116,13 +120,13 @@ impl Discovery {
     /// seeds still name it, stop re-dialling it and disconnect it.
     fn undiscovered(&self, topology: &str, name: &NodeName) {
         let forget = {
-            let mut by = self.by();
-            match by.get_mut(name) {
+            let mut reported_by = self.reported_by();
+            match reported_by.get_mut(name) {
                 Some(topologies) => {
                     topologies.remove(topology);
                     let forget = topologies.is_empty();
                     if forget {
-                        by.remove(name);
+                        reported_by.remove(name);
                     }
                     forget
                 }
@@ -136,8 +140,9 @@ impl Discovery {
         }
     }
 
+    /// Polls `topology` until the node stops, then stops its strategy.
     async fn run(self, topology: Topology) {
-        let m = &self.inner.mesh;
+        let mesh = &self.inner.mesh;
         let strategy = &topology.strategy;
         let interval = strategy.polling_interval();
         // A poll may take at most one interval (and at least a few seconds).
@@ -154,7 +159,7 @@ impl Discovery {
                         failing = false;
                     }
                     for candidate in found {
-                        if candidate.node.name == *m.name() {
+                        if candidate.node.name == *mesh.name() {
                             continue;
                         }
                         let name = candidate.node.name.clone();
@@ -164,7 +169,7 @@ impl Discovery {
                             last: now,
                         });
                         seen.last = now;
-                        if now.duration_since(seen.first) >= interval && !m.is_up(&name) {
+                        if now.duration_since(seen.first) >= interval && !mesh.is_up(&name) {
                             strategy.not_connected(&name);
                         }
                     }
@@ -196,7 +201,7 @@ impl Discovery {
             }
             tokio::select! {
                 biased;
-                _ = m.tasks().cancelled() => break,
+                _ = mesh.tasks().cancelled() => break,
                 _ = tokio::time::sleep(interval) => {}
                 _ = strategy.changed() => {}
             }
