@@ -63,6 +63,16 @@ pub struct NodeConfig {
     /// Default 2 s.
     #[serde(default = "defaults::shutdown_timeout", with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Most peers the node keeps in its table (up, down, being dialled,
+    /// seeds); names peers tell of past this are refused and counted
+    /// (`Status::counters.peers_refused`), so one peer cannot make the node
+    /// dial thousands of made-up nodes. Default 1024.
+    #[serde(default = "defaults::max_peers")]
+    pub max_peers: usize,
+    /// Most dials to nodes peers told of in progress at once; the others
+    /// wait their turn. Default 32.
+    #[serde(default = "defaults::max_dials")]
+    pub max_dials: usize,
 }
 
 impl Default for NodeConfig {
@@ -81,6 +91,8 @@ impl Default for NodeConfig {
             max_frame: defaults::max_frame(),
             leaf_validity: defaults::leaf_validity(),
             shutdown_timeout: defaults::shutdown_timeout(),
+            max_peers: defaults::max_peers(),
+            max_dials: defaults::max_dials(),
         }
     }
 }
@@ -175,6 +187,9 @@ pub enum ConfigError {
     /// An RPC limit is zero.
     #[error("rpc.{0} must be above zero")]
     ZeroRpcLimit(&'static str),
+    /// A node limit is zero.
+    #[error("{0} must be above zero")]
+    ZeroLimit(&'static str),
     /// The TOML file does not parse or has an unknown key.
     #[error("config file: {0}")]
     Toml(String),
@@ -229,6 +244,12 @@ impl NodeConfig {
         if self.rpc.max_inbound_per_peer == 0 {
             return Err(ConfigError::ZeroRpcLimit("max_inbound_per_peer"));
         }
+        if self.max_peers == 0 {
+            return Err(ConfigError::ZeroLimit("max_peers"));
+        }
+        if self.max_dials == 0 {
+            return Err(ConfigError::ZeroLimit("max_dials"));
+        }
         if self.leaf_validity < Duration::from_secs(600) {
             return Err(ConfigError::LeafValidityTooShort(self.leaf_validity));
         }
@@ -246,6 +267,8 @@ impl NodeConfig {
         mesh.max_frame = self.max_frame;
         mesh.leaf_validity = self.leaf_validity;
         mesh.shutdown_timeout = self.shutdown_timeout;
+        mesh.max_peers = self.max_peers;
+        mesh.max_dials = self.max_dials;
         mesh
     }
 
@@ -279,6 +302,12 @@ mod defaults {
     }
     pub(super) fn shutdown_timeout() -> Duration {
         MeshConfig::DEFAULT_SHUTDOWN_TIMEOUT
+    }
+    pub(super) fn max_peers() -> usize {
+        MeshConfig::DEFAULT_MAX_PEERS
+    }
+    pub(super) fn max_dials() -> usize {
+        MeshConfig::DEFAULT_MAX_DIALS
     }
 }
 

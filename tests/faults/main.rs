@@ -514,3 +514,92 @@ async fn authenticated_peer_that_never_says_hello_is_dropped_after_the_handshake
     })
     .await;
 }
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn a_peers_flood_from_one_peer_is_capped_and_the_others_stay_up() {
+    bounded(async {
+        // An aggressive detector, so a node too busy to answer would be
+        // declared down within the test.
+        let hb = (Duration::from_millis(100), Duration::from_millis(500));
+        let a = builder("a", COOKIE)
+            .heartbeat(hb.0, hb.1)
+            .start()
+            .await
+            .expect("start");
+        let b = builder("b", COOKIE)
+            .heartbeat(hb.0, hb.1)
+            .start()
+            .await
+            .expect("start");
+        b.connect(&a.addr()).await.expect("b connects");
+        let (mut ea, mut eb) = (a.events(), b.events());
+        let raw = RawPeer::join(&a, "flood").await;
+        let before = rss_kib();
+
+        // 20,000 made-up nodes, each at a loopback address nothing listens
+        // on (127.77/16, never a test node's 127.0.0.1), in one frame.
+        const TOLD: usize = 20_000;
+        let made_up: Vec<_> = (0..TOLD)
+            .map(|i| quicmesh_wire::PeerInfo {
+                name: name(&format!("fake{i}@127.77.0.1")),
+                addrs: vec![std::net::SocketAddr::from((
+                    [127, 77, (i / 250) as u8, (i % 250 + 1) as u8],
+                    4370,
+                ))],
+            })
+            .collect();
+        let bytes = frame::encode(&Control::Peers(made_up), 1 << 20).expect("encode");
+        let mut control = raw.control.0;
+        control.write_all(&bytes).await.expect("send the flood");
+
+        // The table takes in what fits (it holds b and the flooder), the
+        // rest is refused and counted.
+        let limit = quicmesh::NodeConfig::default().max_peers;
+        let refused = (TOLD - (limit - 2)) as u64;
+        eventually("the flood is refused past max_peers", || {
+            a.status().counters.peers_refused == refused
+        })
+        .await;
+        assert!(a.status().peers.len() <= limit);
+        // Dials run a few at a time; b keeps being served throughout.
+        let max_dials = quicmesh::NodeConfig::default().max_dials;
+        let mut slowest = Duration::ZERO;
+        let until = tokio::time::Instant::now() + hb.1 * 6;
+        while tokio::time::Instant::now() < until {
+            let connections = a.status().connections;
+            assert!(
+                connections <= max_dials + 2,
+                "{connections} connections open, at most {max_dials} dials + b + the flooder"
+            );
+            slowest = slowest.max(b.ping(a.name(), WAIT).await.expect("a answers b"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let grown = rss_kib().saturating_sub(before);
+        eprintln!(
+            "peers flood: {refused} refused, slowest ping of b {slowest:?}, RSS grew {grown} KiB"
+        );
+        for (who, events) in [("a", drain(&mut ea)), ("b", drain(&mut eb))] {
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| matches!(e, quicmesh::NodeEvent::NodeDown { .. })),
+                "{who} saw a node go down during the flood: {events:?}"
+            );
+        }
+        assert!(grown < 100 * 1024, "RSS grew {grown} KiB during the flood");
+        raw.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}

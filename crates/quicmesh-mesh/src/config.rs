@@ -32,6 +32,11 @@ pub struct MeshConfig {
     /// How long `shutdown` waits for the close to reach peers and for the
     /// node's tasks to end.
     pub shutdown_timeout: Duration,
+    /// Most peers the node keeps in its table: names peers tell of past
+    /// this are refused (seeds and nodes that connect still count).
+    pub max_peers: usize,
+    /// Most dials to nodes peers told of in progress at once.
+    pub max_dials: usize,
 }
 
 impl MeshConfig {
@@ -43,6 +48,10 @@ impl MeshConfig {
     pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
     /// Default `shutdown_timeout`: 2 s.
     pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default `max_peers`: 1024, well above a full mesh's practical size.
+    pub const DEFAULT_MAX_PEERS: usize = 1024;
+    /// Default `max_dials`: 32.
+    pub const DEFAULT_MAX_DIALS: usize = 32;
 
     /// Settings with the documented defaults, listening on `listen`.
     pub fn new(listen: SocketAddr) -> Self {
@@ -56,6 +65,8 @@ impl MeshConfig {
             max_frame: Self::DEFAULT_MAX_FRAME,
             leaf_validity: Self::DEFAULT_LEAF_VALIDITY,
             shutdown_timeout: Self::DEFAULT_SHUTDOWN_TIMEOUT,
+            max_peers: Self::DEFAULT_MAX_PEERS,
+            max_dials: Self::DEFAULT_MAX_DIALS,
         }
     }
 }

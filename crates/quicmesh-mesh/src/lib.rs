@@ -22,6 +22,7 @@ mod config;
 mod error;
 mod event;
 pub mod io;
+mod log_limit;
 mod membership;
 mod peer;
 mod router;

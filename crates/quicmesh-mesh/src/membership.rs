@@ -38,6 +38,7 @@ use tracing::{info, warn};
 use crate::config::MeshConfig;
 use crate::error::{BindError, ConnectError, PingError, WaitError};
 use crate::event::{DownReason, EventStream, NodeEvent};
+use crate::log_limit::LogLimit;
 use crate::peer::Peer;
 use crate::router::Router;
 use crate::status::{Counters, Status};
@@ -80,6 +81,11 @@ struct Inner {
     router: OnceLock<Arc<Router>>,
     tasks: Tasks,
     handshakes: Arc<Semaphore>,
+    /// Dials to nodes peers told of, in progress at once (`max_dials`).
+    dials: Arc<Semaphore>,
+    /// Log lines about refused peers and failed dials, limited.
+    refusals_logged: LogLimit,
+    dial_failures_logged: LogLimit,
     shutting_down: AtomicBool,
     /// Addresses to dial a seed at instead of resolving its host (set by
     /// discovery strategies that resolve names themselves).
@@ -124,6 +130,7 @@ impl Mesh {
             source,
         })?;
         let me = identity.name().clone();
+        let max_dials = config.max_dials;
         let mut table = PeerTable::new(me.clone());
         for seed in &config.seeds {
             table.add_seed(seed.clone());
@@ -143,6 +150,9 @@ impl Mesh {
             router: OnceLock::new(),
             tasks: Tasks::default(),
             handshakes: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
+            dials: Arc::new(Semaphore::new(max_dials)),
+            refusals_logged: LogLimit::default(),
+            dial_failures_logged: LogLimit::default(),
             shutting_down: AtomicBool::new(false),
             dial_at: Mutex::default(),
         };
@@ -480,28 +490,55 @@ impl Inner {
         }
     }
 
-    /// Dials the nodes a peer told us about that we do not know yet.
-    /// Hidden nodes never dial transitively.
+    /// Dials the nodes a peer told us about that we do not know yet, at
+    /// most `max_dials` at once; past `max_peers` known peers, new names
+    /// are refused and counted. A name that could not be reached is
+    /// forgotten (it may be told of again). Hidden nodes never dial
+    /// transitively.
     fn learn(self: &Arc<Self>, peers: Vec<PeerInfo>) {
         if self.config.hidden || self.tasks.is_cancelled() {
             return;
         }
-        for p in peers {
-            if p.name == self.me || p.addrs.is_empty() {
-                continue;
+        let max = self.config.max_peers;
+        let (to_dial, refused) = self.update(|t| t.learn(peers, max));
+        if refused > 0 {
+            self.counters
+                .peers_refused
+                .fetch_add(refused, Ordering::Relaxed);
+            if let Some(earlier) = self.refusals_logged.allow() {
+                warn!(
+                    "refused {} peers a peer told of: this node knows {max} (max_peers){}",
+                    refused,
+                    earlier.since_last()
+                );
             }
-            let started = self.update(|t| !t.is_known(&p.name) && t.begin_dial(&p.name));
-            if started {
-                let inner = self.clone();
-                self.tasks.spawn(async move {
-                    let result = inner.dial_started(&p.name, &p.addrs).await;
-                    if let Err(e) = result
-                        && !inner.tasks.is_cancelled()
-                    {
-                        warn!(peer = %p.name, "could not connect to a node a peer knows: {e}");
+        }
+        for p in to_dial {
+            let inner = self.clone();
+            self.tasks.spawn(async move {
+                let permit = tokio::select! {
+                    biased;
+                    _ = inner.tasks.cancelled() => None,
+                    permit = inner.dials.clone().acquire_owned() => permit.ok(),
+                };
+                let result = match permit {
+                    Some(_permit) => inner.dial_started(&p.name, &p.addrs).await,
+                    None => {
+                        inner.update(|t| t.end_dial(&p.name, None));
+                        return;
                     }
-                });
-            }
+                };
+                if let Err(e) = result {
+                    inner.update(|t| t.forget_stranger(&p.name));
+                    if !inner.tasks.is_cancelled()
+                        && let Some(earlier) = inner.dial_failures_logged.allow()
+                    {
+                        let peer = &p.name;
+                        let more = earlier.since_last();
+                        warn!(%peer, "could not connect to a node a peer knows: {e}{more}");
+                    }
+                }
+            });
         }
     }
 

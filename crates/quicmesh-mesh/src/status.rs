@@ -87,6 +87,7 @@ pub(crate) struct Counters {
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) protocol_violations: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    pub(crate) peers_refused: AtomicU64,
 }
 
 /// The counters' values at one moment.
@@ -103,6 +104,9 @@ pub struct CounterSnapshot {
     pub protocol_violations: u64,
     /// Duplicate connections resolved by the tie-break.
     pub duplicates: u64,
+    /// Names peers told of that were not taken in: the table was full
+    /// (`max_peers`).
+    pub peers_refused: u64,
 }
 
 impl Counters {
@@ -113,6 +117,7 @@ impl Counters {
             handshake_failures: get(&self.handshake_failures),
             protocol_violations: get(&self.protocol_violations),
             duplicates: get(&self.duplicates),
+            peers_refused: get(&self.peers_refused),
         }
     }
 }

@@ -227,6 +227,41 @@ impl<L: Link + Clone> PeerTable<L> {
         p.last_down = Some((reason, now));
         true
     }
+
+    /// Takes in what a peer said it knows, up to `max` entries in the
+    /// whole table: the ones to dial now (counted as dials in progress)
+    /// and how many new names did not fit. Names already known, this
+    /// node's own and entries without an address are passed over.
+    pub(crate) fn learn(&mut self, told: Vec<PeerInfo>, max: usize) -> (Vec<PeerInfo>, u64) {
+        let mut to_dial = Vec::new();
+        let mut refused = 0u64;
+        for p in told {
+            if p.name == self.me || p.addrs.is_empty() || self.is_known(&p.name) {
+                continue;
+            }
+            if !self.peers.contains_key(&p.name) && self.peers.len() >= max {
+                refused += 1;
+                continue;
+            }
+            if self.begin_dial(&p.name) {
+                to_dial.push(p);
+            }
+        }
+        (to_dial, refused)
+    }
+
+    /// Forgets `name` if nothing ties this node to it: it was never up,
+    /// is no seed and no dial to it is in progress (a name a peer told of
+    /// that could not be reached). `true` if it was forgotten.
+    pub(crate) fn forget_stranger(&mut self, name: &NodeName) -> bool {
+        let stranger = self.peers.get(name).is_some_and(|p| {
+            p.up.is_none() && p.incarnation.is_none() && p.seed.is_none() && p.dialing == 0
+        });
+        if stranger {
+            self.peers.remove(name);
+        }
+        stranger
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +287,75 @@ mod tests {
             hidden: false,
             since: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    fn told(names: &[&str]) -> Vec<PeerInfo> {
+        names
+            .iter()
+            .map(|s| PeerInfo {
+                name: n(s),
+                addrs: vec!["127.0.0.1:1".parse().unwrap()],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn what_a_peer_tells_is_taken_in_up_to_the_cap() {
+        let mut t = PeerTable::<L>::new(n("a@h"));
+        t.add_seed("s@h:1".parse().unwrap());
+        let mut list = told(&["a@h", "b@h", "c@h", "c@h", "d@h", "e@h"]);
+        list.push(PeerInfo {
+            name: n("x@h"),
+            addrs: Vec::new(),
+        });
+        let (dial, refused) = t.learn(list, 3);
+        let names: Vec<_> = dial.iter().map(|p| p.name.to_string()).collect();
+        assert_eq!(
+            names,
+            ["b@h", "c@h"],
+            "self, repeats and address-less entries pass"
+        );
+        assert_eq!(refused, 2, "d and e do not fit: the seed and b, c fill 3");
+        assert_eq!(t.iter().count(), 3);
+        let (again, refused) = t.learn(told(&["b@h", "c@h"]), 3);
+        assert!(
+            again.is_empty(),
+            "names being dialled are not dialled twice"
+        );
+        assert_eq!(refused, 0);
+    }
+
+    #[test]
+    fn strangers_that_could_not_be_reached_are_forgotten_and_nobody_else() {
+        let mut t = PeerTable::<L>::new(n("a@h"));
+        let (dial, _) = t.learn(told(&["b@h", "c@h", "s@h"]), 10);
+        assert_eq!(dial.len(), 3);
+        t.add_seed("s@h:1".parse().unwrap());
+        assert!(
+            !t.forget_stranger(&n("b@h")),
+            "its dial is still in progress"
+        );
+        for name in ["b@h", "c@h", "s@h"] {
+            t.end_dial(&n(name), Some("unreachable".into()));
+        }
+        t.install(&n("c@h"), up(1, 7), vec![]);
+        t.link_closed(
+            &n("c@h"),
+            1,
+            DownReason::HeartbeatTimeout,
+            SystemTime::UNIX_EPOCH,
+        );
+        assert!(t.forget_stranger(&n("b@h")));
+        assert!(
+            !t.forget_stranger(&n("c@h")),
+            "it was up once: its history stays"
+        );
+        assert!(!t.forget_stranger(&n("s@h")), "a seed stays");
+        assert_eq!(t.iter().count(), 2);
+        assert!(
+            t.learn(told(&["b@h"]), 10).0.len() == 1,
+            "b may be told of again"
+        );
     }
 
     #[test]
