@@ -278,3 +278,39 @@ async fn dial_to_a_silent_port_times_out_and_says_where() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_second_node_with_a_live_nodes_name_is_refused_and_nothing_flaps() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let b = node("b", COOKIE).await;
+        b.connect(&a.addr()).await.expect("b connects");
+        let mut ea = a.events();
+        // Another process would do the same: a second node named b.
+        let twin = node("b", COOKIE).await;
+        match twin.connect(&a.addr()).await {
+            Err(ConnectError::NameInUse { peer, live }) => {
+                assert_eq!(&peer, a.name());
+                assert_eq!(live, vec![b.local_addr()], "the error names the live node");
+            }
+            other => panic!("expected NameInUse, got {other:?}"),
+        }
+        // Its keeper goes on trying with backoff: refused every time, and
+        // neither a nor b notices anything.
+        twin.add_seed(a.addr());
+        eventually("the keeper was refused again", || {
+            a.status().counters.names_in_use >= 2
+        })
+        .await;
+        stays_connected(&a, &b, Duration::from_secs(2)).await;
+        let events = drain(&mut ea);
+        assert!(events.is_empty(), "a saw {events:?}");
+        assert!(twin.nodes().is_empty());
+        let b_at_a = a.status().peers.into_iter().find(|p| &p.node == b.name());
+        assert_eq!(b_at_a.and_then(|p| p.incarnation), Some(b.incarnation()));
+        twin.shutdown().await;
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}

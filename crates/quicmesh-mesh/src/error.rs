@@ -65,6 +65,21 @@ pub enum ConnectError {
         /// Its reason.
         reason: String,
     },
+    /// The peer holds a live connection to another node with this node's
+    /// name (one node per name, like Erlang's "name in use"): give this
+    /// node another name, or stop the other one. Retrying succeeds once
+    /// the other is gone (a restarted node gets in once its old
+    /// connection has gone quiet).
+    #[error(
+        "{peer} refused this node: its name is in use by a live node at {live:?}; \
+         is another node running with this name?"
+    )]
+    NameInUse {
+        /// The node dialled.
+        peer: NodeName,
+        /// Where the node that has the name listens.
+        live: Vec<std::net::SocketAddr>,
+    },
     /// The connection broke during the handshake; retrying may help.
     #[error("connection to {peer} lost during the handshake: {detail}")]
     ConnectionLost {

@@ -6,7 +6,8 @@
 //! dialler                                   listener
 //!   QUIC + TLS 1.3 handshake (mutual certificates, names verified)
 //!   open control stream: [Control] Hello ──▶ hello::judge (names, version)
-//!                                             tie-break (table::should_accept)
+//!                                             one node per name, tie-break
+//!                                             (table::name_in_use, should_accept)
 //!   install, NodeUp  ◀── Welcome / Refuse     install, NodeUp
 //!   link task: heartbeats, control reader/writer, streams to the router
 //!   Peers([new node]) ◀──▶ to every other up peer when a node comes up
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use quicmesh_identity::Identity;
-use quicmesh_wire::{CloseCode, Control, Hello, NodeAddr, NodeName, PeerInfo, StreamKind};
+use quicmesh_wire::{CloseCode, Control, Hello, NodeAddr, NodeName, PeerInfo, Refusal, StreamKind};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tracing::{info, warn};
 
@@ -86,6 +87,7 @@ struct Inner {
     /// Log lines about refused peers and failed dials, limited.
     refusals_logged: LogLimit,
     dial_failures_logged: LogLimit,
+    names_in_use_logged: LogLimit,
     shutting_down: AtomicBool,
     /// Addresses to dial a seed at instead of resolving its host (set by
     /// discovery strategies that resolve names themselves).
@@ -153,6 +155,7 @@ impl Mesh {
             dials: Arc::new(Semaphore::new(max_dials)),
             refusals_logged: LogLimit::default(),
             dial_failures_logged: LogLimit::default(),
+            names_in_use_logged: LogLimit::default(),
             shutting_down: AtomicBool::new(false),
             dial_at: Mutex::default(),
         };
@@ -379,9 +382,13 @@ impl Inner {
 
     /// Installs a connection whose `Hello` exchange completed, starts its
     /// link task, emits events and tells the other peers. As the listener
-    /// the table may refuse it (the tie-break): the send stream is handed
-    /// back to write the refusal on.
-    fn install(self: &Arc<Self>, hs: Handshake, role: Role) -> Result<(), quinn::SendStream> {
+    /// the table may refuse it (another live node has the name, or the
+    /// tie-break): the send stream is handed back to write the refusal on.
+    fn install(
+        self: &Arc<Self>,
+        hs: Handshake,
+        role: Role,
+    ) -> Result<(), (quinn::SendStream, Refusal)> {
         let Handshake {
             name,
             conn,
@@ -402,9 +409,17 @@ impl Inner {
             Role::Dialler => (false, None),
             Role::Listener { welcome } => (true, Some(welcome)),
         };
+        // Alive: heard from within two heartbeat intervals.
+        let window = self.config.heartbeat.interval * 2;
         let decided = self.update(|t| {
-            if tie_break && !t.should_accept(&name, hello.incarnation) {
-                return None;
+            if tie_break {
+                let alive = |old: &Peer| old.heard_within(window);
+                if let Some(live) = t.name_in_use(&name, hello.incarnation, alive) {
+                    return Err(Refusal::NameInUse { live });
+                }
+                if !t.should_accept(&name, hello.incarnation) {
+                    return Err(Refusal::Duplicate);
+                }
             }
             let installed = t.install(&name, up, addrs.clone());
             let others: Vec<_> = t
@@ -412,10 +427,11 @@ impl Inner {
                 .filter(|(n, u)| **n != name && !u.hidden)
                 .map(|(_, u)| u.link.control().clone())
                 .collect();
-            Some((installed, others))
+            Ok((installed, others))
         });
-        let Some((installed, others)) = decided else {
-            return Err(send);
+        let (installed, others) = match decided {
+            Ok(decided) => decided,
+            Err(refusal) => return Err((send, refusal)),
         };
         link::spawn(
             self,
@@ -522,7 +538,7 @@ impl Inner {
                     permit = inner.dials.clone().acquire_owned() => permit.ok(),
                 };
                 let result = match permit {
-                    Some(_permit) => inner.dial_started(&p.name, &p.addrs).await,
+                    Some(_permit) => inner.dial_learnt(&p).await,
                     None => {
                         inner.update(|t| t.end_dial(&p.name, None));
                         return;
@@ -539,6 +555,32 @@ impl Inner {
                     }
                 }
             });
+        }
+    }
+
+    /// Dials a node a peer told of (its dial counted already). A node
+    /// that still hears a restarted peer's old connection refuses the new
+    /// one as a name in use for a moment (until it goes quiet, or at the
+    /// latest until it is declared down): such a dial is tried again,
+    /// every two heartbeat intervals, for one heartbeat timeout.
+    async fn dial_learnt(self: &Arc<Self>, p: &PeerInfo) -> Result<(), ConnectError> {
+        let hb = self.config.heartbeat;
+        let pause = hb.interval * 2;
+        let mut retries = hb.timeout.as_millis() / pause.as_millis().max(1) + 1;
+        loop {
+            let result = self.dial_started(&p.name, &p.addrs).await;
+            if !matches!(result, Err(ConnectError::NameInUse { .. })) || retries == 0 {
+                return result;
+            }
+            retries -= 1;
+            tokio::select! {
+                biased;
+                _ = self.tasks.cancelled() => return result,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            if !self.update(|t| t.begin_dial(&p.name)) {
+                return Ok(()); // up meanwhile
+            }
         }
     }
 

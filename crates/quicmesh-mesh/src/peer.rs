@@ -1,7 +1,8 @@
 //! A connected peer, as the layers above the mesh see it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use quicmesh_wire::{CloseCode, Control, NodeName};
 use tokio::sync::mpsc;
@@ -21,6 +22,10 @@ struct Connected {
     control: mpsc::Sender<Control>,
     closing: OnceLock<DownReason>,
     counters: Arc<Counters>,
+    /// When the connection was installed, and when a packet from the peer
+    /// last arrived, in milliseconds after that (the link task sets it).
+    since: Instant,
+    heard_ms: AtomicU64,
 }
 
 /// A connected peer: its verified name and its connection. Cheap to
@@ -52,6 +57,8 @@ impl Peer {
                 control,
                 closing: OnceLock::new(),
                 counters,
+                since: Instant::now(),
+                heard_ms: AtomicU64::new(0),
             }),
         }
     }
@@ -104,6 +111,19 @@ impl Peer {
     pub(crate) fn close(&self, code: CloseCode, reason: DownReason, text: &str) {
         let _ = self.connected.closing.set(reason);
         transport::close(&self.connected.conn, code, text);
+    }
+
+    /// A packet from the peer arrived just now.
+    pub(crate) fn heard(&self) {
+        let ms = self.connected.since.elapsed().as_millis();
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+        self.connected.heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether a packet from the peer arrived within `window`.
+    pub(crate) fn heard_within(&self, window: Duration) -> bool {
+        let heard = Duration::from_millis(self.connected.heard_ms.load(Ordering::Relaxed));
+        self.connected.since.elapsed().saturating_sub(heard) < window
     }
 
     /// Why this side closed the connection, if it did.

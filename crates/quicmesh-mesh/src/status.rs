@@ -88,6 +88,7 @@ pub(crate) struct Counters {
     pub(crate) protocol_violations: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) peers_refused: AtomicU64,
+    pub(crate) names_in_use: AtomicU64,
 }
 
 /// The counters' values at one moment.
@@ -107,6 +108,9 @@ pub struct CounterSnapshot {
     /// Names peers told of that were not taken in: the table was full
     /// (`max_peers`).
     pub peers_refused: u64,
+    /// Connections refused because a live node already has the name (a
+    /// second node started with a name in use).
+    pub names_in_use: u64,
 }
 
 impl Counters {
@@ -118,6 +122,7 @@ impl Counters {
             protocol_violations: get(&self.protocol_violations),
             duplicates: get(&self.duplicates),
             peers_refused: get(&self.peers_refused),
+            names_in_use: get(&self.names_in_use),
         }
     }
 }

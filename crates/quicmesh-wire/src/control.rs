@@ -76,6 +76,13 @@ pub enum Refusal {
     ShuttingDown,
     /// A node may not connect to itself.
     SelfConnect,
+    /// Another node with this name is connected and alive (heard from
+    /// within two heartbeat intervals): one node per name. A restarted
+    /// node gets in once its old connection has gone quiet.
+    NameInUse {
+        /// Where the live node with the name listens.
+        live: Vec<SocketAddr>,
+    },
 }
 
 /// One ping payload; the responder echoes it.
@@ -116,6 +123,9 @@ mod tests {
                 certificate: "a@h".parse().unwrap(),
                 claimed: "b@h".parse().unwrap(),
             }),
+            Control::Refuse(Refusal::NameInUse {
+                live: vec!["127.0.0.1:4370".parse().unwrap()],
+            }),
             Control::Peers(vec![]),
         ];
         for m in msgs {
@@ -137,6 +147,9 @@ mod tests {
         );
         let f = frame::encode(&Control::Refuse(Refusal::Duplicate), 64).unwrap();
         assert_eq!(f, [0, 0, 0, 2, 2, 0]);
+        // Appended after `SelfConnect`: variant 4.
+        let f = frame::encode(&Control::Refuse(Refusal::NameInUse { live: vec![] }), 64).unwrap();
+        assert_eq!(f, [0, 0, 0, 3, 2, 4, 0]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use quicmesh::{CertFiles, DownReason, EventStream, Node, NodeEvent, NodeName};
+use quicmesh::{CertFiles, DownReason, EventStream, Node, NodeEvent, NodeName, PeerState};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -169,6 +169,52 @@ async fn sigkilled_process_is_detected_within_five_seconds() {
     assert!(took <= Duration::from_secs(5), "detected after {took:?}");
     eprintln!("SIGKILL detected after {took:?}");
     a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sigkilled_node_restarted_at_once_replaces_its_old_incarnation() {
+    let a = local_node("a").await;
+    let c = local_node("c").await;
+    c.connect(&a.addr()).await.expect("c joins a");
+    let mut p = connected_process(&a, "phoenix").await;
+    let incarnation_at = |node: &Node, who: &NodeName| {
+        let status = node.status();
+        let peer = status.peers.into_iter().find(|s| &s.node == who);
+        peer.filter(|s| s.state == PeerState::Up)
+            .and_then(|s| s.incarnation)
+    };
+    until("c learns phoenix from a", || {
+        incarnation_at(&c, &p.name).is_some()
+    })
+    .await;
+    let old = incarnation_at(&a, &p.name).expect("its incarnation");
+    let mut events = a.events();
+    let killed = Instant::now();
+    p.child.start_kill().expect("SIGKILL");
+    // Restarted at once under the same name (another port), told only of
+    // a: while the old connection still looks alive the name is in use;
+    // once it went quiet the new incarnation takes its place, and c learns
+    // it from a.
+    let again = connected_process(&a, "phoenix").await;
+    let took = killed.elapsed();
+    let now = incarnation_at(&a, &again.name).expect("its incarnation");
+    assert_ne!(now, old);
+    assert!(took <= Duration::from_secs(5), "back after {took:?}");
+    let at_c = until("c has the new incarnation", || {
+        incarnation_at(&c, &again.name) == Some(now)
+    })
+    .await;
+    eprintln!("restarted node back at a after {took:?}, at c {at_c:?} later");
+    let downs: Vec<_> = std::iter::from_fn(|| events.try_recv())
+        .filter_map(Result::ok)
+        .filter(|e| matches!(e, NodeEvent::NodeDown { .. }))
+        .collect();
+    assert!(
+        downs.len() <= 1,
+        "one NodeDown at most, no flapping: {downs:?}"
+    );
+    a.shutdown().await;
+    c.shutdown().await;
 }
 
 #[tokio::test]

@@ -112,14 +112,30 @@ impl Inner {
             recv,
             hello,
         };
-        let Err(mut send) = self.install(handshake, Role::Listener { welcome }) else {
+        let Err((mut send, refusal)) = self.install(handshake, Role::Listener { welcome }) else {
             return;
         };
-        // The tie-break kept another connection: tell the dialler, which
-        // closes this one.
-        count(&self.counters.duplicates);
-        debug!(peer = %name, "refusing a duplicate connection");
-        let _ = io::write_frame(&mut send, &Control::Refuse(Refusal::Duplicate), 1024).await;
+        match &refusal {
+            // The tie-break kept another connection: the dialler closes
+            // this one.
+            Refusal::Duplicate => {
+                count(&self.counters.duplicates);
+                debug!(peer = %name, "refusing a duplicate connection");
+            }
+            Refusal::NameInUse { live } => {
+                count(&self.counters.names_in_use);
+                if let Some(earlier) = self.names_in_use_logged.allow() {
+                    let (from, more) = (conn.remote_address(), earlier.since_last());
+                    warn!(
+                        peer = %name,
+                        "refused a second node named {name} (from {from}): the name is in use \
+                         by the live node at {live:?}{more}"
+                    );
+                }
+            }
+            other => debug!(peer = %name, "refusing: {other:?}"),
+        }
+        let _ = io::write_frame(&mut send, &Control::Refuse(refusal), 1024).await;
         let _ = send.finish();
         if within(timeout, conn.closed()).await.is_none() {
             transport::close(&conn, CloseCode::Duplicate, "duplicate connection");

@@ -175,6 +175,13 @@ impl Inner {
                     })
                 }
             }
+            Ok(Some(Control::Refuse(Refusal::NameInUse { live }))) => {
+                transport::close(conn, CloseCode::Disconnected, "name in use");
+                Err(ConnectError::NameInUse {
+                    peer: name.clone(),
+                    live,
+                })
+            }
             Ok(Some(Control::Refuse(r))) => {
                 transport::close(conn, CloseCode::Disconnected, "refused");
                 Err(ConnectError::Refused {

@@ -64,7 +64,7 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
             e = conn.closed() => peer
                 .closed_by_us()
                 .unwrap_or_else(|| transport::down_reason(&e)),
-            () = heartbeat(&conn, inner.config.heartbeat) => {
+            () = heartbeat(&peer, inner.config.heartbeat) => {
                 let reason = DownReason::HeartbeatTimeout;
                 peer.close(CloseCode::HeartbeatTimeout, reason.clone(), "no heartbeat");
                 reason
@@ -77,8 +77,10 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
 }
 
 /// Sends a heartbeat every interval and checks liveness four times as
-/// often; returns when nothing has arrived for `timeout`.
-async fn heartbeat(conn: &Connection, hb: HeartbeatConfig) {
+/// often, noting on `peer` when it was last heard; returns when nothing
+/// has arrived for `timeout`.
+async fn heartbeat(peer: &Peer, hb: HeartbeatConfig) {
+    let conn = peer.connection();
     const CHECKS_PER_INTERVAL: u32 = 4;
     let mut tick = tokio::time::interval(hb.interval / CHECKS_PER_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,6 +103,7 @@ async fn heartbeat(conn: &Connection, hb: HeartbeatConfig) {
         if packets != seen_packets {
             seen_packets = packets;
             last_heard = Instant::now();
+            peer.heard();
         } else if last_heard.elapsed() >= hb.timeout {
             return;
         }

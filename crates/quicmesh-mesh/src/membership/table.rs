@@ -182,6 +182,21 @@ impl<L: Link + Clone> PeerTable<L> {
         }
     }
 
+    /// One node per name: a connection from `name` with another
+    /// incarnation than the one up is refused while the one up is `alive`
+    /// (heard from lately), with where that one listens. A restarted node
+    /// gets in once its old connection has gone quiet.
+    pub(crate) fn name_in_use(
+        &self,
+        name: &NodeName,
+        incarnation: u64,
+        alive: impl FnOnce(&L) -> bool,
+    ) -> Option<Vec<SocketAddr>> {
+        let p = self.peers.get(name)?;
+        let up = p.up.as_ref()?;
+        (up.incarnation != incarnation && alive(&up.link)).then(|| p.addrs.clone())
+    }
+
     /// Installs `up` as the connection to `name`. A dialler always installs
     /// what the listener welcomed: the listener already applied the rule.
     pub(crate) fn install(
@@ -297,6 +312,39 @@ mod tests {
                 addrs: vec!["127.0.0.1:1".parse().unwrap()],
             })
             .collect()
+    }
+
+    #[test]
+    fn a_second_node_with_a_live_nodes_name_is_refused_a_restarted_one_is_not() {
+        let mut a = PeerTable::<L>::new(n("a@h"));
+        let at: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        a.install(&n("b@h"), up(1, 7), vec![at]);
+        assert_eq!(
+            a.name_in_use(&n("b@h"), 8, |_| true),
+            Some(vec![at]),
+            "another incarnation while the first is alive"
+        );
+        assert_eq!(
+            a.name_in_use(&n("b@h"), 8, |_| false),
+            None,
+            "the first went quiet"
+        );
+        assert_eq!(
+            a.name_in_use(&n("b@h"), 7, |_| true),
+            None,
+            "the same node again"
+        );
+        assert_eq!(
+            a.name_in_use(&n("c@h"), 1, |_| true),
+            None,
+            "a name nobody holds"
+        );
+        a.link_closed(&n("b@h"), 1, DownReason::Shutdown, SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            a.name_in_use(&n("b@h"), 8, |_| true),
+            None,
+            "nobody holds it now"
+        );
     }
 
     #[test]
