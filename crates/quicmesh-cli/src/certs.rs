@@ -1,5 +1,6 @@
 //! `quicmesh certs`: the bundled certificate tool.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -17,8 +18,8 @@ pub(crate) enum CertsCommand {
         /// The CA's common name.
         #[arg(long, default_value = "quicmesh CA")]
         common_name: String,
-        /// Validity in days.
-        #[arg(long, default_value_t = 3650)]
+        /// Validity in days (at least 1).
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
         /// Overwrite existing files.
         #[arg(long)]
@@ -30,8 +31,8 @@ pub(crate) enum CertsCommand {
         /// The node name, e.g. app1@host1 (goes into the URI SAN).
         #[arg(long)]
         name: NodeName,
-        /// Validity in days.
-        #[arg(long, default_value_t = 365)]
+        /// Validity in days (at least 1).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
         days: u32,
         /// Directory holding ca.pem and ca.key.
         #[arg(long, default_value = "certs")]
@@ -77,19 +78,34 @@ pub(crate) fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             println!("wrote {} and {}", cert.display(), key.display());
         }
         CertsCommand::Show { file } => {
-            for (i, info) in describe_pem(&file)?.iter().enumerate() {
-                if i > 0 {
-                    println!();
-                }
-                println!("subject:     {}", info.subject);
-                println!("issuer:      {}", info.issuer);
-                println!("SAN:         {}", info.sans.join(", "));
-                println!("valid from:  {}", info.not_before);
-                println!("valid until: {}", info.not_after);
-                println!("CA:          {}", if info.is_ca { "yes" } else { "no" });
-                println!("SHA-256:     {}", info.fingerprint);
+            let certs = describe_pem(&file)?;
+            match show(&certs, &mut std::io::stdout().lock()) {
+                // The reader went away (`| head`): nothing more to say.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other.context("writing to stdout")?,
             }
         }
     }
     Ok(())
+}
+
+/// Writes what `certs show` prints of each certificate.
+fn show(certs: &[quicmesh_identity::CertInfo], out: &mut impl Write) -> std::io::Result<()> {
+    for (i, info) in certs.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        writeln!(out, "subject:     {}", info.subject)?;
+        writeln!(out, "issuer:      {}", info.issuer)?;
+        writeln!(out, "SAN:         {}", info.sans.join(", "))?;
+        writeln!(out, "valid from:  {}", info.not_before)?;
+        writeln!(out, "valid until: {}", info.not_after)?;
+        writeln!(
+            out,
+            "CA:          {}",
+            if info.is_ca { "yes" } else { "no" }
+        )?;
+        writeln!(out, "SHA-256:     {}", info.fingerprint)?;
+    }
+    out.flush()
 }

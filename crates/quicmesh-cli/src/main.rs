@@ -5,6 +5,8 @@ mod certs;
 mod demo;
 mod node;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -36,10 +38,13 @@ fn main() -> std::process::ExitCode {
         Command::Node(_) => "info",
         _ => "warn",
     };
+    // Colour only for a person at a terminal, and never with NO_COLOR set.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

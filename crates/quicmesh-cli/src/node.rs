@@ -102,6 +102,12 @@ impl NodeArgs {
         if let Some(listen) = self.listen {
             cfg.listen = Some(listen);
         }
+        if self.cookie.is_some() {
+            tracing::warn!(
+                "--cookie puts the cookie in the process list, where every user of this \
+                 machine can read it: prefer QUICMESH_COOKIE or --cookie-file"
+            );
+        }
         if self.cookie.is_some() || self.cookie_file.is_some() {
             cfg.identity = IdentityConfig::Cookie {
                 cookie: self.cookie,

@@ -679,3 +679,68 @@ async fn killed_process_loses_its_name_lock_and_leadership_to_the_others() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[test]
+fn operator_mistakes_get_a_clear_answer_and_no_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    // A certificate that is expired when issued is refused.
+    for cmd in [
+        &["certs", "ca", "--out", d, "--days", "0"][..],
+        &["certs", "issue", "--name", "a@h", "--ca", d, "--days", "0"][..],
+    ] {
+        let out = quicmesh(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd:?} succeeded");
+        assert!(
+            err.contains("--days") && err.contains("0"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let out = quicmesh(&["certs", "ca", "--out", d]);
+    assert!(out.status.success());
+
+    // `certs show | head`: the reader is gone before the first line (a
+    // socket pair with one end closed fails writes as a closed pipe does).
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    drop(reader);
+    let out = std::process::Command::new(EXE)
+        .args(["certs", "show", &format!("{d}/ca.pem")])
+        .stdout(std::os::fd::OwnedFd::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run quicmesh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{}: {err}", out.status);
+}
+
+#[tokio::test]
+async fn logs_have_no_colour_off_a_terminal_and_cookie_on_the_command_line_is_warned_of() {
+    let mut child = Command::new(EXE)
+        .args(["node", "--name", "plain@127.0.0.1:0", "--cookie", COOKIE])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn quicmesh node");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("node started")) {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("a log line")
+            .expect("read")
+            .expect("stderr open");
+        seen.push(line);
+    }
+    let all = seen.join("\n");
+    assert!(!all.contains('\u{1b}'), "colour codes on a pipe:\n{all}");
+    assert!(
+        all.contains("--cookie puts the cookie in the process list"),
+        "no warning about --cookie:\n{all}"
+    );
+    child.start_kill().expect("kill");
+}
