@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quicmesh_rpc::CallContext;
 use quicmesh_wire::NodeName;
 use quicmesh_wire::coord::{Announce, service};
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,6 @@ use tracing::info;
 
 use crate::lock::{LockError, LockGuard, LockOptions};
 use crate::{Coord, locked};
-use quicmesh_rpc::CallContext;
 
 /// How long a campaigner waits between attempts at a held lock, at most.
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(250);

@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use quicmesh_rpc::CallContext;
 use quicmesh_wire::NodeName;
 use quicmesh_wire::coord::{GroupChange, GroupJoins, service};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::{Coord, locked};
-use quicmesh_rpc::CallContext;
 
 /// Longest group or service name, in bytes.
 const MAX_NAME: usize = 255;
@@ -51,7 +51,6 @@ pub enum GroupEvent {
     },
 }
 
-/// A change sent to the other nodes.
 /// `(group, service) → how many times joined`, per node.
 type Joins = BTreeMap<(String, String), u32>;
 

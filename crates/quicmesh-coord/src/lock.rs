@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quicmesh_rpc::{CallContext, RpcError};
 use quicmesh_wire::NodeName;
 use quicmesh_wire::coord::{
     LockAcquire, LockAnswer, LockConfirm, LockRelease, LockRequester, service,
@@ -27,8 +28,6 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
-
-use quicmesh_rpc::{CallContext, RpcError};
 
 use crate::{Coord, locked};
 

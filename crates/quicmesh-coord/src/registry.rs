@@ -16,6 +16,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use quicmesh_rpc::{CallContext, RpcError};
 use quicmesh_wire::NodeName;
 use quicmesh_wire::coord::{Hlc, PutAnswer, Registration, service};
 use serde::Serialize;
@@ -25,7 +26,6 @@ use tracing::{info, warn};
 
 use crate::lock::{LockError, LockOptions, join_all};
 use crate::{Coord, locked};
-use quicmesh_rpc::{CallContext, RpcError};
 
 /// Longest registered name, in bytes.
 const MAX_NAME: usize = 255;
@@ -229,7 +229,6 @@ impl fmt::Debug for State {
     }
 }
 
-/// What a `put` found.
 /// The global registry of a node (`quicmesh::Node::registry`).
 #[derive(Clone)]
 pub struct Registry {

@@ -95,7 +95,12 @@ impl Inner {
         match hello::judge(&hello, &name, &self.me, self.tasks.is_cancelled()) {
             Verdict::Accept => {}
             Verdict::Refuse(r) => {
-                debug!(peer = %name, "refusing: {r:?}");
+                if let Refusal::NameMismatch { claimed, .. } = &r {
+                    // An operator's mistake, or someone pretending: say so.
+                    warn!(peer = %name, "refused a node whose certificate names {name} but that calls itself {claimed}");
+                } else {
+                    debug!(peer = %name, "refusing: {r:?}");
+                }
                 let _ = io::write_frame(&mut send, &Control::Refuse(r), 1024).await;
                 let _ = send.finish();
                 let _ = within(timeout, conn.closed()).await;
