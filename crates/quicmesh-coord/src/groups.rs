@@ -19,8 +19,11 @@ use crate::{Coord, locked};
 
 /// Longest group or service name, in bytes.
 const MAX_NAME: usize = 255;
-/// At most this many (group, service) pairs are taken from a peer's sync.
+/// At most this many (group, service) pairs per node: what a peer's sync
+/// carries past it is not taken, a join past it is refused.
 const MAX_SYNC: usize = 65_536;
+/// At most this many joins of one (group, service) pair per node.
+const MAX_JOINS: u32 = 1024;
 
 /// A member of a group: a service on a node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -68,7 +71,8 @@ impl State {
     }
 
     /// Applies one join or leave of `node`'s; `false` if a leave found
-    /// nothing to leave.
+    /// nothing to leave, or a join is past the node's limits ([`MAX_SYNC`]
+    /// pairs, [`MAX_JOINS`] joins of one pair).
     fn apply(&self, node: &NodeName, group: &str, service: &str, joined: bool) -> bool {
         let member = Member {
             node: node.clone(),
@@ -79,7 +83,14 @@ impl State {
             let joins = by_node.entry(node.clone()).or_default();
             let key = (group.to_owned(), service.to_owned());
             if joined {
-                *joins.entry(key).or_insert(0) += 1;
+                if !joins.contains_key(&key) && joins.len() >= MAX_SYNC {
+                    return false;
+                }
+                let n = joins.entry(key).or_insert(0);
+                if *n >= MAX_JOINS {
+                    return false;
+                }
+                *n += 1;
             } else {
                 match joins.get_mut(&key) {
                     None => return false,
@@ -168,7 +179,8 @@ impl Groups {
 
     /// Adds this node's `service` to `group` (once more, if it is in it)
     /// and tells the connected nodes. `false` if a name is empty or over
-    /// 255 bytes.
+    /// 255 bytes, or past this node's limits (65,536 group and service
+    /// pairs, 1024 joins of one pair).
     pub async fn join(&self, group: &str, service: &str) -> bool {
         self.change(group, service, true).await
     }
@@ -314,4 +326,37 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
             coord.groups.replace(&ctx.from, joins);
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_memberships_stop_at_their_limits() {
+        let state = State::new();
+        let node: NodeName = "a@h".parse().unwrap();
+        for _ in 0..MAX_JOINS {
+            assert!(state.apply(&node, "g", "s", true));
+        }
+        assert!(
+            !state.apply(&node, "g", "s", true),
+            "joins of one pair are capped"
+        );
+        for i in 1..MAX_SYNC {
+            assert!(state.apply(&node, &format!("g{i}"), "s", true));
+        }
+        assert!(
+            !state.apply(&node, "one-too-many", "s", true),
+            "pairs are capped"
+        );
+        assert!(state.apply(&node, "g", "s", false), "leaving still works");
+        let other: NodeName = "b@h".parse().unwrap();
+        assert!(
+            state.apply(&other, "g", "s", true),
+            "the limits are per node"
+        );
+        let pairs = locked(&state.by_node).get(&node).map(BTreeMap::len);
+        assert_eq!(pairs, Some(MAX_SYNC));
+    }
 }
