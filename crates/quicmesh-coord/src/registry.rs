@@ -29,8 +29,9 @@ use crate::{Coord, locked};
 
 /// Longest registered name, in bytes.
 const MAX_NAME: usize = 255;
-/// At most this many names per node are taken from a peer's sync.
-const MAX_SYNC: usize = 65_536;
+/// At most this many names per owner: what a peer's sync carries past it
+/// is not taken, a registration past it is refused.
+const MAX_PER_OWNER: usize = 65_536;
 
 /// A clock reading after both `last` and the wall clock reading
 /// `wall_millis`.
@@ -113,6 +114,12 @@ pub enum RegistryError {
     /// The name is empty or longer than 255 bytes.
     #[error("bad name {0:?}: 1 to 255 bytes")]
     BadName(String),
+    /// This node has as many names as a node may have: unregister some.
+    #[error("this node has {limit} registered names, the most a node may have")]
+    TooMany {
+        /// Names per node.
+        limit: usize,
+    },
     /// The name's cluster lock was not taken.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -121,8 +128,60 @@ pub enum RegistryError {
     Rpc(#[from] RpcError),
 }
 
+/// The registered names, with how many each owner has.
+#[derive(Debug, Default)]
+struct Names {
+    by_name: HashMap<String, Registration>,
+    per_owner: HashMap<NodeName, usize>,
+}
+
+impl Names {
+    fn get(&self, name: &str) -> Option<&Registration> {
+        self.by_name.get(name)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Registration> {
+        self.by_name.values()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.by_name.keys()
+    }
+
+    /// How many names `owner` has here.
+    fn owned_by(&self, owner: &NodeName) -> usize {
+        self.per_owner.get(owner).copied().unwrap_or(0)
+    }
+
+    fn insert(&mut self, registration: Registration) {
+        *self
+            .per_owner
+            .entry(registration.owner.clone())
+            .or_insert(0) += 1;
+        let name = registration.name.clone();
+        if let Some(old) = self.by_name.insert(name, registration) {
+            self.uncount(&old.owner);
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Registration> {
+        let old = self.by_name.remove(name)?;
+        self.uncount(&old.owner);
+        Some(old)
+    }
+
+    fn uncount(&mut self, owner: &NodeName) {
+        if let Some(n) = self.per_owner.get_mut(owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_owner.remove(owner);
+            }
+        }
+    }
+}
+
 pub(crate) struct State {
-    names: Mutex<HashMap<String, Registration>>,
+    names: Mutex<Names>,
     clock: Mutex<Hlc>,
     resolver: Mutex<Resolver>,
     events: broadcast::Sender<RegistryEvent>,
@@ -131,7 +190,7 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn new() -> Self {
         Self {
-            names: Mutex::new(HashMap::new()),
+            names: Mutex::new(Names::default()),
             clock: Mutex::new(Hlc {
                 millis: 0,
                 counter: 0,
@@ -163,21 +222,23 @@ impl State {
     }
 
     /// Takes in `incoming` (from its owner): stored if the name is free or
-    /// already the owner's; else resolved against what is stored.
-    fn merge(&self, me: &NodeName, incoming: Registration) {
+    /// already the owner's; else resolved against what is stored. `false`
+    /// if it is a new name of an owner that has [`MAX_PER_OWNER`] already.
+    fn merge(&self, me: &NodeName, incoming: Registration) -> bool {
         self.observe(incoming.registered_at);
         let resolver = locked(&self.resolver).clone();
         let mut names = locked(&self.names);
         let event = match names.get(&incoming.name) {
+            None if names.owned_by(&incoming.owner) >= MAX_PER_OWNER => return false,
             None => {
-                names.insert(incoming.name.clone(), incoming.clone());
+                names.insert(incoming.clone());
                 RegistryEvent::Registered(incoming)
             }
             Some(stored) if stored.owner == incoming.owner => {
                 if *stored == incoming {
-                    return;
+                    return true;
                 }
-                names.insert(incoming.name.clone(), incoming.clone());
+                names.insert(incoming.clone());
                 RegistryEvent::Registered(incoming)
             }
             Some(stored) => {
@@ -193,7 +254,7 @@ impl State {
                     Keep::First => (a, b),
                     Keep::Second => (b, a),
                 };
-                names.insert(kept.name.clone(), kept.clone());
+                names.insert(kept.clone());
                 if dropped.owner == *me {
                     warn!(name = %dropped.name, winner = %kept.owner, "lost a registered name in a conflict");
                 } else {
@@ -204,6 +265,7 @@ impl State {
         };
         drop(names);
         self.emit(event);
+        true
     }
 
     fn remove_if(&self, name: &str, owner: &NodeName, owner_down: bool) {
@@ -258,6 +320,12 @@ impl Registry {
             name: name.to_owned(),
             owner,
         };
+        let me = self.coord.me().clone();
+        if locked(&self.state().names).owned_by(&me) >= MAX_PER_OWNER {
+            return Err(RegistryError::TooMany {
+                limit: MAX_PER_OWNER,
+            });
+        }
         let guard = crate::lock::acquire(
             &self.coord,
             &format!("quicmesh.registry/{name}"),
@@ -267,7 +335,6 @@ impl Registry {
         if let Some(r) = self.whereis(name) {
             return Err(taken(r.owner));
         }
-        let me = self.coord.me().clone();
         let registration = Registration {
             name: name.to_owned(),
             owner: me.clone(),
@@ -296,6 +363,9 @@ impl Registry {
             Ok(PutAnswer::Taken(owner)) => Some(owner.clone()),
             _ => None,
         });
+        let full = answers
+            .iter()
+            .any(|(_, a)| matches!(a, Ok(PutAnswer::Full)));
         for (peer, answer) in &answers {
             if let Err(e) = answer {
                 warn!(peer = %peer, name, "could not tell a node of a registration: {e}");
@@ -306,7 +376,12 @@ impl Registry {
             self.delete_everywhere(&registration, &peers).await;
             return Err(taken(owner));
         }
-        self.state().merge(&me, registration.clone());
+        if full || !self.state().merge(&me, registration.clone()) {
+            self.delete_everywhere(&registration, &peers).await;
+            return Err(RegistryError::TooMany {
+                limit: MAX_PER_OWNER,
+            });
+        }
         guard.release().await;
         Ok(registration)
     }
@@ -444,8 +519,11 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
             {
                 return PutAnswer::Taken(stored.owner.clone());
             }
-            state.merge(coord.me(), r);
-            PutAnswer::Stored
+            if state.merge(coord.me(), r) {
+                PutAnswer::Stored
+            } else {
+                PutAnswer::Full
+            }
         },
     );
     crate::serve(
@@ -459,9 +537,9 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
         coord,
         service::REGISTRY_SYNC,
         |coord, ctx: &CallContext, names: Vec<Registration>| {
-            for r in names.into_iter().take(MAX_SYNC) {
+            for r in names.into_iter().take(MAX_PER_OWNER) {
                 if r.owner == ctx.from && !r.name.is_empty() && r.name.len() <= MAX_NAME {
-                    coord.registry.merge(coord.me(), r);
+                    let _ = coord.registry.merge(coord.me(), r);
                 }
             }
         },
@@ -471,6 +549,59 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn registration(name: &str, owner: &str) -> Registration {
+        Registration {
+            name: name.to_owned(),
+            owner: owner.parse().unwrap(),
+            service: "s".to_owned(),
+            registered_at: Hlc {
+                millis: 1,
+                counter: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn an_owner_has_at_most_its_share_of_names() {
+        let state = State::new();
+        let me: NodeName = "me@h".parse().unwrap();
+        for i in 0..MAX_PER_OWNER {
+            assert!(state.merge(&me, registration(&format!("n{i}"), "a@h")));
+        }
+        assert!(
+            !state.merge(&me, registration("one-more", "a@h")),
+            "a's share is full"
+        );
+        assert!(
+            state.merge(&me, registration("n0", "a@h")),
+            "what it has may be renewed"
+        );
+        assert!(
+            state.merge(&me, registration("x", "b@h")),
+            "b has its own share"
+        );
+        let owner: NodeName = "a@h".parse().unwrap();
+        state.remove_if("n1", &owner, false);
+        assert!(
+            state.merge(&me, registration("one-more", "a@h")),
+            "a freed one"
+        );
+        let names = locked(&state.names);
+        assert_eq!(names.owned_by(&owner), MAX_PER_OWNER);
+        assert_eq!(names.owned_by(&"b@h".parse().unwrap()), 1);
+    }
+
+    #[test]
+    fn counts_follow_a_name_that_changes_owner_in_a_conflict() {
+        let mut names = Names::default();
+        names.insert(registration("x", "a@h"));
+        names.insert(registration("x", "b@h"));
+        assert_eq!(names.owned_by(&"a@h".parse().unwrap()), 0);
+        assert_eq!(names.owned_by(&"b@h".parse().unwrap()), 1);
+        assert!(names.remove("x").is_some());
+        assert!(names.per_owner.is_empty());
+    }
 
     #[test]
     fn the_clock_passes_the_wall_and_every_reading() {

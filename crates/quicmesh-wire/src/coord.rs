@@ -127,6 +127,8 @@ pub enum PutAnswer {
     Stored,
     /// This node knows another owner of the name.
     Taken(NodeName),
+    /// The owner has as many names as an owner may have here.
+    Full,
 }
 
 /// The sender's service joined (or left) a group.
@@ -209,6 +211,11 @@ mod tests {
         assert_eq!(
             postcard::to_allocvec(&PutAnswer::Taken(n("b@h"))).unwrap(),
             [1, 3, b'b', b'@', b'h']
+        );
+        assert_eq!(
+            postcard::to_allocvec(&PutAnswer::Full).unwrap(),
+            [2],
+            "appended"
         );
         let joins = GroupJoins {
             group: "g".into(),
