@@ -47,8 +47,9 @@
 //! ```
 //!
 //! The streams of [`Node::open_bi`] / [`Node::open_uni`] and
-//! [`IncomingStream`] are quinn's ([`SendStream`], [`RecvStream`]); the
-//! errors of their methods are quinn 0.11's.
+//! [`IncomingStream`] are quinn's ([`SendStream`], [`RecvStream`]),
+//! re-exported with the errors of their methods ([`ReadError`],
+//! [`WriteError`], …) and [`VarInt`], the type of their reset codes.
 
 mod config;
 mod error;
@@ -92,4 +93,7 @@ pub use quicmesh_rpc::{
     RpcConfig, RpcError, Side, StreamingCall, is_unknown_protocol,
 };
 pub use quicmesh_wire::{DEFAULT_PORT, NameError, NodeAddr, NodeName};
-pub use quinn::{RecvStream, SendStream, VarInt};
+pub use quinn::{
+    ClosedStream, ReadError, ReadExactError, ReadToEndError, RecvStream, SendStream, StoppedError,
+    VarInt, WriteError,
+};

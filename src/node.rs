@@ -346,7 +346,9 @@ impl Node {
 
     /// The global name registry, shared by every connected node.
     pub fn registry(&self) -> Registry {
-        self.coord().registry()
+        // A registry handle keeps its node running, as a Node clone does.
+        let node: Arc<dyn std::any::Any + Send + Sync> = self.layers.clone();
+        self.coord().registry(Some(node))
     }
 
     /// The process groups, shared by every connected node.

@@ -87,10 +87,16 @@ impl Coord {
         coord
     }
 
-    /// The global name registry.
-    pub fn registry(self: &Arc<Self>) -> Registry {
+    /// The global name registry; `node`, if given, is kept alive as long
+    /// as the registry handle is (the facade passes the node itself, so a
+    /// registry handle keeps its node running, as a `Node` clone would).
+    pub fn registry(
+        self: &Arc<Self>,
+        node: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    ) -> Registry {
         Registry {
             coord: self.clone(),
+            _node: node,
         }
     }
 

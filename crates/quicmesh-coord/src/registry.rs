@@ -295,6 +295,8 @@ impl fmt::Debug for State {
 #[derive(Clone)]
 pub struct Registry {
     pub(crate) coord: Arc<Coord>,
+    /// Keeps the node running while the registry is in use.
+    pub(crate) _node: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl fmt::Debug for Registry {

@@ -134,6 +134,10 @@ impl Discovery {
             }
         };
         let mesh = &self.inner.mesh;
+        if forget {
+            // A configured seed is dialled at its configured host again.
+            mesh.set_dial_addrs(name, Vec::new());
+        }
         if forget && !mesh.is_configured_seed(name) {
             info!(peer = %name, %topology, "pruned: no longer discovered");
             mesh.disconnect(name);

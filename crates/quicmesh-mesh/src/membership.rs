@@ -531,56 +531,62 @@ impl Inner {
         }
         for p in to_dial {
             let inner = self.clone();
-            self.tasks.spawn(async move {
-                let permit = tokio::select! {
-                    biased;
-                    _ = inner.tasks.cancelled() => None,
-                    permit = inner.dials.clone().acquire_owned() => permit.ok(),
-                };
-                let result = match permit {
-                    Some(_permit) => inner.dial_learnt(&p).await,
-                    None => {
-                        inner.update(|t| t.end_dial(&p.name, None));
-                        return;
-                    }
-                };
-                if let Err(e) = result {
-                    inner.update(|t| t.forget_stranger(&p.name));
-                    if !inner.tasks.is_cancelled()
-                        && let Some(earlier) = inner.dial_failures_logged.allow()
-                    {
-                        let peer = &p.name;
-                        let more = earlier.since_last();
-                        warn!(%peer, "could not connect to a node a peer knows: {e}{more}");
-                    }
-                }
-            });
+            self.tasks.spawn(async move { inner.dial_learnt(p).await });
         }
     }
 
-    /// Dials a node a peer told of (its dial counted already). A node
-    /// that still hears a restarted peer's old connection refuses the new
-    /// one as a name in use for a moment (until it goes quiet, or at the
-    /// latest until it is declared down): such a dial is tried again,
-    /// every two heartbeat intervals, for one heartbeat timeout.
-    async fn dial_learnt(self: &Arc<Self>, p: &PeerInfo) -> Result<(), ConnectError> {
+    /// Dials a node a peer told of (queued in the table), when one of the
+    /// `max_dials` permits is free. A node that still hears a restarted
+    /// peer's old connection refuses the new one as a name in use for a
+    /// moment (until it goes quiet, or at the latest until it is declared
+    /// down): such a dial is queued again and tried every two heartbeat
+    /// intervals for one heartbeat timeout. Any other failure forgets the
+    /// name (it may be told of again).
+    async fn dial_learnt(self: Arc<Self>, p: PeerInfo) {
         let hb = self.config.heartbeat;
         let pause = hb.interval * 2;
         let mut retries = hb.timeout.as_millis() / pause.as_millis().max(1) + 1;
         loop {
-            let result = self.dial_started(&p.name, &p.addrs).await;
-            if !matches!(result, Err(ConnectError::NameInUse { .. })) || retries == 0 {
-                return result;
-            }
-            retries -= 1;
-            tokio::select! {
+            let permit = tokio::select! {
                 biased;
-                _ = self.tasks.cancelled() => return result,
-                _ = tokio::time::sleep(pause) => {}
+                _ = self.tasks.cancelled() => None,
+                permit = self.dials.clone().acquire_owned() => permit.ok(),
+            };
+            let Some(permit) = permit else {
+                self.update(|t| t.unqueue(&p.name));
+                return;
+            };
+            if !self.update(|t| t.start_queued(&p.name)) {
+                return; // up meanwhile
             }
-            if !self.update(|t| t.begin_dial(&p.name)) {
-                return Ok(()); // up meanwhile
+            let result = self.dial_started(&p.name, &p.addrs).await;
+            drop(permit);
+            let e = match result {
+                Ok(()) => return,
+                Err(ConnectError::NameInUse { .. }) if retries > 0 => {
+                    retries -= 1;
+                    if !self.update(|t| t.requeue(&p.name)) {
+                        return;
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = self.tasks.cancelled() => {
+                            self.update(|t| t.unqueue(&p.name));
+                            return;
+                        }
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+                Err(e) => e,
+            };
+            self.update(|t| t.forget_stranger(&p.name));
+            if !self.tasks.is_cancelled()
+                && let Some(earlier) = self.dial_failures_logged.allow()
+            {
+                let (peer, more) = (&p.name, earlier.since_last());
+                warn!(%peer, "could not connect to a node a peer knows: {e}{more}");
             }
+            return;
         }
     }
 

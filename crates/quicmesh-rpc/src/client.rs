@@ -46,10 +46,10 @@ pub(crate) struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Sends `body` to the service on `peer`; for a call, waits for the
-    /// response body. Everything under the timeout. Small requests go on
-    /// the connection's lane (opened by the first), large ones on a stream
-    /// each.
+    /// Sends `body` (at most `max` bytes: checked by the caller) to the
+    /// service on `peer`; for a call, waits for the response body.
+    /// Everything under the timeout. Small requests go on the connection's
+    /// lane (opened by the first), large ones on a stream each.
     pub(crate) async fn run(
         &self,
         peer: &Peer,
@@ -57,13 +57,6 @@ impl Call<'_> {
         tasks: &Tasks,
         body: Bytes,
     ) -> Result<Vec<u8>, RpcError> {
-        if body.len() > self.max {
-            return Err(RpcError::TooLarge {
-                side: Side::Request,
-                service: self.service.to_owned(),
-                limit: self.max as u64,
-            });
-        }
         let exchange = async {
             if body.len() <= LANE_MAX_BODY {
                 let state = conns.of(peer);

@@ -290,13 +290,21 @@ impl Rpc {
         timeout: Duration,
         mode: RpcMode,
     ) -> Result<Vec<u8>, RpcError> {
+        let max = self.config.max_message;
+        if body.len() > max {
+            return Err(RpcError::TooLarge {
+                side: Side::Request,
+                service: service.to_owned(),
+                limit: max as u64,
+            });
+        }
         let connected = self.connected(peer)?;
         let call = Call {
             peer,
             service,
             timeout,
             mode,
-            max: self.config.max_message,
+            max,
         };
         let served = &self.served;
         call.run(&connected, &served.conns, &served.tasks, body)

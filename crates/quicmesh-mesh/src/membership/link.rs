@@ -21,7 +21,7 @@ use crate::config::HeartbeatConfig;
 use crate::event::DownReason;
 use crate::io::{self, StreamError, within};
 use crate::peer::{Peer, Violation};
-use crate::router::{HandlerFuture, Router, StreamHandler, refuse};
+use crate::router::{HandlerFuture, StreamHandler, refuse};
 use crate::transport;
 
 /// The control stream of an installed connection: its two halves, the
@@ -52,10 +52,7 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
         } = control;
         jobs.spawn(write_control(send, queue, first, max).in_current_span());
         jobs.spawn(read_control(inner.clone(), peer.clone(), recv).in_current_span());
-        if let Some(router) = inner.router().cloned() {
-            let patience = inner.config.handshake_timeout;
-            jobs.spawn(serve_streams(router, peer.clone(), patience).in_current_span());
-        }
+        jobs.spawn(serve_streams(inner.clone(), peer.clone()).in_current_span());
         jobs.spawn(drain_datagrams(conn.clone()));
 
         let reason = tokio::select! {
@@ -160,21 +157,22 @@ async fn read_control(inner: Arc<Inner>, peer: Peer, mut recv: RecvStream) {
 }
 
 /// Accepts the streams the peer opens and hands each to its handler.
-async fn serve_streams(router: Arc<Router>, peer: Peer, patience: std::time::Duration) {
+async fn serve_streams(inner: Arc<Inner>, peer: Peer) {
     let conn = peer.connection().clone();
+    let patience = inner.config.handshake_timeout;
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    let served = route(router.clone(), peer.clone(), Some(send), recv, patience);
+                    let served = route(inner.clone(), peer.clone(), Some(send), recv, patience);
                     streams.spawn(served.in_current_span());
                 }
                 Err(_) => return,
             },
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    let served = route(router.clone(), peer.clone(), None, recv, patience);
+                    let served = route(inner.clone(), peer.clone(), None, recv, patience);
                     streams.spawn(served.in_current_span());
                 }
                 Err(_) => return,
@@ -185,9 +183,10 @@ async fn serve_streams(router: Arc<Router>, peer: Peer, patience: std::time::Dur
 }
 
 /// Reads a stream's kind (within `patience`) and runs its handler; a
-/// kind nobody serves is refused with `UnknownStreamKind`.
+/// kind nobody serves (or any, before the mesh started) is refused with
+/// `UnknownStreamKind`.
 async fn route(
-    router: Arc<Router>,
+    inner: Arc<Inner>,
     peer: Peer,
     mut send: Option<SendStream>,
     mut recv: RecvStream,
@@ -201,9 +200,10 @@ async fn route(
         Some(Err(StreamError::Transport(_))) => return,
         Some(Ok(kind)) => kind,
     };
-    let handler = match kind {
-        Ok(kind) => router.get(kind),
-        Err(code) => {
+    let handler = match (kind, inner.router()) {
+        (Ok(kind), Some(router)) => router.get(kind),
+        (Ok(_), None) => None,
+        (Err(code), _) => {
             debug!("refused a stream of unknown kind {code:#06x}");
             None
         }

@@ -70,7 +70,7 @@ impl Inner {
                 node: name.clone(),
                 state: if p.up.is_some() {
                     PeerState::Up
-                } else if p.dialing > 0 {
+                } else if p.dialing > 0 || p.queued {
                     PeerState::Connecting
                 } else {
                     PeerState::Down

@@ -31,6 +31,9 @@ pub(crate) struct Peer<L> {
     pub(crate) up: Option<UpPeer<L>>,
     /// Dials to it in progress from this node.
     pub(crate) dialing: u32,
+    /// A peer told of it; a dial waits for its turn (it is known, but not
+    /// being dialled, so its own dial to this node is not refused).
+    pub(crate) queued: bool,
     /// Where it listens.
     pub(crate) addrs: Vec<SocketAddr>,
     /// Set when it came from configuration or discovery: re-dialled while down.
@@ -45,6 +48,7 @@ impl<L> Default for Peer<L> {
         Self {
             up: None,
             dialing: 0,
+            queued: false,
             addrs: Vec::new(),
             seed: None,
             incarnation: None,
@@ -66,6 +70,9 @@ pub(crate) enum Installed<L> {
     /// `NodeDown { Restarted }` then `NodeUp`; close `old`.
     Restarted { old: L },
 }
+
+/// Most addresses kept of a peer someone told of.
+pub(crate) const MAX_ADDRS: usize = 4;
 
 /// The peer table of one node.
 #[derive(Debug)]
@@ -97,7 +104,7 @@ impl<L: Link + Clone> PeerTable<L> {
     pub(crate) fn is_known(&self, name: &NodeName) -> bool {
         self.peers
             .get(name)
-            .is_some_and(|p| p.up.is_some() || p.dialing > 0 || p.seed.is_some())
+            .is_some_and(|p| p.up.is_some() || p.dialing > 0 || p.queued || p.seed.is_some())
     }
 
     /// Up peers, with their links.
@@ -244,33 +251,96 @@ impl<L: Link + Clone> PeerTable<L> {
     }
 
     /// Takes in what a peer said it knows, up to `max` entries in the
-    /// whole table: the ones to dial now (counted as dials in progress)
+    /// whole table: the ones to dial (queued: see [`Self::start_queued`])
     /// and how many new names did not fit. Names already known, this
-    /// node's own and entries without an address are passed over.
+    /// node's own and entries without an address are passed over; at most
+    /// [`MAX_ADDRS`] addresses of each are kept. When the table is full,
+    /// room is made by forgetting peers that are down and tie this node to
+    /// nothing (no seed, no dial), those down longest first.
     pub(crate) fn learn(&mut self, told: Vec<PeerInfo>, max: usize) -> (Vec<PeerInfo>, u64) {
         let mut to_dial = Vec::new();
         let mut refused = 0u64;
-        for p in told {
+        let mut evictable: Option<Vec<NodeName>> = None;
+        for mut p in told {
             if p.name == self.me || p.addrs.is_empty() || self.is_known(&p.name) {
                 continue;
             }
             if !self.peers.contains_key(&p.name) && self.peers.len() >= max {
-                refused += 1;
-                continue;
+                let room = evictable.get_or_insert_with(|| self.evictable());
+                match room.pop() {
+                    Some(gone) => {
+                        self.peers.remove(&gone);
+                    }
+                    None => {
+                        refused += 1;
+                        continue;
+                    }
+                }
             }
-            if self.begin_dial(&p.name) {
-                to_dial.push(p);
-            }
+            p.addrs.truncate(MAX_ADDRS);
+            self.peers.entry(p.name.clone()).or_default().queued = true;
+            to_dial.push(p);
         }
         (to_dial, refused)
     }
 
+    /// Peers that are down and tie this node to nothing, those down the
+    /// shortest time first (so `pop` takes the longest down).
+    fn evictable(&self) -> Vec<NodeName> {
+        let mut down: Vec<_> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.up.is_none() && p.dialing == 0 && !p.queued && p.seed.is_none())
+            .map(|(n, p)| (p.last_down.as_ref().map(|(_, at)| *at), n.clone()))
+            .collect();
+        down.sort_unstable_by(|a, b| b.cmp(a));
+        down.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// A queued dial to `name` gets its turn: `true` if it should go
+    /// ahead (counted as a dial in progress), `false` if the peer is up
+    /// meanwhile.
+    pub(crate) fn start_queued(&mut self, name: &NodeName) -> bool {
+        let Some(p) = self.peers.get_mut(name) else {
+            return false;
+        };
+        p.queued = false;
+        if p.up.is_some() {
+            return false;
+        }
+        p.dialing += 1;
+        true
+    }
+
+    /// Puts `name` back in the queue (a dial to it is to be tried again
+    /// later); `false` if it is up meanwhile.
+    pub(crate) fn requeue(&mut self, name: &NodeName) -> bool {
+        match self.peers.get_mut(name) {
+            Some(p) if p.up.is_none() => {
+                p.queued = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A queued dial will not happen (the node is stopping).
+    pub(crate) fn unqueue(&mut self, name: &NodeName) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.queued = false;
+        }
+    }
+
     /// Forgets `name` if nothing ties this node to it: it was never up,
-    /// is no seed and no dial to it is in progress (a name a peer told of
-    /// that could not be reached). `true` if it was forgotten.
+    /// is no seed and no dial to it is in progress or queued (a name a
+    /// peer told of that could not be reached). `true` if it was forgotten.
     pub(crate) fn forget_stranger(&mut self, name: &NodeName) -> bool {
         let stranger = self.peers.get(name).is_some_and(|p| {
-            p.up.is_none() && p.incarnation.is_none() && p.seed.is_none() && p.dialing == 0
+            p.up.is_none()
+                && p.incarnation.is_none()
+                && p.seed.is_none()
+                && p.dialing == 0
+                && !p.queued
         });
         if stranger {
             self.peers.remove(name);
@@ -356,6 +426,7 @@ mod tests {
             name: n("x@h"),
             addrs: Vec::new(),
         });
+        list[1].addrs = vec!["127.0.0.1:1".parse().unwrap(); 100];
         let (dial, refused) = t.learn(list, 3);
         let names: Vec<_> = dial.iter().map(|p| p.name.to_string()).collect();
         assert_eq!(
@@ -363,14 +434,57 @@ mod tests {
             ["b@h", "c@h"],
             "self, repeats and address-less entries pass"
         );
+        assert_eq!(
+            dial[0].addrs.len(),
+            MAX_ADDRS,
+            "a few addresses of each are kept"
+        );
         assert_eq!(refused, 2, "d and e do not fit: the seed and b, c fill 3");
         assert_eq!(t.iter().count(), 3);
         let (again, refused) = t.learn(told(&["b@h", "c@h"]), 3);
-        assert!(
-            again.is_empty(),
-            "names being dialled are not dialled twice"
-        );
+        assert!(again.is_empty(), "queued names are not queued twice");
         assert_eq!(refused, 0);
+    }
+
+    #[test]
+    fn a_queued_dial_is_no_dial_in_progress_for_the_tie_break() {
+        // a < b: b's connection is refused while a has its own dial out.
+        let mut b = PeerTable::<L>::new(n("b@h"));
+        b.learn(told(&["c@h"]), 10);
+        assert!(b.is_known(&n("c@h")));
+        assert!(
+            b.should_accept(&n("c@h"), 1),
+            "queued only: c's own dial is taken"
+        );
+        assert!(b.start_queued(&n("c@h")));
+        assert!(!b.should_accept(&n("c@h"), 1), "now b's dial is out");
+        b.end_dial(&n("c@h"), Some("unreachable".into()));
+        assert!(b.requeue(&n("c@h")), "to be tried again");
+        assert!(b.is_known(&n("c@h")));
+        b.install(&n("c@h"), up(1, 1), vec![]);
+        assert!(!b.start_queued(&n("c@h")), "up meanwhile: no dial");
+        assert!(!b.requeue(&n("c@h")));
+    }
+
+    #[test]
+    fn a_full_table_makes_room_by_forgetting_the_longest_down() {
+        let mut t = PeerTable::<L>::new(n("a@h"));
+        let at = |s: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        for (i, name) in ["b@h", "c@h", "d@h"].iter().enumerate() {
+            t.install(&n(name), up(i, 1), vec![]);
+            t.link_closed(&n(name), i, DownReason::Shutdown, at(10 - i as u64));
+        }
+        t.add_seed("s@h:1".parse().unwrap());
+        // Full at 4: b (down longest ago... at 10), c (9), d (8), the seed s.
+        let (dial, refused) = t.learn(told(&["e@h", "f@h"]), 4);
+        assert_eq!(dial.len(), 2);
+        assert_eq!(refused, 0);
+        assert!(t.get(&n("d@h")).is_none(), "d went down first: it went");
+        assert!(t.get(&n("c@h")).is_none());
+        assert!(t.get(&n("b@h")).is_some());
+        assert!(t.is_seed(&n("s@h")), "seeds are never made room for");
+        let (dial, refused) = t.learn(told(&["g@h", "h@h"]), 4);
+        assert_eq!((dial.len(), refused), (1, 1), "b made room once; then full");
     }
 
     #[test]
@@ -379,10 +493,11 @@ mod tests {
         let (dial, _) = t.learn(told(&["b@h", "c@h", "s@h"]), 10);
         assert_eq!(dial.len(), 3);
         t.add_seed("s@h:1".parse().unwrap());
-        assert!(
-            !t.forget_stranger(&n("b@h")),
-            "its dial is still in progress"
-        );
+        assert!(!t.forget_stranger(&n("b@h")), "its dial is still queued");
+        for name in ["b@h", "c@h", "s@h"] {
+            assert!(t.start_queued(&n(name)));
+        }
+        assert!(!t.forget_stranger(&n("b@h")), "its dial is in progress");
         for name in ["b@h", "c@h", "s@h"] {
             t.end_dial(&n(name), Some("unreachable".into()));
         }
