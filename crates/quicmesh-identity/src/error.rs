@@ -19,6 +19,17 @@ pub enum IdentityError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A private key file can be read by group or others.
+    #[error(
+        "key file {path} has mode {mode:o}, readable by others: \
+         run `chmod 600 {path}` (the key is a node's or the CA's identity)"
+    )]
+    KeyFileOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The cookie is empty.
     #[error("the cookie is empty: set a non-empty cookie")]
     EmptyCookie,

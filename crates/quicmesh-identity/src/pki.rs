@@ -84,7 +84,7 @@ impl CertificateAuthority {
             .into_iter()
             .next()
             .ok_or_else(|| bad_pem(cert_path, "no certificate in file"))?;
-        let key_pem = read_file(key_path)?;
+        let key_pem = read_key(key_path)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| bad_pem(key_path, &e.to_string()))?;
         let issuer =
             Issuer::from_ca_cert_der(&cert, key).map_err(|e| bad_pem(cert_path, &e.to_string()))?;
@@ -199,7 +199,7 @@ impl CertFiles {
         if chain.is_empty() {
             return Err(bad_pem(&self.cert, "no certificate in file"));
         }
-        let key_pem = read_file(&self.key)?;
+        let key_pem = read_key(&self.key)?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| bad_pem(&self.key, &e.to_string()))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((ca, chain, key))
@@ -330,6 +330,24 @@ fn read_file(path: &Path) -> Result<String, IdentityError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Reads a private key file, refusing one readable by group or others (as
+/// a cookie file is refused).
+fn read_key(path: &Path) -> Result<String, IdentityError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = fs::metadata(path).map_err(|source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::KeyFileOpen {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    read_file(path)
 }
 
 fn bad_pem(path: &Path, what: &str) -> IdentityError {

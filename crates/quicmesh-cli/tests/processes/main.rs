@@ -700,6 +700,38 @@ fn operator_mistakes_get_a_clear_answer_and_no_panic() {
     let out = quicmesh(&["certs", "ca", "--out", d]);
     assert!(out.status.success());
 
+    // A key file others can read is refused, as a cookie file is, and the
+    // error says what to do, once.
+    let key = dir.path().join("ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = quicmesh(&["certs", "issue", "--name", "a@h", "--ca", d]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("has mode 644") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = quicmesh(&[
+        "node",
+        "--name",
+        "a@127.0.0.1:0",
+        "--ca",
+        &format!("{d}/missing.pem"),
+        "--cert",
+        &format!("{d}/a.pem"),
+        "--key",
+        &format!("{d}/a.key"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err.lines().last().expect("an error line");
+    assert!(line.contains("missing.pem"), "{err}");
+    assert_eq!(
+        line.matches("No such file").count(),
+        1,
+        "the cause is said once: {line}"
+    );
+
     // `certs show | head`: the reader is gone before the first line (a
     // socket pair with one end closed fails writes as a closed pipe does).
     let (reader, writer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
