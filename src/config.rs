@@ -109,8 +109,9 @@ pub enum IdentityConfig {
         /// should be. Default: none.
         #[serde(default)]
         cookie: Option<String>,
-        /// The cookie file (mode 0600, created if missing). Default
-        /// `~/.quicmesh.cookie`; `QUICMESH_COOKIE` wins over it.
+        /// A cookie file (mode 0600), which must exist; it wins over
+        /// `QUICMESH_COOKIE`. Default: none, then `QUICMESH_COOKIE`, then
+        /// `~/.quicmesh.cookie` (created if missing).
         #[serde(default)]
         cookie_file: Option<PathBuf>,
     },

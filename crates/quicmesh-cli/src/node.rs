@@ -22,7 +22,7 @@ pub(crate) struct NodeArgs {
     /// The cluster cookie (default: $QUICMESH_COOKIE or ~/.quicmesh.cookie).
     #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
     cookie: Option<String>,
-    /// Cookie file to use instead of ~/.quicmesh.cookie.
+    /// Cookie file (mode 0600, must exist); wins over $QUICMESH_COOKIE.
     #[arg(long, conflicts_with_all = ["cookie", "ca", "cert", "key"])]
     cookie_file: Option<PathBuf>,
     /// Certificate mode: the CA certificate to trust.

@@ -43,18 +43,32 @@ impl Cookie {
         self.0.as_bytes()
     }
 
-    /// The cookie the way Erlang finds one: `QUICMESH_COOKIE` if set, else
-    /// the file at `path` (default `~/.quicmesh.cookie`), created with a
+    /// The cookie the way Erlang finds one, the most explicit first: the
+    /// file at `path` if one is named (it must exist: a mistyped path
+    /// would otherwise become a new cluster's cookie); else
+    /// `QUICMESH_COOKIE` if set; else `~/.quicmesh.cookie`, created with a
     /// random cookie and mode 0600 when missing.
     pub fn from_env_or_file(path: Option<&Path>) -> Result<Self, IdentityError> {
+        if let Some(path) = path {
+            return Self::load(path);
+        }
         if let Ok(v) = std::env::var(COOKIE_ENV) {
             return Self::new(v);
         }
-        let path = match path {
-            Some(p) => p.to_owned(),
-            None => default_cookie_path()?,
-        };
-        Self::load_or_create(&path)
+        Self::load_or_create(&default_cookie_path()?)
+    }
+
+    /// Reads the cookie file at `path`, which must exist, refusing one
+    /// readable by group or others.
+    pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        match fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(IdentityError::NoCookieFile {
+                    path: path.to_owned(),
+                })
+            }
+            _ => Self::load_or_create(path),
+        }
     }
 
     /// Reads the cookie file at `path`, refusing one readable by group or
@@ -120,6 +134,22 @@ mod tests {
         assert_eq!(c1.expose().len(), 64);
         let c2 = Cookie::load_or_create(&p).unwrap();
         assert_eq!(c1, c2);
+    }
+
+    #[test]
+    fn a_named_cookie_file_must_exist_and_wins_over_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("typo");
+        let err = Cookie::from_env_or_file(Some(&p)).unwrap_err();
+        assert!(matches!(err, IdentityError::NoCookieFile { .. }), "{err}");
+        assert!(!p.exists(), "nothing is created at a named path");
+        fs::write(&p, "from the file").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        // The environment is this process's; a named file never reads it.
+        assert_eq!(
+            Cookie::from_env_or_file(Some(&p)).unwrap().expose(),
+            b"from the file"
+        );
     }
 
     #[test]

@@ -30,6 +30,16 @@ pub enum IdentityError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A cookie file was named but does not exist (only the default
+    /// `~/.quicmesh.cookie` is created when missing).
+    #[error(
+        "cookie file {path} does not exist: check the path, or create it with the \
+         cluster's cookie (mode 0600)"
+    )]
+    NoCookieFile {
+        /// The file.
+        path: PathBuf,
+    },
     /// The cookie is empty.
     #[error("the cookie is empty: set a non-empty cookie")]
     EmptyCookie,

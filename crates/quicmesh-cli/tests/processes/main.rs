@@ -776,3 +776,69 @@ async fn logs_have_no_colour_off_a_terminal_and_cookie_on_the_command_line_is_wa
     );
     child.start_kill().expect("kill");
 }
+
+/// Starts `quicmesh node ARGS` with `env`, waits for its "node started"
+/// log line and returns the fingerprint of the CA it trusts.
+async fn started_with_ca(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(EXE);
+    cmd.arg("node")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("QUICMESH_COOKIE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn quicmesh node");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("a log line")
+            .expect("read")
+            .expect("stderr open");
+        if line.contains("node started") {
+            let ca = line.split("ca=").nth(1).expect("ca= in the line");
+            child.start_kill().expect("kill");
+            return ca
+                .split_whitespace()
+                .next()
+                .expect("a fingerprint")
+                .to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_named_cookie_file_must_exist_and_beats_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("typo");
+    let typo = typo.to_str().expect("utf-8 path");
+    let out = quicmesh(&["node", "--name", "a@127.0.0.1:0", "--cookie-file", typo]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!Path::new(typo).exists(), "no cookie made at a named path");
+
+    let file = dir.path().join("cookie");
+    std::fs::write(&file, "the file's cookie").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let file = file.to_str().expect("utf-8 path");
+    let env = [("QUICMESH_COOKIE", "the environment's cookie")];
+    let name = ["--name", "a@127.0.0.1:0"];
+    let from_file = started_with_ca(&[&name[..], &["--cookie-file", file]].concat(), &env).await;
+    let from_env = started_with_ca(&name, &env).await;
+    let explicit = started_with_ca(
+        &[&name[..], &["--cookie", "the file's cookie"]].concat(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        from_file, explicit,
+        "--cookie-file wins over QUICMESH_COOKIE"
+    );
+    assert_ne!(from_file, from_env);
+}
