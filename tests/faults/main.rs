@@ -603,3 +603,104 @@ async fn a_peers_flood_from_one_peer_is_capped_and_the_others_stay_up() {
     })
     .await;
 }
+
+/// Sends `rate` bare ClientHellos a second to `target` until `stop`: each
+/// the first packet of a real handshake (a fresh connection id), from one
+/// socket that never answers the node. The client endpoint behind them
+/// talks to a capture socket only; its connections are kept alive (and
+/// their closes never forwarded) until the flood ends. Returns how many
+/// handshakes it started.
+async fn client_hello_flood(
+    target: std::net::SocketAddr,
+    rate: u32,
+    stop: tokio::time::Instant,
+) -> usize {
+    let capture = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let capture_addr = capture.local_addr().expect("addr");
+    let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let id = Identity::from_cookie(
+        name("flooder@127.0.0.1"),
+        &Cookie::new(COOKIE).expect("cookie"),
+        Duration::from_secs(3600),
+    )
+    .expect("identity");
+    let (tls, _) = id
+        .client_config(&name("a@127.0.0.1"))
+        .expect("client config");
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic");
+    let config = quinn::ClientConfig::new(Arc::new(quic));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let forward = async {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, _) = capture.recv_from(&mut buf).await.expect("capture");
+            let _ = sender.send_to(&buf[..n], target).await;
+        }
+    };
+    let connect = async {
+        let mut started = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+        while tokio::time::Instant::now() < stop {
+            tick.tick().await;
+            let connecting = endpoint
+                .connect_with(config.clone(), capture_addr, "quicmesh")
+                .expect("connect");
+            started.push(connecting);
+        }
+        started
+    };
+    let started = tokio::select! {
+        started = connect => started,
+        () = forward => unreachable!("the capture socket never ends"),
+    };
+    let n = started.len();
+    drop(started);
+    endpoint.close(0u32.into(), b"");
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let b = healthy_neighbour(&a).await;
+        const RATE: u32 = 300;
+        let flood_for = Duration::from_secs(4);
+        let stop = tokio::time::Instant::now() + flood_for;
+        let flood = tokio::spawn(client_hello_flood(a.local_addr(), RATE, stop));
+        // A second into the flood (256 slots held 5 s each would be full by
+        // now), a new node dials a.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let newcomer = node("n", COOKIE).await;
+        let dialled = tokio::time::Instant::now();
+        newcomer
+            .connect(&a.addr())
+            .await
+            .expect("the newcomer joins during the flood");
+        let joined = dialled.elapsed();
+        let slowest = b.ping(a.name(), WAIT).await.expect("a still answers b");
+        let started = flood.await.expect("flood task");
+        let counters = a.status().counters;
+        eprintln!(
+            "ClientHello flood: {started} handshakes started in {flood_for:?}, newcomer joined \
+             in {joined:?}, ping of b {slowest:?}, {} retried, {} refused",
+            counters.handshakes_retried, counters.handshakes_refused
+        );
+        assert!(started as f64 >= f64::from(RATE) * 0.8 * flood_for.as_secs_f64());
+        assert!(joined < Duration::from_secs(2), "joined after {joined:?}");
+        assert!(
+            counters.handshakes_retried > 0,
+            "the flood was answered with Retry"
+        );
+        assert_eq!(counters.handshakes_refused, 0, "no slot ran out");
+        assert!(a.nodes().contains(b.name()));
+        newcomer.shutdown().await;
+        b.shutdown().await;
+        a.shutdown().await;
+    })
+    .await;
+}

@@ -88,6 +88,7 @@ struct Inner {
     refusals_logged: LogLimit,
     dial_failures_logged: LogLimit,
     names_in_use_logged: LogLimit,
+    handshakes_refused_logged: LogLimit,
     shutting_down: AtomicBool,
     /// Addresses to dial a seed at instead of resolving its host (set by
     /// discovery strategies that resolve names themselves).
@@ -156,6 +157,7 @@ impl Mesh {
             refusals_logged: LogLimit::default(),
             dial_failures_logged: LogLimit::default(),
             names_in_use_logged: LogLimit::default(),
+            handshakes_refused_logged: LogLimit::default(),
             shutting_down: AtomicBool::new(false),
             dial_at: Mutex::default(),
         };

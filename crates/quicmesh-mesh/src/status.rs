@@ -89,6 +89,8 @@ pub(crate) struct Counters {
     pub(crate) duplicates: AtomicU64,
     pub(crate) peers_refused: AtomicU64,
     pub(crate) names_in_use: AtomicU64,
+    pub(crate) handshakes_retried: AtomicU64,
+    pub(crate) handshakes_refused: AtomicU64,
 }
 
 /// The counters' values at one moment.
@@ -111,6 +113,11 @@ pub struct CounterSnapshot {
     /// Connections refused because a live node already has the name (a
     /// second node started with a name in use).
     pub names_in_use: u64,
+    /// Incoming handshakes answered with a QUIC Retry (many handshakes
+    /// were in progress and the sender had not proved its address).
+    pub handshakes_retried: u64,
+    /// Incoming handshakes refused because 256 were in progress.
+    pub handshakes_refused: u64,
 }
 
 impl Counters {
@@ -123,6 +130,8 @@ impl Counters {
             duplicates: get(&self.duplicates),
             peers_refused: get(&self.peers_refused),
             names_in_use: get(&self.names_in_use),
+            handshakes_retried: get(&self.handshakes_retried),
+            handshakes_refused: get(&self.handshakes_refused),
         }
     }
 }

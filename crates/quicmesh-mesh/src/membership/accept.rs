@@ -7,9 +7,13 @@ use quicmesh_wire::{CloseCode, Control, Hello, NodeName, Refusal, StreamKind};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::hello::{self, Verdict};
-use super::{CONTROL_PRIORITY, Handshake, Inner, Role, count};
+use super::{CONTROL_PRIORITY, Handshake, Inner, MAX_CONCURRENT_HANDSHAKES, Role, count};
 use crate::io::{self, StreamError, within};
 use crate::transport;
+
+/// Handshakes in progress past which an unvalidated sender is sent a
+/// Retry first.
+const RETRY_PAST: usize = 16;
 
 /// How a handshake on the listener side failed.
 enum Refuse {
@@ -30,8 +34,24 @@ impl Inner {
                     None => return,
                 },
             };
+            // Past a few handshakes in progress, a sender must first prove
+            // it receives at its address (QUIC Retry, no state kept here), so
+            // a flood of bare ClientHellos from made-up or silent senders
+            // holds no handshake slot.
+            let busy = MAX_CONCURRENT_HANDSHAKES - self.handshakes.available_permits();
+            if busy >= RETRY_PAST && !incoming.remote_address_validated() && incoming.may_retry() {
+                count(&self.counters.handshakes_retried);
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
             let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
-                warn!(remote = %incoming.remote_address(), "too many handshakes in progress; refusing");
+                count(&self.counters.handshakes_refused);
+                if let Some(earlier) = self.handshakes_refused_logged.allow() {
+                    let (remote, more) = (incoming.remote_address(), earlier.since_last());
+                    warn!(%remote, "too many handshakes in progress; refusing{more}");
+                }
                 incoming.refuse();
                 continue;
             };
