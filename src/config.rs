@@ -188,6 +188,20 @@ pub enum ConfigError {
     /// An RPC limit is zero.
     #[error("rpc.{0} must be above zero")]
     ZeroRpcLimit(&'static str),
+    /// The RPC buffer budgets cannot hold one message, or the node's is
+    /// smaller than one peer's.
+    #[error(
+        "rpc.max_buffered ({max_buffered}) ≥ rpc.max_buffered_per_peer \
+         ({max_buffered_per_peer}) ≥ rpc.max_message ({max_message}) must hold"
+    )]
+    RpcBuffers {
+        /// `rpc.max_message`.
+        max_message: usize,
+        /// `rpc.max_buffered_per_peer`.
+        max_buffered_per_peer: usize,
+        /// `rpc.max_buffered`.
+        max_buffered: usize,
+    },
     /// A node limit is zero.
     #[error("{0} must be above zero")]
     ZeroLimit(&'static str),
@@ -244,6 +258,16 @@ impl NodeConfig {
         }
         if self.rpc.max_inbound_per_peer == 0 {
             return Err(ConfigError::ZeroRpcLimit("max_inbound_per_peer"));
+        }
+        let rpc = self.rpc;
+        if rpc.max_buffered_per_peer < rpc.max_message
+            || rpc.max_buffered < rpc.max_buffered_per_peer
+        {
+            return Err(ConfigError::RpcBuffers {
+                max_message: rpc.max_message,
+                max_buffered_per_peer: rpc.max_buffered_per_peer,
+                max_buffered: rpc.max_buffered,
+            });
         }
         if self.max_peers == 0 {
             return Err(ConfigError::ZeroLimit("max_peers"));

@@ -146,6 +146,13 @@ impl Node {
         self.mesh().status()
     }
 
+    /// Bytes of RPC request bodies this node holds now, from every peer
+    /// (at most `rpc.max_buffered`, and `rpc.max_buffered_per_peer` from
+    /// one; a call past either is refused with [`RpcError::Overloaded`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.rpc().buffered_bytes()
+    }
+
     /// Waits until at least `n` other nodes are connected.
     pub async fn wait_for_nodes(&self, n: usize, timeout: Duration) -> Result<(), WaitError> {
         self.mesh().wait_for_nodes(n, timeout).await

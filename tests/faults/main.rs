@@ -704,3 +704,90 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_finished_request_bodies_are_bounded_and_paid_back() {
+    bounded(async {
+        const MIB: usize = 1 << 20;
+        let a = builder("a", COOKIE)
+            .configure(|c| {
+                c.rpc.max_message = 4 * MIB;
+                c.rpc.max_buffered_per_peer = 8 * MIB;
+                c.rpc.max_buffered = 16 * MIB;
+            })
+            .start()
+            .await
+            .expect("start");
+        a.register("sink", |_, body: serde_bytes::ByteBuf| async move {
+            Ok::<_, String>(body.len() as u64)
+        })
+        .expect("register");
+        let b = healthy_neighbour(&a).await;
+        let raw = RawPeer::join(&a, "hog").await;
+        let before = rss_kib();
+
+        // 32 calls from one peer, each 1 MiB of body and never finished.
+        let header = quicmesh_wire::RpcHeader {
+            service: "sink".into(),
+            timeout_ms: 60_000,
+            mode: RpcMode::Call,
+        };
+        let mut opening = StreamKind::Rpc.header().to_vec();
+        opening.extend(frame::encode(&header, 4096).expect("encode"));
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let (mut send, mut recv) = raw.conn.open_bi().await.expect("open");
+            send.write_all(&opening).await.expect("header");
+            calls.spawn(async move {
+                let _ = send.write_all(&vec![7u8; MIB]).await;
+                // A refused call gets its verdict at once; a held one none.
+                let mut prefix = [0u8; 4];
+                let verdict = async {
+                    recv.read_exact(&mut prefix).await.ok()?;
+                    let mut body = vec![0u8; frame::body_len(prefix, 4096).ok()?];
+                    recv.read_exact(&mut body).await.ok()?;
+                    frame::decode::<RpcStatus>(&body).ok()
+                };
+                let verdict = tokio::time::timeout(Duration::from_secs(2), verdict).await;
+                (send, recv, verdict.ok().flatten())
+            });
+        }
+        let mut held = Vec::new();
+        let mut overloaded = 0;
+        let mut peak = 0;
+        while let Some(call) = calls.join_next().await {
+            let (send, recv, verdict) = call.expect("call task");
+            peak = peak.max(a.buffered_bytes());
+            if verdict == Some(RpcStatus::Failed(quicmesh_wire::RpcFailure::Overloaded)) {
+                overloaded += 1;
+            }
+            held.push((send, recv));
+        }
+        let holding = a.buffered_bytes();
+        assert!(overloaded > 0, "nothing refused: {holding} bytes held");
+        assert!(
+            peak <= 8 * MIB && holding <= 8 * MIB,
+            "{peak} bytes held from one peer"
+        );
+        // Another peer is still served, with a large call too.
+        let big = serde_bytes::ByteBuf::from(vec![1u8; 2 * MIB]);
+        let n: u64 = b.call(a.name(), "sink", &big).await.expect("b is served");
+        assert_eq!(n, 2 * MIB as u64);
+        // The hog goes: what it held is paid back.
+        drop(held);
+        raw.endpoint.close(0u32.into(), b"");
+        eventually("every buffered byte is paid back", || {
+            a.buffered_bytes() == 0
+        })
+        .await;
+        let grown = rss_kib().saturating_sub(before);
+        eprintln!(
+            "never-finished bodies: {overloaded} of 32 refused as Overloaded, {holding} bytes \
+             held (peak {peak}), 0 after the peer left, RSS grew {grown} KiB"
+        );
+        assert!(grown < 100 * 1024, "RSS grew {grown} KiB");
+        b.shutdown().await;
+        a.shutdown().await;
+    })
+    .await;
+}

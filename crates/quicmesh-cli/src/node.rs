@@ -7,7 +7,9 @@ use anyhow::Context as _;
 use clap::Args;
 use std::time::Duration;
 
-use quicmesh::{IdentityConfig, LockOptions, Node, NodeAddr, NodeConfig, NodeEvent, RegistryEvent};
+use quicmesh::{
+    IdentityConfig, LockOptions, Node, NodeAddr, NodeConfig, NodeEvent, NodeName, RegistryEvent,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Args)]
@@ -135,6 +137,12 @@ pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
     // The first line on stdout says where the node is (scripts read it).
     say(format_args!("listening {}", node.addr()));
     let mut events = node.events();
+    // Seeds are dialled as the node starts: one may be up before the event
+    // stream opened. Say so once, whichever way it is learnt.
+    let mut up: std::collections::HashSet<NodeName> = node.nodes().into_iter().collect();
+    for peer in &up {
+        say(format_args!("up {peer}"));
+    }
     let mut registry = node.registry().events();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -145,8 +153,15 @@ pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             e = events.recv() => match e {
-                Ok(NodeEvent::NodeUp { node, .. }) => say(format_args!("up {node}")),
-                Ok(NodeEvent::NodeDown { node, reason }) => say(format_args!("down {node} {reason}")),
+                Ok(NodeEvent::NodeUp { node, .. }) => {
+                    if up.insert(node.clone()) {
+                        say(format_args!("up {node}"));
+                    }
+                }
+                Ok(NodeEvent::NodeDown { node, reason }) => {
+                    up.remove(&node);
+                    say(format_args!("down {node} {reason}"));
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("{e}"),
             },

@@ -17,10 +17,19 @@ pub struct RpcConfig {
     #[serde(default = "defaults::max_message")]
     pub max_message: usize,
     /// Calls from one peer served at once; more are refused with
-    /// `Overloaded`. Bounds the memory one peer can make this node hold
-    /// (about this many times `max_message`). Default 256.
+    /// `Overloaded`. Default 256. (The memory their bodies hold is bounded
+    /// by `max_buffered_per_peer`.)
     #[serde(default = "defaults::max_inbound")]
     pub max_inbound_per_peer: usize,
+    /// Bytes of one peer's request bodies buffered at once; a call whose
+    /// body would pass it is refused with `Overloaded`. At least
+    /// `max_message`. Default 64 MiB.
+    #[serde(default = "defaults::max_buffered_per_peer")]
+    pub max_buffered_per_peer: usize,
+    /// Bytes of all peers' request bodies buffered at once. At least
+    /// `max_buffered_per_peer`. Default 256 MiB.
+    #[serde(default = "defaults::max_buffered")]
+    pub max_buffered: usize,
 }
 
 impl Default for RpcConfig {
@@ -29,6 +38,8 @@ impl Default for RpcConfig {
             timeout: defaults::timeout(),
             max_message: defaults::max_message(),
             max_inbound_per_peer: defaults::max_inbound(),
+            max_buffered_per_peer: defaults::max_buffered_per_peer(),
+            max_buffered: defaults::max_buffered(),
         }
     }
 }
@@ -43,5 +54,11 @@ mod defaults {
     }
     pub(super) fn max_inbound() -> usize {
         256
+    }
+    pub(super) fn max_buffered_per_peer() -> usize {
+        64 << 20
+    }
+    pub(super) fn max_buffered() -> usize {
+        256 << 20
     }
 }

@@ -18,6 +18,9 @@ pub(crate) struct ConnState {
     pub(crate) lane: OnceCell<Arc<Lane>>,
     /// Calls from the peer served at once on this connection.
     pub(crate) permits: Arc<Semaphore>,
+    /// Bytes of this peer's request bodies buffered at once (permits are
+    /// bytes).
+    pub(crate) buffered: Arc<Semaphore>,
 }
 
 /// The state of every live connection, by connection id. Bounded by the
@@ -28,14 +31,20 @@ pub(crate) struct ConnState {
 pub(crate) struct Connections {
     states: RwLock<HashMap<usize, Arc<ConnState>, BuildHasherDefault<IdHasher>>>,
     permits_per_peer: usize,
+    buffered_per_peer: usize,
     tasks: Tasks,
 }
 
 impl Connections {
-    pub(crate) fn new(permits_per_peer: usize, tasks: Tasks) -> Arc<Self> {
+    pub(crate) fn new(
+        permits_per_peer: usize,
+        buffered_per_peer: usize,
+        tasks: Tasks,
+    ) -> Arc<Self> {
         Arc::new(Self {
             states: RwLock::default(),
             permits_per_peer,
+            buffered_per_peer,
             tasks,
         })
     }
@@ -55,6 +64,7 @@ impl Connections {
         let state = Arc::new(ConnState {
             lane: OnceCell::new(),
             permits: Arc::new(Semaphore::new(self.permits_per_peer)),
+            buffered: Arc::new(Semaphore::new(self.buffered_per_peer)),
         });
         states.insert(id, state.clone());
         drop(states);

@@ -28,6 +28,7 @@
 //! ```
 
 mod app;
+mod budget;
 mod client;
 mod codec;
 mod config;

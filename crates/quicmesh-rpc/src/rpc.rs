@@ -10,6 +10,7 @@ use quicmesh_wire::{AppHeader, MAX_HEADER_FRAME, NodeName, RpcMode, StreamKind};
 use quinn::{RecvStream, SendStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
 
 use crate::app::{OpenError, ProtocolListener, Protocols};
 use crate::client::Call;
@@ -42,7 +43,12 @@ impl Rpc {
         let served = Served {
             services: Services::default(),
             protocols: Protocols::default(),
-            conns: Connections::new(config.max_inbound_per_peer, tasks.clone()),
+            conns: Connections::new(
+                config.max_inbound_per_peer,
+                config.max_buffered_per_peer,
+                tasks.clone(),
+            ),
+            buffered: Arc::new(Semaphore::new(config.max_buffered)),
             max_message: config.max_message,
             patience: mesh.config().handshake_timeout,
             tasks,
@@ -88,6 +94,14 @@ impl Rpc {
     /// The mesh RPC runs on.
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// Bytes of request bodies buffered now, node-wide (at most
+    /// `rpc.max_buffered`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.config
+            .max_buffered
+            .saturating_sub(self.served.buffered.available_permits())
     }
 
     /// The limits in force.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quicmesh_mesh::Tasks;
+use tokio::sync::Semaphore;
 
 use crate::app::Protocols;
 use crate::connections::Connections;
@@ -16,6 +17,9 @@ pub(crate) struct Served {
     pub(crate) services: Services,
     pub(crate) protocols: Protocols,
     pub(crate) conns: Arc<Connections>,
+    /// Bytes of request bodies buffered at once, node-wide (permits are
+    /// bytes; `rpc.max_buffered`).
+    pub(crate) buffered: Arc<Semaphore>,
     /// Largest request or response body.
     pub(crate) max_message: usize,
     /// Longest wait for a stream's header.

@@ -7,11 +7,12 @@ use quicmesh_mesh::{Peer, Violation, io};
 use quicmesh_wire::{
     CloseCode, MAX_HEADER_FRAME, RpcFailure, RpcHeader, RpcMode, RpcStatus, encode_item_failure,
 };
-use quinn::{ReadToEndError, RecvStream, SendStream, VarInt};
+use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::budget::{BodyError, read_body};
 use crate::served::Served;
 use crate::service::{CatchUnwind, Outcome, Service, StreamService, panic_message};
 use crate::{CallContext, priority_for, stream};
@@ -29,7 +30,8 @@ pub(crate) async fn serve(
         return Ok(());
     };
     let from = caller.name().clone();
-    let permits = served.conns.of(&caller).permits.clone();
+    let conn = served.conns.of(&caller);
+    let permits = conn.permits.clone();
     let mode = header.mode;
     let deadline = Instant::now() + Duration::from_millis(header.timeout_ms.into());
     let max = served.max_message;
@@ -64,9 +66,13 @@ pub(crate) async fn serve(
     let Ok(_permit) = permits.try_acquire_owned() else {
         return refuse(send, recv, RpcFailure::Overloaded).await;
     };
-    let body = match tokio::time::timeout_at(deadline, recv.read_to_end(max)).await {
-        Ok(Ok(body)) => body,
-        Ok(Err(ReadToEndError::TooLong)) => {
+    // The body's bytes stay charged to the node's and this caller's
+    // budgets until the call ends.
+    let budgets = (&served.buffered, &conn.buffered);
+    let read = read_body(&mut recv, max, budgets.0, budgets.1);
+    let (body, _charge) = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(BodyError::TooLong)) => {
             let limit = max as u64;
             let failure = RpcFailure::TooLarge {
                 limit,
@@ -74,8 +80,11 @@ pub(crate) async fn serve(
             };
             return refuse(send, recv, failure).await;
         }
+        Ok(Err(BodyError::OverBudget)) => {
+            return refuse(send, recv, RpcFailure::Overloaded).await;
+        }
         // The caller cancelled or the connection went.
-        Ok(Err(ReadToEndError::Read(_))) => return Ok(()),
+        Ok(Err(BodyError::Read)) => return Ok(()),
         Err(_) => return refuse(send, recv, RpcFailure::Timeout).await,
     };
 
