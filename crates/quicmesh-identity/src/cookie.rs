@@ -75,6 +75,7 @@ impl Cookie {
     /// others; creates it (mode 0600, 256 random bits) if it does not exist.
     pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
         let io = |source| IdentityError::Io {
+            role: "cookie file",
             path: path.to_owned(),
             source,
         };

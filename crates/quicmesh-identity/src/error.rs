@@ -40,6 +40,15 @@ pub enum IdentityError {
         /// The file.
         path: PathBuf,
     },
+    /// The node's key is not the key of its certificate (files of two
+    /// nodes mixed up?).
+    #[error("key {key} is not the key of certificate {cert}: are the two files of one node?")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
     /// The cookie is empty.
     #[error("the cookie is empty: set a non-empty cookie")]
     EmptyCookie,
@@ -47,8 +56,11 @@ pub enum IdentityError {
     #[error("no cookie given and $HOME is not set: pass a cookie or set QUICMESH_COOKIE")]
     NoHome,
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{role} {path}: {source}")]
     Io {
+        /// What the file is for: "CA certificate", "node key", "cookie
+        /// file", …
+        role: &'static str,
         /// The file.
         path: PathBuf,
         /// The error.

@@ -80,11 +80,11 @@ impl CertificateAuthority {
 
     /// Loads a CA from its certificate and key PEM files.
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, IdentityError> {
-        let cert = read_certs(cert_path)?
+        let cert = read_certs(cert_path, "CA certificate")?
             .into_iter()
             .next()
             .ok_or_else(|| bad_pem(cert_path, "no certificate in file"))?;
-        let key_pem = read_key(key_path)?;
+        let key_pem = read_key(key_path, "CA key")?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| bad_pem(key_path, &e.to_string()))?;
         let issuer =
             Issuer::from_ca_cert_der(&cert, key).map_err(|e| bad_pem(cert_path, &e.to_string()))?;
@@ -100,14 +100,15 @@ impl CertificateAuthority {
     /// refuses to overwrite unless `force`.
     pub fn write_dir(&self, dir: &Path, force: bool) -> Result<(PathBuf, PathBuf), IdentityError> {
         fs::create_dir_all(dir).map_err(|source| IdentityError::Io {
+            role: "certificate directory",
             path: dir.to_owned(),
             source,
         })?;
         let cert = dir.join(Self::CERT_FILE);
         let key = dir.join(Self::KEY_FILE);
         refuse_existing(&[&cert, &key], force)?;
-        write_file(&key, &self.issuer.key().serialize_pem(), 0o600)?;
-        write_file(&cert, &self.cert_pem(), 0o644)?;
+        write_file(&key, "CA key", &self.issuer.key().serialize_pem(), 0o600)?;
+        write_file(&cert, "CA certificate", &self.cert_pem(), 0o644)?;
         Ok((cert, key))
     }
 
@@ -155,8 +156,8 @@ pub fn write_issued(
     let cert = dir.join(format!("{name}.pem"));
     let key = dir.join(format!("{name}.key"));
     refuse_existing(&[&cert, &key], force)?;
-    write_file(&key, &issued.key_pem(), 0o600)?;
-    write_file(&cert, &issued.cert_pem(), 0o644)?;
+    write_file(&key, "node key", &issued.key_pem(), 0o600)?;
+    write_file(&cert, "node certificate", &issued.cert_pem(), 0o644)?;
     Ok((cert, key))
 }
 
@@ -191,15 +192,15 @@ impl CertFiles {
         ),
         IdentityError,
     > {
-        let ca = read_certs(&self.ca)?
+        let ca = read_certs(&self.ca, "CA certificate")?
             .into_iter()
             .next()
             .ok_or_else(|| bad_pem(&self.ca, "no certificate in file"))?;
-        let chain = read_certs(&self.cert)?;
+        let chain = read_certs(&self.cert, "node certificate")?;
         if chain.is_empty() {
             return Err(bad_pem(&self.cert, "no certificate in file"));
         }
-        let key_pem = read_key(&self.key)?;
+        let key_pem = read_key(&self.key, "node key")?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| bad_pem(&self.key, &e.to_string()))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((ca, chain, key))
@@ -228,7 +229,7 @@ pub struct CertInfo {
 
 /// Describes every certificate in a PEM file.
 pub fn describe_pem(path: &Path) -> Result<Vec<CertInfo>, IdentityError> {
-    let certs = read_certs(path)?;
+    let certs = read_certs(path, "certificate")?;
     if certs.is_empty() {
         return Err(bad_pem(path, "no certificate in file"));
     }
@@ -317,16 +318,20 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(label, der.to_vec()))
 }
 
-pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+pub(crate) fn read_certs(
+    path: &Path,
+    role: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     use rustls_pki_types::pem::PemObject as _;
-    let data = read_file(path)?;
+    let data = read_file(path, role)?;
     CertificateDer::pem_slice_iter(data.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad_pem(path, &format!("bad PEM: {e}")))
 }
 
-fn read_file(path: &Path) -> Result<String, IdentityError> {
+fn read_file(path: &Path, role: &'static str) -> Result<String, IdentityError> {
     fs::read_to_string(path).map_err(|source| IdentityError::Io {
+        role,
         path: path.to_owned(),
         source,
     })
@@ -334,9 +339,10 @@ fn read_file(path: &Path) -> Result<String, IdentityError> {
 
 /// Reads a private key file, refusing one readable by group or others (as
 /// a cookie file is refused).
-fn read_key(path: &Path) -> Result<String, IdentityError> {
+fn read_key(path: &Path, role: &'static str) -> Result<String, IdentityError> {
     use std::os::unix::fs::PermissionsExt as _;
     let meta = fs::metadata(path).map_err(|source| IdentityError::Io {
+        role,
         path: path.to_owned(),
         source,
     })?;
@@ -347,7 +353,7 @@ fn read_key(path: &Path) -> Result<String, IdentityError> {
             mode,
         });
     }
-    read_file(path)
+    read_file(path, role)
 }
 
 fn bad_pem(path: &Path, what: &str) -> IdentityError {
@@ -367,8 +373,14 @@ fn refuse_existing(paths: &[&Path], force: bool) -> Result<(), IdentityError> {
     }
 }
 
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), IdentityError> {
+fn write_file(
+    path: &Path,
+    role: &'static str,
+    contents: &str,
+    mode: u32,
+) -> Result<(), IdentityError> {
     let io = |source| IdentityError::Io {
+        role,
         path: path.to_owned(),
         source,
     };

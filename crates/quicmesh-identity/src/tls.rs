@@ -113,7 +113,16 @@ impl Identity {
             });
         }
         let expires = expiry_of(&chain[0]);
-        let key = CertifiedKey::from_der(chain, key, &provider)?;
+        let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => IdentityError::KeyMismatch {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+            },
+            other => IdentityError::BadPem {
+                path: files.key.clone(),
+                what: format!("not a usable private key: {other}"),
+            },
+        })?;
         Ok(Self {
             name,
             roots: Arc::new(roots),

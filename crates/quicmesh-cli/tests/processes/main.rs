@@ -725,11 +725,40 @@ fn operator_mistakes_get_a_clear_answer_and_no_panic() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     let line = err.lines().last().expect("an error line");
-    assert!(line.contains("missing.pem"), "{err}");
+    assert!(
+        line.contains("CA certificate") && line.contains("missing.pem"),
+        "{err}"
+    );
     assert_eq!(
         line.matches("No such file").count(),
         1,
         "the cause is said once: {line}"
+    );
+
+    // The keys of two nodes mixed up: both files are named.
+    for n in ["a@127.0.0.1", "b@127.0.0.1"] {
+        assert!(
+            quicmesh(&["certs", "issue", "--name", n, "--ca", d])
+                .status
+                .success()
+        );
+    }
+    let out = quicmesh(&[
+        "node",
+        "--name",
+        "a@127.0.0.1:0",
+        "--ca",
+        &format!("{d}/ca.pem"),
+        "--cert",
+        &format!("{d}/a@127.0.0.1.pem"),
+        "--key",
+        &format!("{d}/b@127.0.0.1.key"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("b@127.0.0.1.key") && err.contains("a@127.0.0.1.pem"),
+        "{err}"
     );
 
     // `certs show | head`: the reader is gone before the first line (a
