@@ -748,7 +748,7 @@ async fn never_finished_request_bodies_are_bounded_and_paid_back() {
                     recv.read_exact(&mut body).await.ok()?;
                     frame::decode::<RpcStatus>(&body).ok()
                 };
-                let verdict = tokio::time::timeout(Duration::from_secs(2), verdict).await;
+                let verdict = tokio::time::timeout(Duration::from_secs(5), verdict).await;
                 (send, recv, verdict.ok().flatten())
             });
         }
