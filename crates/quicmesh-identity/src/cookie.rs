@@ -81,8 +81,7 @@ impl Cookie {
         };
         match fs::metadata(path) {
             Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
+                if let Some(mode) = open_to_others(&meta) {
                     return Err(IdentityError::CookieFileOpen {
                         path: path.to_owned(),
                         mode,
@@ -105,6 +104,13 @@ impl Cookie {
             Err(e) => Err(io(e)),
         }
     }
+}
+
+/// The permission bits of a secret's file if group or others may read or
+/// write it (such a file is refused), else `None`.
+pub(crate) fn open_to_others(meta: &fs::Metadata) -> Option<u32> {
+    let mode = meta.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 /// `~/.quicmesh.cookie`.

@@ -340,14 +340,12 @@ fn read_file(path: &Path, role: &'static str) -> Result<String, IdentityError> {
 /// Reads a private key file, refusing one readable by group or others (as
 /// a cookie file is refused).
 fn read_key(path: &Path, role: &'static str) -> Result<String, IdentityError> {
-    use std::os::unix::fs::PermissionsExt as _;
     let meta = fs::metadata(path).map_err(|source| IdentityError::Io {
         role,
         path: path.to_owned(),
         source,
     })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    if let Some(mode) = crate::cookie::open_to_others(&meta) {
         return Err(IdentityError::KeyFileOpen {
             path: path.to_owned(),
             mode,

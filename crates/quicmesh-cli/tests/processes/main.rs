@@ -778,37 +778,19 @@ fn operator_mistakes_get_a_clear_answer_and_no_panic() {
 
 #[tokio::test]
 async fn logs_have_no_colour_off_a_terminal_and_cookie_on_the_command_line_is_warned_of() {
-    let mut child = Command::new(EXE)
-        .args(["node", "--name", "plain@127.0.0.1:0", "--cookie", COOKIE])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn quicmesh node");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("node started")) {
-        let line = tokio::time::timeout(WAIT, stderr.next_line())
-            .await
-            .expect("a log line")
-            .expect("read")
-            .expect("stderr open");
-        seen.push(line);
-    }
+    let seen = logs_until_started(&["--name", "plain@127.0.0.1:0", "--cookie", COOKIE], &[]).await;
     let all = seen.join("\n");
     assert!(!all.contains('\u{1b}'), "colour codes on a pipe:\n{all}");
     assert!(
         all.contains("--cookie puts the cookie in the process list"),
         "no warning about --cookie:\n{all}"
     );
-    child.start_kill().expect("kill");
 }
 
-/// Starts `quicmesh node ARGS` with `env`, waits for its "node started"
-/// log line and returns the fingerprint of the CA it trusts.
-async fn started_with_ca(args: &[&str], env: &[(&str, &str)]) -> String {
+/// Starts `quicmesh node ARGS` with `env` (and no `QUICMESH_COOKIE` but
+/// what `env` sets), logging at info; returns its log lines up to "node
+/// started", then kills it.
+async fn logs_until_started(args: &[&str], env: &[(&str, &str)]) -> Vec<String> {
     let mut cmd = Command::new(EXE);
     cmd.arg("node")
         .args(args)
@@ -823,22 +805,29 @@ async fn started_with_ca(args: &[&str], env: &[(&str, &str)]) -> String {
     }
     let mut child = cmd.spawn().expect("spawn quicmesh node");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    loop {
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("node started")) {
         let line = tokio::time::timeout(WAIT, stderr.next_line())
             .await
             .expect("a log line")
             .expect("read")
             .expect("stderr open");
-        if line.contains("node started") {
-            let ca = line.split("ca=").nth(1).expect("ca= in the line");
-            child.start_kill().expect("kill");
-            return ca
-                .split_whitespace()
-                .next()
-                .expect("a fingerprint")
-                .to_owned();
-        }
+        seen.push(line);
     }
+    child.start_kill().expect("kill");
+    seen
+}
+
+/// The fingerprint of the CA a `quicmesh node ARGS` with `env` trusts, from
+/// its "node started" line.
+async fn started_with_ca(args: &[&str], env: &[(&str, &str)]) -> String {
+    let lines = logs_until_started(args, env).await;
+    let started = lines.last().expect("the node started line");
+    let ca = started.split("ca=").nth(1).expect("ca= in the line");
+    ca.split_whitespace()
+        .next()
+        .expect("a fingerprint")
+        .to_owned()
 }
 
 #[tokio::test]
