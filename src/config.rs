@@ -394,4 +394,36 @@ mod tests {
             "a DNS host listens on all addresses"
         );
     }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused_with_their_values() {
+        let named = || NodeConfig {
+            name: Some("a@h".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(named().validate(), Ok(()));
+        let mut cfg = named();
+        cfg.max_peers = 0;
+        assert_eq!(cfg.validate(), Err(ConfigError::ZeroLimit("max_peers")));
+        let mut cfg = named();
+        cfg.max_dials = 0;
+        assert_eq!(cfg.validate(), Err(ConfigError::ZeroLimit("max_dials")));
+        let mut cfg = named();
+        cfg.rpc.max_buffered_per_peer = cfg.rpc.max_message - 1;
+        let e = cfg.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::RpcBuffers { .. }), "{e}");
+        assert!(e.to_string().contains("rpc.max_buffered_per_peer"), "{e}");
+        let mut cfg = named();
+        cfg.rpc.max_buffered = cfg.rpc.max_buffered_per_peer - 1;
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::RpcBuffers { .. })
+        ));
+        let cfg = NodeConfig::from_toml(
+            "name = \"a@h\"\nmax_peers = 16\n[rpc]\nmax_buffered = 1073741824",
+        )
+        .unwrap();
+        assert_eq!((cfg.max_peers, cfg.rpc.max_buffered), (16, 1 << 30));
+        assert_eq!(cfg.validate(), Ok(()));
+    }
 }
