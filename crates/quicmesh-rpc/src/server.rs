@@ -18,7 +18,8 @@ use crate::service::{CatchUnwind, Outcome, Service, StreamService, panic_message
 use crate::{CallContext, priority_for, stream};
 
 /// Serves one RPC stream whose kind header was read. `Err` is a protocol
-/// violation by the caller (the connection is then dropped).
+/// violation by the caller (the connection is then dropped): a bad call
+/// header is the only one; everything after it is answered on the stream.
 pub(crate) async fn serve(
     served: Arc<Served>,
     caller: Peer,
@@ -26,11 +27,22 @@ pub(crate) async fn serve(
     mut recv: RecvStream,
 ) -> Result<(), Violation> {
     let header = io::read_header(&mut recv, MAX_HEADER_FRAME, served.patience, "RPC stream");
-    let Some(header): Option<RpcHeader> = header.await? else {
-        return Ok(());
-    };
+    if let Some(header) = header.await? {
+        answer(&served, &caller, header, send, recv).await;
+    }
+    Ok(())
+}
+
+/// Runs the call `header` asks for and sends its verdict.
+async fn answer(
+    served: &Served,
+    caller: &Peer,
+    header: RpcHeader,
+    send: SendStream,
+    mut recv: RecvStream,
+) {
     let from = caller.name().clone();
-    let conn = served.conns.of(&caller);
+    let conn = served.conns.of(caller);
     let permits = conn.permits.clone();
     let mode = header.mode;
     let deadline = Instant::now() + Duration::from_millis(header.timeout_ms.into());
@@ -84,7 +96,7 @@ pub(crate) async fn serve(
             return refuse(send, recv, RpcFailure::Overloaded).await;
         }
         // The caller cancelled or the connection went.
-        Ok(Err(BodyError::Read)) => return Ok(()),
+        Ok(Err(BodyError::Read)) => return,
         Err(_) => return refuse(send, recv, RpcFailure::Timeout).await,
     };
 
@@ -100,7 +112,7 @@ pub(crate) async fn serve(
     let stopped = send.stopped();
     let outcome = tokio::select! {
         done = handling => done,
-        _ = stopped, if mode == RpcMode::Call => return Ok(()), // the caller gave up
+        _ = stopped, if mode == RpcMode::Call => return, // the caller gave up
     };
     let (status, body) = outcome.verdict(max);
     let _ = send.set_priority(priority_for(body.len()));
@@ -116,7 +128,7 @@ async fn serve_stream(
     max: usize,
     send: SendStream,
     mut recv: RecvStream,
-) -> Result<(), Violation> {
+) {
     let refuse = |send, recv, f| {
         finish(
             send,
@@ -144,14 +156,13 @@ async fn serve_stream(
             Ok(Err(failure)) => Some(failure),
             Err(panic) => Some(RpcFailure::Panicked(panic_message(panic))),
         },
-        _ = stopped => return Ok(()), // the caller gave up
+        _ = stopped => return, // the caller gave up
     };
     let mut send = send.lock().await;
     if let Some(f) = failure {
         let _ = send.write_all(&encode_item_failure(&f)).await;
     }
     let _ = send.finish();
-    Ok(())
 }
 
 /// Sends the verdict (a status frame for calls, a failure item for
@@ -162,7 +173,7 @@ async fn finish(
     mode: RpcMode,
     status: RpcStatus,
     body: Vec<u8>,
-) -> Result<(), Violation> {
+) {
     // Whatever of the request is left unread is not wanted any more.
     let _ = recv.stop(VarInt::from_u32(0));
     let written = match (mode, status) {
@@ -175,12 +186,11 @@ async fn finish(
         (RpcMode::Stream, RpcStatus::Failed(f)) => {
             send.write_all(&encode_item_failure(&f)).await.is_ok()
         }
-        _ => return Ok(()),
+        _ => return,
     };
     if written {
         let _ = send.finish();
     } else {
         let _ = send.reset(VarInt::from_u32(CloseCode::Cancelled.code()));
     }
-    Ok(())
 }
