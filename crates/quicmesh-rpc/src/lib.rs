@@ -29,6 +29,7 @@
 
 mod app;
 mod budget;
+mod callee;
 mod client;
 mod codec;
 mod config;
@@ -37,7 +38,6 @@ mod error;
 mod handlers;
 mod lane;
 mod rpc;
-mod served;
 mod server;
 mod service;
 mod stream;

@@ -13,11 +13,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::app::{OpenError, ProtocolListener, Protocols};
+use crate::callee::Callee;
 use crate::client::Call;
 use crate::codec::{decode_response, encode_request};
 use crate::connections::Connections;
 use crate::handlers::{AppStreams, CallStreams, LaneReplies, Lanes};
-use crate::served::Served;
 use crate::service::Services;
 use crate::{CallContext, Requests, Responses, RpcConfig, RpcError, Side, StreamingCall};
 use crate::{RegisterError, check_name};
@@ -31,7 +31,7 @@ pub const RESERVED_PREFIX: &str = "quicmesh.";
 #[derive(Debug, Clone)]
 pub struct Rpc {
     mesh: Mesh,
-    served: Arc<Served>,
+    callee: Arc<Callee>,
     config: RpcConfig,
 }
 
@@ -40,7 +40,7 @@ impl Rpc {
     /// are served once [`Rpc::route`]'s router is given to the mesh.
     pub fn new(mesh: Mesh, config: RpcConfig) -> Self {
         let tasks = mesh.tasks().clone();
-        let served = Served {
+        let callee = Callee {
             services: Services::default(),
             protocols: Protocols::default(),
             conns: Connections::new(
@@ -55,7 +55,7 @@ impl Rpc {
         };
         Self {
             mesh,
-            served: Arc::new(served),
+            callee: Arc::new(callee),
             config,
         }
     }
@@ -63,30 +63,30 @@ impl Rpc {
     /// `router` with RPC's stream kinds added: calls, lanes, lane
     /// replies and application streams.
     pub fn route(&self, router: Router) -> Router {
-        let served = &self.served;
+        let callee = &self.callee;
         router
             .route(
                 StreamKind::Rpc,
                 CallStreams {
-                    served: served.clone(),
+                    callee: callee.clone(),
                 },
             )
             .route(
                 StreamKind::RpcLane,
                 Lanes {
-                    served: served.clone(),
+                    callee: callee.clone(),
                 },
             )
             .route(
                 StreamKind::RpcReply,
                 LaneReplies {
-                    served: served.clone(),
+                    callee: callee.clone(),
                 },
             )
             .route(
                 StreamKind::App,
                 AppStreams {
-                    served: served.clone(),
+                    callee: callee.clone(),
                 },
             )
     }
@@ -101,7 +101,7 @@ impl Rpc {
     pub fn buffered_bytes(&self) -> usize {
         self.config
             .max_buffered
-            .saturating_sub(self.served.buffered.available_permits())
+            .saturating_sub(self.callee.buffered.available_permits())
     }
 
     /// The limits in force.
@@ -124,7 +124,7 @@ impl Rpc {
         E: std::fmt::Display + Send + 'static,
     {
         not_reserved(service)?;
-        self.served.services.register(service, handler)
+        self.callee.services.register(service, handler)
     }
 
     /// Serves one of the node's own services, whose name starts with
@@ -144,7 +144,7 @@ impl Rpc {
         if !service.starts_with(RESERVED_PREFIX) {
             return Err(RegisterError::BadName(service.to_owned()));
         }
-        self.served.services.register(service, handler)
+        self.callee.services.register(service, handler)
     }
 
     /// Serves a streaming `service` (see `quicmesh::Node::register_stream`).
@@ -162,13 +162,13 @@ impl Rpc {
         E: std::fmt::Display + Send + 'static,
     {
         not_reserved(service)?;
-        self.served.services.register_stream(service, handler)
+        self.callee.services.register_stream(service, handler)
     }
 
     /// Stops serving `service`; calls in progress finish. `false` if it
     /// was not registered.
     pub fn unregister(&self, service: &str) -> bool {
-        self.served.services.unregister(service)
+        self.callee.services.unregister(service)
     }
 
     /// Calls `service` on `peer`, waiting at most `timeout`.
@@ -320,8 +320,8 @@ impl Rpc {
             mode,
             max,
         };
-        let served = &self.served;
-        call.run(&connected, &served.conns, &served.tasks, body)
+        let callee = &self.callee;
+        call.run(&connected, &callee.conns, &callee.tasks, body)
             .await
     }
 
@@ -333,7 +333,7 @@ impl Rpc {
 
     /// Registers an application protocol (see `quicmesh::Node::protocol`).
     pub fn protocol(&self, name: &str) -> Result<ProtocolListener, RegisterError> {
-        self.served.protocols.register(name)
+        self.callee.protocols.register(name)
     }
 
     /// Opens a bidirectional stream of `protocol` to `peer`.

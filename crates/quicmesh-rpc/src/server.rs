@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::budget::{BodyError, read_body};
-use crate::served::Served;
+use crate::callee::Callee;
 use crate::service::{CatchUnwind, Outcome, Service, StreamService, panic_message};
 use crate::{CallContext, priority_for, stream};
 
@@ -21,36 +21,36 @@ use crate::{CallContext, priority_for, stream};
 /// violation by the caller (the connection is then dropped): a bad call
 /// header is the only one; everything after it is answered on the stream.
 pub(crate) async fn serve(
-    served: Arc<Served>,
+    callee: Arc<Callee>,
     caller: Peer,
     send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), Violation> {
-    let header = io::read_header(&mut recv, MAX_HEADER_FRAME, served.patience, "RPC stream");
+    let header = io::read_header(&mut recv, MAX_HEADER_FRAME, callee.patience, "RPC stream");
     if let Some(header) = header.await? {
-        answer(&served, &caller, header, send, recv).await;
+        answer(&callee, &caller, header, send, recv).await;
     }
     Ok(())
 }
 
 /// Runs the call `header` asks for and sends its verdict.
 async fn answer(
-    served: &Served,
+    callee: &Callee,
     caller: &Peer,
     header: RpcHeader,
     send: SendStream,
     mut recv: RecvStream,
 ) {
     let from = caller.name().clone();
-    let conn = served.conns.of(caller);
+    let conn = callee.conns.of(caller);
     let permits = conn.permits.clone();
     let mode = header.mode;
     let deadline = Instant::now() + Duration::from_millis(header.timeout_ms.into());
-    let max = served.max_message;
+    let max = callee.max_message;
     let refuse = |send: SendStream, recv: RecvStream, failure| {
         finish(send, recv, mode, RpcStatus::Failed(failure), Vec::new())
     };
-    let handler = match (mode, served.services.get(&header.service)) {
+    let handler = match (mode, callee.services.get(&header.service)) {
         (_, None) => {
             debug!(peer = %from, service = %header.service, "no such service");
             return refuse(send, recv, RpcFailure::NoSuchService).await;
@@ -80,7 +80,7 @@ async fn answer(
     };
     // The body's bytes stay charged to the node's and this caller's
     // budgets until the call ends.
-    let budgets = (&served.buffered, &conn.buffered);
+    let budgets = (&callee.buffered, &conn.buffered);
     let read = read_body(&mut recv, max, budgets.0, budgets.1);
     let (body, _charge) = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(read)) => read,

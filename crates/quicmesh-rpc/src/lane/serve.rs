@@ -19,8 +19,8 @@ use tracing::debug;
 use super::calls::CallTable;
 use super::{BATCH, Frames, Lane, QUEUE, Reply};
 use crate::CallContext;
+use crate::callee::Callee;
 use crate::priority_for;
-use crate::served::Served;
 use crate::service::{Outcome, Service};
 
 /// Serves a caller's lane. One task reads the calls and writes the replies,
@@ -29,7 +29,7 @@ use crate::service::{Outcome, Service};
 /// others run in tasks that hand their replies back. `Err` is a protocol
 /// violation by the caller.
 pub(crate) async fn serve_lane(
-    served: Arc<Served>,
+    callee: Arc<Callee>,
     caller: Peer,
     mut send: SendStream,
     recv: RecvStream,
@@ -37,12 +37,12 @@ pub(crate) async fn serve_lane(
     let _ = send.set_priority(priority_for(0));
     let (replies, mut replied) = mpsc::channel(QUEUE);
     let lane = LaneServer {
-        max: served.max_message,
+        max: callee.max_message,
         from: caller.name().clone(),
         conn: caller.connection().clone(),
-        permits: served.conns.of(&caller).permits.clone(),
-        tasks: served.tasks.clone(),
-        served,
+        permits: callee.conns.of(&caller).permits.clone(),
+        tasks: callee.tasks.clone(),
+        callee,
         replies,
     };
     let bad = |e: &dyn std::fmt::Display| Violation::new(format!("lane: {e}"));
@@ -122,7 +122,7 @@ struct Started<'a> {
 
 /// What every call on one served lane shares.
 struct LaneServer {
-    served: Arc<Served>,
+    callee: Arc<Callee>,
     from: NodeName,
     conn: Connection,
     permits: Arc<Semaphore>,
@@ -148,7 +148,7 @@ impl LaneServer {
             deadline,
             mode,
         } = call;
-        let admitted = match (mode, self.served.services.get(service)) {
+        let admitted = match (mode, self.callee.services.get(service)) {
             (RpcMode::Call | RpcMode::Cast, Some(Service::Unary(h))) if body.len() <= self.max => {
                 match self.permits.clone().try_acquire_owned() {
                     Ok(permit) => Ok((h, permit)),

@@ -13,7 +13,7 @@ use crate::service::Services;
 /// Everything the handlers of RPC's stream kinds share. Holds no handle
 /// to the mesh, so the router that holds the handlers keeps no cycle.
 #[derive(Debug)]
-pub(crate) struct Served {
+pub(crate) struct Callee {
     pub(crate) services: Services,
     pub(crate) protocols: Protocols,
     pub(crate) conns: Arc<Connections>,
