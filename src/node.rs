@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quicmesh_coord::{Coord, Election, Groups, LockError, LockGuard, LockOptions, Registry};
+use quicmesh_coord::{Coord, Election, Groups, LockError, LockGuard, LockOptions, Registry, Token};
 use quicmesh_discovery::{Discovery, LocalNode, Strategy, Topology};
 use quicmesh_identity::{CertFiles, Cookie, Identity};
 use quicmesh_mesh::{ConnectError, EventStream, Mesh, PingError, Router, Status, WaitError};
@@ -342,7 +342,7 @@ impl Node {
     /// giving it the fencing token; the lock is released when it ends.
     pub async fn trans<F, Fut, T>(&self, resource: &str, work: F) -> Result<T, LockError>
     where
-        F: FnOnce(u64) -> Fut,
+        F: FnOnce(Token) -> Fut,
         Fut: Future<Output = T>,
     {
         let guard = self.lock(resource).await?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use quicmesh::{
     GroupEvent, LeaderChange, LockError, LockOptions, Member, Node, NodeName, RegistryError,
-    RegistryEvent,
+    RegistryEvent, Token,
 };
 use support::*;
 use tokio::sync::broadcast;
@@ -173,9 +173,9 @@ async fn a_registered_name_is_called_and_goes_with_its_owner() {
 /// any overlap of two holders.
 #[derive(Debug, Default)]
 struct Fenced {
-    last_token: u64,
-    inside: Option<u64>,
-    tokens: Vec<u64>,
+    last_token: Token,
+    inside: Option<Token>,
+    tokens: Vec<Token>,
     overlaps: u32,
     stale: u32,
 }
@@ -188,7 +188,7 @@ async fn thirty_tasks_on_three_nodes_take_one_lock_two_hundred_times_without_ove
         let state = Arc::new(Mutex::new(Fenced::default()));
         let s = state.clone();
         counter
-            .register("enter", move |_ctx, token: u64| {
+            .register("enter", move |_ctx, token: Token| {
                 let s = s.clone();
                 async move {
                     let mut f = s.lock().expect("state");
@@ -208,7 +208,7 @@ async fn thirty_tasks_on_three_nodes_take_one_lock_two_hundred_times_without_ove
             .expect("enter");
         let s = state.clone();
         counter
-            .register("leave", move |_ctx, token: u64| {
+            .register("leave", move |_ctx, token: Token| {
                 let s = s.clone();
                 async move {
                     let mut f = s.lock().expect("state");
@@ -520,6 +520,7 @@ async fn a_node_cannot_register_release_or_sync_for_another() {
                 millis: 1,
                 counter: 0,
             },
+            supersedes: None,
         };
         // a claims a registration of c's: b refuses it.
         let answer: PutAnswer = a

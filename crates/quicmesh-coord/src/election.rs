@@ -3,9 +3,13 @@
 //! grows with every new leader.
 //!
 //! Leading is holding the election's cluster lock on every connected node.
-//! The new leader tells every node; a node that goes down takes its
-//! leadership with it (every node releases its lock), and the campaigners
-//! left take the lock within a few of their retries.
+//! The new leader tells every node; a node takes a leader's announcement
+//! only from the node its lock table shows holding the election's lock
+//! with that term. A node that goes down takes its leadership with it
+//! (every node releases its lock), and the campaigners left take the lock
+//! within a few of their retries. After a partition heals, the two
+//! leaders' locks meet: the larger term keeps the election everywhere, and
+//! the other leader's [`Leadership::lost`] fires.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,7 +24,13 @@ use tokio::sync::broadcast;
 use tracing::info;
 
 use crate::lock::{LockError, LockGuard, LockOptions};
+use crate::token::Token;
 use crate::{Coord, locked};
+
+/// The resource of an election's cluster lock.
+fn resource(election: &str) -> String {
+    format!("quicmesh.election/{election}")
+}
 
 /// How long a campaigner waits between attempts at a held lock, at most.
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(250);
@@ -30,15 +40,16 @@ const CAMPAIGN_RETRY: Duration = Duration::from_millis(250);
 pub struct LeaderChange {
     /// The leader; `None` after it resigned or its node went down.
     pub leader: Option<NodeName>,
-    /// The term of the leader, or of the last leader when there is none.
-    pub term: u64,
+    /// The term of the leader, or of the last leader when there is none
+    /// ([`Token::NONE`] before the first).
+    pub term: Token,
 }
 
 pub(crate) struct State {
     /// Per election: who leads, as this node knows, and its changes.
     views: Mutex<HashMap<String, View>>,
     /// Per election: the term this node leads in, if it does.
-    mine: Mutex<HashMap<String, u64>>,
+    mine: Mutex<HashMap<String, Token>>,
 }
 
 struct View {
@@ -51,7 +62,7 @@ impl View {
         Self {
             current: LeaderChange {
                 leader: None,
-                term: 0,
+                term: Token::NONE,
             },
             changes: broadcast::channel(256).0,
         }
@@ -81,19 +92,16 @@ impl State {
     /// Takes in what `from` says of its leadership: newer terms win; a
     /// leader's end counts only for its own term.
     fn announced(&self, from: &NodeName, a: &Announce) {
+        let term = Token::from_u128(a.term);
         self.with_view(&a.election, |view| {
             let current = &view.current;
-            if a.leading && a.term > current.term {
+            if a.leading && term > current.term {
                 view.set(LeaderChange {
                     leader: Some(from.clone()),
-                    term: a.term,
+                    term,
                 });
-            } else if !a.leading && a.term == current.term && current.leader.as_ref() == Some(from)
-            {
-                view.set(LeaderChange {
-                    leader: None,
-                    term: a.term,
-                });
+            } else if !a.leading && term == current.term && current.leader.as_ref() == Some(from) {
+                view.set(LeaderChange { leader: None, term });
             }
         });
     }
@@ -125,7 +133,7 @@ impl Election {
     /// Waits until this node leads (for as long as it takes), then tells
     /// every node. Dropping the future gives up.
     pub async fn campaign(&self) -> Result<Leadership, LockError> {
-        let resource = format!("quicmesh.election/{}", self.name);
+        let resource = resource(&self.name);
         loop {
             let options = LockOptions::default()
                 .timeout(CAMPAIGN_RETRY * 4)
@@ -134,7 +142,7 @@ impl Election {
                 Ok(guard) => {
                     let term = guard.token();
                     locked(&self.coord.elections.mine).insert(self.name.clone(), term);
-                    info!(election = %self.name, term, "leading");
+                    info!(election = %self.name, %term, "leading");
                     self.announce(term, true).await;
                     return Ok(Leadership {
                         election: self.clone(),
@@ -170,10 +178,10 @@ impl Election {
             .with_view(&self.name, |v| v.changes.subscribe())
     }
 
-    async fn announce(&self, term: u64, leading: bool) {
+    async fn announce(&self, term: Token, leading: bool) {
         let announce = Announce {
             election: self.name.clone(),
-            term,
+            term: term.get(),
             leading,
         };
         self.coord.elections.announced(self.coord.me(), &announce);
@@ -196,14 +204,30 @@ impl Election {
 pub struct Leadership {
     election: Election,
     guard: Option<LockGuard>,
-    term: u64,
+    term: Token,
 }
 
 impl Leadership {
     /// The term: the election lock's fencing token, larger for every new
     /// leader. Give it to whatever the leader writes to.
-    pub fn term(&self) -> u64 {
+    pub fn term(&self) -> Token {
         self.term
+    }
+
+    /// Whether this node learnt that another node led with a larger term
+    /// while the two were apart (a partition, or this node paused and
+    /// declared down): then this node no longer leads, and every node
+    /// follows the other leader.
+    pub fn is_lost(&self) -> bool {
+        self.guard.as_ref().is_some_and(LockGuard::is_lost)
+    }
+
+    /// Waits until the leadership is lost (see [`Leadership::is_lost`]).
+    pub async fn lost(&self) {
+        match &self.guard {
+            Some(guard) => guard.lost().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops leading, tells every node, and frees the election for the
@@ -245,14 +269,14 @@ impl Drop for Leadership {
 
 /// Tells a node that comes up which elections this node leads.
 pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
-    let mine: Vec<(String, u64)> = locked(&coord.elections.mine)
+    let mine: Vec<(String, Token)> = locked(&coord.elections.mine)
         .iter()
         .map(|(e, t)| (e.clone(), *t))
         .collect();
     for (election, term) in mine {
         let announce = Announce {
             election,
-            term,
+            term: term.get(),
             leading: true,
         };
         coord.send_in_background(
@@ -274,14 +298,34 @@ pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
     }
 }
 
+/// This node's lock of an election (`resource`) lost to a larger term: it
+/// no longer leads there.
+pub(crate) fn lost(coord: &Coord, resource: &str, term: Token) {
+    let Some(name) = resource.strip_prefix("quicmesh.election/") else {
+        return;
+    };
+    let mut mine = locked(&coord.elections.mine);
+    if mine.get(name) == Some(&term) {
+        mine.remove(name);
+        tracing::warn!(election = name, %term, "no longer leading: another node led with a larger term while the two were apart");
+    }
+}
+
 pub(crate) fn serve(coord: &Arc<Coord>) {
     crate::serve(
         coord,
         service::ELECTION_ANNOUNCE,
         |coord, ctx: &CallContext, a: Announce| {
-            if a.election.len() <= 1024 {
-                coord.elections.announced(&ctx.from, &a);
+            if a.election.len() > 1024 {
+                return;
             }
+            // Only the holder of the election's lock leads it.
+            let term = Token::from_u128(a.term);
+            if a.leading && !crate::lock::holds(coord, &resource(&a.election), &ctx.from, term) {
+                tracing::warn!(peer = %ctx.from, election = a.election, %term, "refused an announcement of leadership from a node that does not hold the election's lock with that term");
+                return;
+            }
+            coord.elections.announced(&ctx.from, &a);
         },
     );
 }

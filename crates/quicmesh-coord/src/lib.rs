@@ -22,15 +22,18 @@ use std::time::Duration;
 use quicmesh_mesh::{EventError, EventStream, Mesh, NodeEvent};
 use quicmesh_rpc::{CallContext, Rpc, RpcError};
 use quicmesh_wire::NodeName;
+use quicmesh_wire::coord::service;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info_span};
 
+mod clock;
 mod election;
 mod groups;
 mod local_registry;
 mod lock;
 mod registry;
+mod token;
 
 pub use election::{Election, LeaderChange, Leadership};
 pub use groups::{GroupEvent, Groups, Member};
@@ -38,12 +41,19 @@ pub use local_registry::{AlreadyRegistered, Keys, LocalRegistry, Registered};
 pub use lock::{LockError, LockGuard, LockOptions};
 pub use quicmesh_wire::coord::{Hlc, Registration};
 pub use registry::{Keep, Registry, RegistryError, RegistryEvent};
+pub use token::Token;
+
+/// How far ahead of a node's wall clock a peer's clock reading may be
+/// before the node refuses it (and the message that carries it).
+pub const MAX_CLOCK_DRIFT: Duration = clock::MAX_DRIFT;
 
 /// The coordination state of one node: its lock tables, registry, groups
 /// and elections, kept in step with every connected node over RPC.
 pub struct Coord {
     rpc: Rpc,
+    clock: clock::Clock,
     locks: Mutex<lock::Table>,
+    held: Mutex<lock::Held>,
     registry: registry::State,
     groups: groups::State,
     elections: election::State,
@@ -68,7 +78,9 @@ impl Coord {
     pub fn start(rpc: &Rpc) -> Arc<Self> {
         let coord = Arc::new(Self {
             rpc: rpc.clone(),
+            clock: clock::Clock::default(),
             locks: Mutex::new(lock::Table::default()),
+            held: Mutex::new(lock::Held::default()),
             registry: registry::State::new(),
             groups: groups::State::new(),
             elections: election::State::new(),
@@ -202,7 +214,7 @@ impl Coord {
 pub(crate) fn serve<Req, Resp>(
     coord: &Arc<Coord>,
     service: &str,
-    f: fn(&Coord, &CallContext, Req) -> Resp,
+    f: fn(&Arc<Coord>, &CallContext, Req) -> Resp,
 ) where
     Req: DeserializeOwned + Send + 'static,
     Resp: Serialize + Send + 'static,
@@ -239,10 +251,30 @@ fn reconcile(coord: &Arc<Coord>) {
         }
     }
     for peer in &peers {
-        registry::node_up(coord, peer);
-        groups::node_up(coord, peer);
-        election::node_up(coord, peer);
+        meet(coord, peer);
     }
+}
+
+/// Tells a node that came up this node's state, from a task of the
+/// node's: first the locks it holds (so the peer knows who holds an
+/// election before it hears who leads it), then its names, group
+/// memberships and leaderships.
+fn meet(coord: &Arc<Coord>, peer: &NodeName) {
+    let (coord, peer) = (coord.clone(), peer.clone());
+    let tasks = coord.mesh().tasks().clone();
+    tasks.spawn(async move {
+        let held = lock::held_here(&coord);
+        let timeout = coord.message_timeout();
+        if let Err(e) = coord
+            .call::<_, ()>(&peer, service::LOCK_SYNC, &held, timeout)
+            .await
+        {
+            tracing::warn!(peer = %peer, "could not tell it the locks this node holds: {e}");
+        }
+        registry::node_up(&coord, &peer);
+        groups::node_up(&coord, &peer);
+        election::node_up(&coord, &peer);
+    });
 }
 
 async fn follow_nodes(coord: Weak<Coord>, mut events: EventStream, tasks: quicmesh_mesh::Tasks) {
@@ -253,11 +285,7 @@ async fn follow_nodes(coord: Weak<Coord>, mut events: EventStream, tasks: quicme
         };
         let Some(coord) = coord.upgrade() else { return };
         match event {
-            Ok(NodeEvent::NodeUp { node, .. }) => {
-                registry::node_up(&coord, &node);
-                groups::node_up(&coord, &node);
-                election::node_up(&coord, &node);
-            }
+            Ok(NodeEvent::NodeUp { node, .. }) => meet(&coord, &node),
             Ok(NodeEvent::NodeDown { node, reason }) => {
                 debug!(peer = %node, %reason, "releasing what the node held");
                 lock::node_down(&coord, &node);

@@ -1,20 +1,29 @@
 //! Cluster locks (`:global.set_lock`/`trans`) with fencing tokens.
 //!
 //! Every node keeps a lock table: a resource is free or held by one
-//! requester, and has a fence, a counter that only grows. To lock a
-//! resource on a set of nodes, the requester asks the lowest-named node
-//! of the set first and then the others at once; each grants it (the
-//! resource is free, or already this requester's) with its fence plus one,
-//! or refuses. All granted: the token is the largest fence granted, which
-//! the requester then tells every node, so any later grant anywhere in the
-//! set is larger. One refused: the requester releases what it got, waits a
-//! random, growing while, and tries again. As everyone asks the same first
-//! node first, contention is settled there, and the random wait ends the
-//! rest: no deadlock (nobody waits while holding) and no livelock.
+//! requester. To lock a resource on a set of nodes, the requester asks the
+//! lowest-named node of the set first and then the others at once; each
+//! grants it (the resource is free, or already this requester's) with its
+//! clock reading, or refuses. All granted: the requester's clock moves
+//! past every reading, and its reading then, with its node name, is the
+//! token ([`Token`]), which it tells every node of the set. As every node
+//! moves its clock past each token it hears of, a later grant anywhere
+//! in the set has a larger token, and so does a grant after a restart of
+//! the whole cluster (the clocks count wall-clock time). One refused: the
+//! requester releases what it got, waits a random, growing while, and
+//! tries again. As everyone asks the same first node first, contention is
+//! settled there, and the random wait ends the rest: no deadlock (nobody
+//! waits while holding) and no livelock.
 //!
 //! A lock is released when its guard is dropped (so when the task holding
 //! it ends, or panics), and by every node when the holder's node goes down.
+//! On each side of a partition a lock may be granted; when two nodes meet,
+//! each tells the other the locks it holds, the grant with the larger
+//! token keeps the resource on every node, and the guard whose grant lost
+//! reports it ([`LockGuard::lost`]). A free resource leaves nothing behind
+//! in a table: the clock, one number per node, is the fence of all.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,18 +31,20 @@ use std::time::Duration;
 use quicmesh_rpc::{CallContext, RpcError};
 use quicmesh_wire::NodeName;
 use quicmesh_wire::coord::{
-    LockAcquire, LockAnswer, LockConfirm, LockRelease, LockRequester, service,
+    Hlc, LockAcquire, LockAnswer, LockConfirm, LockHeld, LockRelease, LockRequester, service,
 };
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::token::Token;
 use crate::{Coord, locked};
 
 mod table;
 
-pub(crate) use table::Table;
+pub(crate) use table::{MAX_PER_NODE, Met, Table};
 
 /// Shortest and longest wait between attempts on a contended lock.
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
@@ -103,6 +114,12 @@ pub enum LockError {
     /// The resource name is empty or longer than 1024 bytes.
     #[error("bad lock resource name {0:?}: 1 to 1024 bytes")]
     BadResource(String),
+    /// This node holds as many locks as a node may (65,536): release some.
+    #[error("this node holds {limit} locks, the most a node may hold")]
+    TooMany {
+        /// Locks per node.
+        limit: usize,
+    },
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -111,7 +128,7 @@ pub enum LockError {
 /// A cluster lock held: released when dropped. Hold it in the task that
 /// works under the lock, and pass [`LockGuard::token`] to whatever the
 /// lock protects, so it can refuse a holder whose lock was given away
-/// meanwhile (its node was cut off and declared down).
+/// meanwhile (its node was cut off or paused and declared down).
 #[derive(Debug)]
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard {
@@ -119,15 +136,35 @@ pub struct LockGuard {
     resource: String,
     requester: LockRequester,
     nodes: Vec<NodeName>,
-    token: u64,
+    token: Token,
+    lost: watch::Receiver<bool>,
     released: bool,
 }
 
 impl LockGuard {
     /// The fencing token: larger than that of every earlier grant of this
-    /// resource on any node of the set still up.
-    pub fn token(&self) -> u64 {
+    /// resource, and unique in the cluster (see [`Token`]).
+    pub fn token(&self) -> Token {
         self.token
+    }
+
+    /// Whether this node learnt that the lock was given to another holder
+    /// with a larger token (granted while this node was cut off or paused,
+    /// and told when they met again). The guard still releases nothing
+    /// of the other holder's when dropped.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Waits until the lock is lost (see [`LockGuard::is_lost`]); pending
+    /// for as long as it is held.
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        // An error means the guard's entry went, which it does not while
+        // the guard lives: then this waits forever, as a held lock should.
+        if lost.wait_for(|lost| *lost).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// The resource locked.
@@ -144,6 +181,7 @@ impl LockGuard {
     /// released it (or could not be reached).
     pub async fn release(mut self) {
         self.released = true;
+        locked(&self.coord.held).remove(&self.requester.id);
         release_on(&self.coord, &self.resource, &self.requester, &self.nodes).await;
     }
 }
@@ -160,6 +198,7 @@ impl Drop for LockGuard {
             std::mem::take(&mut self.nodes),
         );
         // The local table at once; the other nodes as soon as possible.
+        locked(&coord.held).remove(&requester.id);
         locked(&coord.locks).release(&resource, &requester);
         // A task of the node's, so shutdown waits for it (outside a
         // runtime the nodes release it when this node goes down).
@@ -196,15 +235,25 @@ pub(crate) async fn acquire(
         }
         let nodes = node_set(coord, options);
         attempts += 1;
-        if let Some(token) = attempt(coord, resource, &requester, &nodes, deadline).await {
-            return Ok(LockGuard {
-                coord: coord.clone(),
-                resource: resource.to_owned(),
-                requester,
-                nodes,
-                token,
-                released: false,
-            });
+        let follows = options.nodes.is_none();
+        match attempt(coord, resource, &requester, &nodes, follows, deadline).await {
+            Attempt::Held(token, lost) => {
+                return Ok(LockGuard {
+                    coord: coord.clone(),
+                    resource: resource.to_owned(),
+                    requester,
+                    nodes,
+                    token,
+                    lost,
+                    released: false,
+                });
+            }
+            Attempt::TooMany => {
+                return Err(LockError::TooMany {
+                    limit: MAX_PER_NODE,
+                });
+            }
+            Attempt::Refused => {}
         }
         let exhausted = options.retries.is_some_and(|r| attempts > r);
         let wait = backoff(attempts);
@@ -237,48 +286,90 @@ fn backoff(attempt: u32) -> Duration {
     cap.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// One attempt: the token when every node granted, `None` (and nothing
-/// held) otherwise.
+/// A guard of this node's, as the coordination state keeps it: to tell
+/// the nodes it meets, and to tell the guard when it lost.
+#[derive(Debug)]
+pub(crate) struct Live {
+    resource: String,
+    requester: LockRequester,
+    token: Token,
+    /// Locked on every connected node (not on a set given): told to the
+    /// nodes it meets.
+    follows: bool,
+    lost: watch::Sender<bool>,
+}
+
+/// This node's guards, by request number.
+pub(crate) type Held = HashMap<u64, Live>;
+
+enum Attempt {
+    Held(Token, watch::Receiver<bool>),
+    Refused,
+    TooMany,
+}
+
+/// One attempt: the token when every node granted, or why not (and then
+/// nothing held).
 async fn attempt(
     coord: &Arc<Coord>,
     resource: &str,
     requester: &LockRequester,
     nodes: &[NodeName],
+    follows: bool,
     deadline: Instant,
-) -> Option<u64> {
-    let (first, rest) = nodes.split_first()?;
+) -> Attempt {
+    let Some((first, rest)) = nodes.split_first() else {
+        return Attempt::Refused;
+    };
     let first_answer = ask(coord, first, resource, requester, deadline).await;
-    let mut granted = Vec::with_capacity(nodes.len());
-    let mut refused = false;
+    let mut refused = None;
     match first_answer {
-        Some(LockAnswer::Granted(fence)) => granted.push((first.clone(), fence)),
-        _ => refused = true,
+        Some(LockAnswer::Granted(_)) => {}
+        Some(LockAnswer::TooMany) => refused = Some(Attempt::TooMany),
+        _ => refused = Some(Attempt::Refused),
     }
-    if !refused {
+    if refused.is_none() {
         let mut asks = JoinSet::new();
         for node in rest.iter().cloned() {
             let (coord, resource, requester) =
                 (coord.clone(), resource.to_owned(), requester.clone());
-            asks.spawn(async move {
-                let answer = ask(&coord, &node, &resource, &requester, deadline).await;
-                (node, answer)
-            });
+            asks.spawn(async move { ask(&coord, &node, &resource, &requester, deadline).await });
         }
         while let Some(joined) = asks.join_next().await {
             match joined {
-                Ok((node, Some(LockAnswer::Granted(fence)))) => granted.push((node, fence)),
-                _ => refused = true,
+                Ok(Some(LockAnswer::Granted(_))) => {}
+                Ok(Some(LockAnswer::TooMany)) => refused = Some(Attempt::TooMany),
+                _ => refused = refused.or(Some(Attempt::Refused)),
             }
         }
     }
-    if refused {
+    if let Some(refused) = refused {
         // LockRelease everywhere asked (a late grant may still land).
         release_on(coord, resource, requester, nodes).await;
-        return None;
+        return refused;
     }
-    let token = granted.iter().map(|(_, f)| *f).max().unwrap_or(0);
-    confirm_on(coord, resource, requester, nodes, token).await;
-    Some(token)
+    // The clock is past every granting node's now (`ask` took them in).
+    let token = Token::new(coord.clock.now(), coord.me());
+    let (lost_tx, lost) = watch::channel(false);
+    locked(&coord.held).insert(
+        requester.id,
+        Live {
+            resource: resource.to_owned(),
+            requester: requester.clone(),
+            token,
+            follows,
+            lost: lost_tx,
+        },
+    );
+    let mine = confirm_on(coord, resource, requester, nodes, token).await;
+    if !mine || *lost.borrow() {
+        // Another holder's grant took it here while this one was being
+        // confirmed (two nodes met meanwhile): try again.
+        locked(&coord.held).remove(&requester.id);
+        release_on(coord, resource, requester, nodes).await;
+        return Attempt::Refused;
+    }
+    Attempt::Held(token, lost)
 }
 
 /// Asks one node for the lock; `None` if it could not answer in time.
@@ -290,7 +381,8 @@ async fn ask(
     deadline: Instant,
 ) -> Option<LockAnswer> {
     if *node == *coord.me() {
-        return Some(locked(&coord.locks).acquire(resource, requester));
+        let now = coord.clock.now().packed();
+        return Some(locked(&coord.locks).acquire(resource, requester, now));
     }
     let timeout = deadline
         .saturating_duration_since(Instant::now())
@@ -303,6 +395,13 @@ async fn ask(
         .call(node, service::LOCK_ACQUIRE, &request, timeout)
         .await
     {
+        Ok(LockAnswer::Granted(clock)) => {
+            if let Err(ahead) = coord.clock.observe(Hlc::unpacked(clock)) {
+                warn!(peer = %node, resource, "a lock grant's clock is {:?} ahead of this node's, more than the {:?} allowed: taken as refused; check the clocks", ahead.by, crate::clock::MAX_DRIFT);
+                return None;
+            }
+            Some(LockAnswer::Granted(clock))
+        }
         Ok(answer) => Some(answer),
         Err(e) => {
             debug!(peer = %node, resource, "lock request failed: {e}");
@@ -311,26 +410,29 @@ async fn ask(
     }
 }
 
-/// Tells every node of the set the token granted.
+/// Tells every node of the set the token granted; `false` if this node's
+/// own table no longer has the grant.
 async fn confirm_on(
     coord: &Arc<Coord>,
     resource: &str,
     requester: &LockRequester,
     nodes: &[NodeName],
-    token: u64,
-) {
+    token: Token,
+) -> bool {
     let request = LockConfirm {
         resource: resource.to_owned(),
         requester: requester.clone(),
-        token,
+        token: token.get(),
     };
+    let mut mine = true;
     let results = on_each(coord, nodes, service::LOCK_CONFIRM, &request, |t| {
-        t.confirm(resource, token)
+        mine = t.confirm(resource, requester, token.get());
     })
     .await;
     for (node, e) in results {
         warn!(peer = %node, resource, "could not confirm lock token {token}: {e}");
     }
+    mine
 }
 
 /// Releases the lock on every node of the set that still has it.
@@ -409,6 +511,66 @@ pub(crate) fn holders(coord: &Coord) -> Vec<NodeName> {
     locked(&coord.locks).holders()
 }
 
+/// The locks this node holds on every connected node, to tell a node it
+/// meets.
+pub(crate) fn held_here(coord: &Coord) -> Vec<LockHeld> {
+    locked(&coord.held)
+        .values()
+        .filter(|live| live.follows && !*live.lost.borrow())
+        .map(|live| LockHeld {
+            resource: live.resource.clone(),
+            requester: live.requester.clone(),
+            token: live.token.get(),
+        })
+        .collect()
+}
+
+/// Whether `node` holds `resource` here with `token`.
+pub(crate) fn holds(coord: &Coord, resource: &str, node: &NodeName, token: Token) -> bool {
+    locked(&coord.locks)
+        .holder(resource)
+        .is_some_and(|(r, t)| r.node == *node && t == Some(token.get()))
+}
+
+/// Takes in the locks a peer it meets holds: the larger token keeps each
+/// resource; a guard of this node's whose grant lost is told.
+fn met(coord: &Arc<Coord>, from: &NodeName, locks: Vec<LockHeld>) {
+    for held in locks.into_iter().take(MAX_PER_NODE) {
+        if held.requester.node != *from || held.resource.len() > MAX_RESOURCE {
+            continue;
+        }
+        let token = Token::from_u128(held.token);
+        if let Err(ahead) = coord.clock.observe(token.time()) {
+            warn!(peer = %from, resource = held.resource, "a held lock's token is {:?} ahead of this node's clock, more than allowed: ignored; check the clocks", ahead.by);
+            continue;
+        }
+        let outcome = locked(&coord.locks).meet(&held.resource, &held.requester, held.token);
+        if let Met::Replaced { loser } = outcome
+            && loser.node == *coord.me()
+        {
+            lose(coord, &loser, &held.requester.node, token);
+        }
+    }
+}
+
+/// This node's grant `requester` lost to `winner`'s with `token`: its
+/// guard is told, and the other nodes of its set release it.
+fn lose(coord: &Arc<Coord>, requester: &LockRequester, winner: &NodeName, token: Token) {
+    let Some(live) = locked(&coord.held).remove(&requester.id) else {
+        return;
+    };
+    warn!(resource = live.resource, token = %live.token, winner = %winner, winning_token = %token, "lost a lock: another node was granted it while the two were apart");
+    live.lost.send_replace(true);
+    crate::election::lost(coord, &live.resource, live.token);
+    let (coord, resource, requester) = (coord.clone(), live.resource, live.requester);
+    let nodes = coord.peers();
+    coord
+        .mesh()
+        .tasks()
+        .clone()
+        .spawn(async move { release_on(&coord, &resource, &requester, &nodes).await });
+}
+
 /// Releases every lock `node` held here (it went down).
 pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
     let freed = locked(&coord.locks).release_node(node);
@@ -420,20 +582,27 @@ pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
 pub(crate) fn serve(coord: &Arc<Coord>) {
     crate::serve(
         coord,
+        service::LOCK_SYNC,
+        |coord, ctx: &CallContext, locks: Vec<LockHeld>| met(coord, &ctx.from, locks),
+    );
+    crate::serve(
+        coord,
         service::LOCK_ACQUIRE,
         |coord, ctx: &CallContext, req: LockAcquire| {
             if !from_requester(ctx, &req.requester) || req.resource.len() > MAX_RESOURCE {
                 return LockAnswer::Held;
             }
-            locked(&coord.locks).acquire(&req.resource, &req.requester)
+            let now = coord.clock.now().packed();
+            locked(&coord.locks).acquire(&req.resource, &req.requester, now)
         },
     );
     crate::serve(
         coord,
         service::LOCK_CONFIRM,
         |coord, ctx: &CallContext, req: LockConfirm| {
-            if from_requester(ctx, &req.requester) {
-                locked(&coord.locks).confirm(&req.resource, req.token);
+            let time = Token::from_u128(req.token).time();
+            if from_requester(ctx, &req.requester) && coord.clock.observe(time).is_ok() {
+                locked(&coord.locks).confirm(&req.resource, &req.requester, req.token);
             }
         },
     );

@@ -6,15 +6,36 @@
 //! cluster lock of the name on every connected node, checks the name is
 //! free everywhere, then writes it everywhere, so of concurrent attempts
 //! exactly one succeeds. A node that goes down takes its names with it on
-//! every node. When two nodes meet (at start, or when a partition heals),
-//! each sends the other the names it owns; a name owned by two nodes is
-//! resolved on every node by the same deterministic rule, and the loser's
-//! node sees [`RegistryEvent::Conflict`] naming it.
+//! every node.
+//!
+//! When two nodes meet (at start, or when a partition heals), each sends
+//! the other the names it owns. A node speaks only for itself, so a name
+//! held by a live node changes owner only when that owner gives it up:
+//! another node's claim to it waits beside it. The two owners of a name
+//! each decide the conflict by the same rules, in order:
+//!
+//! 1. a registration made after its node dropped an earlier one of the
+//!    name (its owner went down) wins against that one and every earlier
+//!    one ([`Registration::supersedes`]): a node declared down does not
+//!    win its names back by an older clock;
+//! 2. a claim earlier than a registration its claimant acknowledged (it
+//!    stored it when it was registered) is refused: nobody can acknowledge
+//!    a name and then claim to have had it first;
+//! 3. otherwise the resolver ([`Registry::set_resolver`]; default: the
+//!    earliest registration, ties by owner name).
+//!
+//! The loser gives the name up everywhere (`quicmesh.registry.yield`), the
+//! nodes waiting with the winner's claim take it, and both owners see
+//! [`RegistryEvent::Conflict`]. Clock readings from peers more than
+//! [`crate::MAX_CLOCK_DRIFT`] ahead of this node's clock are refused, and
+//! so is a live registration whose clock is that far behind.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::MAX_DRIFT;
 
 use quicmesh_rpc::{CallContext, RpcError};
 use quicmesh_wire::NodeName;
@@ -33,21 +54,11 @@ const MAX_NAME: usize = 255;
 /// is not taken, a registration past it is refused.
 const MAX_PER_OWNER: usize = 65_536;
 
-/// A clock reading after both `last` and the wall clock reading
-/// `wall_millis`.
-fn tick(last: Hlc, wall_millis: u64) -> Hlc {
-    if wall_millis > last.millis {
-        Hlc {
-            millis: wall_millis,
-            counter: 0,
-        }
-    } else {
-        Hlc {
-            millis: last.millis,
-            counter: last.counter.saturating_add(1),
-        }
-    }
-}
+/// At most this many dropped registrations remembered (the evidence of
+/// rule 1 in the module docs).
+const MAX_DROPPED: usize = 65_536;
+/// At most this many peers' acknowledgements remembered (rule 2).
+const MAX_ACKED: usize = 4096;
 
 /// Which of two conflicting registrations of one name to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +131,15 @@ pub enum RegistryError {
         /// Names per node.
         limit: usize,
     },
+    /// A node refused the registration because this node's clock is too
+    /// far from its own: synchronise the clocks (NTP).
+    #[error(
+        "{peer} refused the registration: its clock and this node's differ by more than the allowed drift; synchronise the clocks"
+    )]
+    ClockDrift {
+        /// The node whose clock disagrees.
+        peer: NodeName,
+    },
     /// The name's cluster lock was not taken.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -128,11 +148,21 @@ pub enum RegistryError {
     Rpc(#[from] RpcError),
 }
 
-/// The registered names, with how many each owner has.
+/// The registered names, the claims waiting beside them (with how many of
+/// both each owner has), and the registrations dropped with their owners.
 #[derive(Debug, Default)]
 struct Names {
     by_name: HashMap<String, Registration>,
+    /// Claims to names another live node holds, waiting for it to give the
+    /// name up or go down.
+    waiting: HashMap<String, Vec<Registration>>,
     per_owner: HashMap<NodeName, usize>,
+    /// Per name: the latest registration of it dropped because its owner
+    /// went down.
+    dropped: HashMap<String, Hlc>,
+    /// Registrations given up in a conflict before the winner's claim
+    /// came here: when it comes, it is the conflict's event.
+    yielded: HashMap<String, Registration>,
 }
 
 impl Names {
@@ -148,16 +178,30 @@ impl Names {
         self.by_name.keys()
     }
 
-    /// How many names `owner` has here.
+    /// How many names and claims `owner` has here.
     fn owned_by(&self, owner: &NodeName) -> usize {
         self.per_owner.get(owner).copied().unwrap_or(0)
     }
 
+    fn full(&self, owner: &NodeName) -> bool {
+        self.owned_by(owner) >= MAX_PER_OWNER
+    }
+
+    fn count(&mut self, owner: &NodeName) {
+        *self.per_owner.entry(owner.clone()).or_insert(0) += 1;
+    }
+
+    fn uncount(&mut self, owner: &NodeName) {
+        if let Some(n) = self.per_owner.get_mut(owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_owner.remove(owner);
+            }
+        }
+    }
+
     fn insert(&mut self, registration: Registration) {
-        *self
-            .per_owner
-            .entry(registration.owner.clone())
-            .or_insert(0) += 1;
+        self.count(&registration.owner);
         let name = registration.name.clone();
         if let Some(old) = self.by_name.insert(name, registration) {
             self.uncount(&old.owner);
@@ -170,50 +214,144 @@ impl Names {
         Some(old)
     }
 
-    fn uncount(&mut self, owner: &NodeName) {
-        if let Some(n) = self.per_owner.get_mut(owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_owner.remove(owner);
-            }
+    /// Keeps `claim` waiting beside the name's holder (replacing the
+    /// claimant's earlier claim to it).
+    fn wait(&mut self, claim: Registration) {
+        let list = self.waiting.entry(claim.name.clone()).or_default();
+        if let Some(old) = list.iter_mut().find(|c| c.owner == claim.owner) {
+            *old = claim;
+        } else {
+            let owner = claim.owner.clone();
+            list.push(claim);
+            self.count(&owner);
         }
+    }
+
+    /// Drops `owner`'s waiting claim to `name`; `true` if it had one.
+    fn unwait(&mut self, name: &str, owner: &NodeName) -> bool {
+        let Some(list) = self.waiting.get_mut(name) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|c| c.owner != *owner);
+        let gone = before != list.len();
+        if list.is_empty() {
+            self.waiting.remove(name);
+        }
+        if gone {
+            self.uncount(owner);
+        }
+        gone
+    }
+
+    /// Takes every claim waiting for `name`.
+    fn take_waiting(&mut self, name: &str) -> Vec<Registration> {
+        let claims = self.waiting.remove(name).unwrap_or_default();
+        for c in &claims {
+            self.uncount(&c.owner);
+        }
+        claims
+    }
+
+    /// Remembers that a registration of `name` from `at` was dropped with
+    /// its owner.
+    fn dropped_with_owner(&mut self, name: &str, at: Hlc) {
+        if let Some(t) = self.dropped.get_mut(name) {
+            *t = (*t).max(at);
+        } else if self.dropped.len() < MAX_DROPPED {
+            self.dropped.insert(name.to_owned(), at);
+        }
+    }
+}
+
+/// What the owner of a name does with another node's claim to it.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    /// Keeps the name: the claim lost.
+    Keep,
+    /// Gives the name up to the claim.
+    Yield,
+    /// Refuses the claim: its claimant acknowledged this registration, and
+    /// claims to have had the name earlier (rule 2 of the module docs).
+    Refuse,
+}
+
+/// Rule 1 of the module docs: which of two registrations (if either) was
+/// made after the other was dropped with its owner.
+fn supersedes(a: &Registration, b: &Registration) -> Option<Keep> {
+    if a.supersedes.is_some_and(|s| s >= b.registered_at) {
+        Some(Keep::First)
+    } else if b.supersedes.is_some_and(|s| s >= a.registered_at) {
+        Some(Keep::Second)
+    } else {
+        None
+    }
+}
+
+/// Which of two registrations of one name stays, by rules 1 and 3 (the
+/// same answer on every node, whatever order they come in).
+fn winner(a: Registration, b: Registration, resolver: &Resolver) -> (Registration, Registration) {
+    // Give the rules the two in one order on every node.
+    let (a, b) = if (&a.owner, a.registered_at) <= (&b.owner, b.registered_at) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let keep = supersedes(&a, &b).unwrap_or_else(|| resolver(&a, &b));
+    match keep {
+        Keep::First => (a, b),
+        Keep::Second => (b, a),
+    }
+}
+
+/// The owner of `mine` meets `claim`, whose claimant acknowledged this
+/// owner's registrations up to `acked`.
+fn decide(
+    mine: &Registration,
+    claim: &Registration,
+    acked: Option<Hlc>,
+    resolver: &Resolver,
+) -> Decision {
+    if supersedes(mine, claim).is_none()
+        && claim.registered_at < mine.registered_at
+        && acked.is_some_and(|acked| mine.registered_at <= acked)
+    {
+        return Decision::Refuse;
+    }
+    let (kept, _) = winner(mine.clone(), claim.clone(), resolver);
+    if kept == *mine {
+        Decision::Keep
+    } else {
+        Decision::Yield
     }
 }
 
 pub(crate) struct State {
     names: Mutex<Names>,
-    clock: Mutex<Hlc>,
+    /// Per peer: the latest of this node's registrations it stored when
+    /// they were made.
+    acked: Mutex<HashMap<NodeName, Hlc>>,
     resolver: Mutex<Resolver>,
     events: broadcast::Sender<RegistryEvent>,
+}
+
+/// What taking in a claim came to.
+enum Taken {
+    /// Stored, waiting, or refused: nothing more to do.
+    Done,
+    /// The claimant's share is full.
+    Full,
+    /// This node gave its registration up to the claim: tell every node.
+    Yielded(Registration),
 }
 
 impl State {
     pub(crate) fn new() -> Self {
         Self {
             names: Mutex::new(Names::default()),
-            clock: Mutex::new(Hlc {
-                millis: 0,
-                counter: 0,
-            }),
+            acked: Mutex::new(HashMap::new()),
             resolver: Mutex::new(Arc::new(earliest)),
             events: broadcast::channel(1024).0,
-        }
-    }
-
-    fn now(&self) -> Hlc {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let mut clock = locked(&self.clock);
-        *clock = tick(*clock, wall);
-        *clock
-    }
-
-    /// Moves the clock past a reading seen in a message.
-    fn observe(&self, seen: Hlc) {
-        let mut clock = locked(&self.clock);
-        if seen > *clock {
-            *clock = seen;
         }
     }
 
@@ -221,67 +359,222 @@ impl State {
         let _ = self.events.send(event);
     }
 
-    /// Takes in `incoming` (from its owner): stored if the name is free or
-    /// already the owner's; else resolved against what is stored. `false`
-    /// if it is a new name of an owner that has [`MAX_PER_OWNER`] already.
-    fn merge(&self, me: &NodeName, incoming: Registration) -> bool {
-        self.observe(incoming.registered_at);
-        let resolver = locked(&self.resolver).clone();
+    fn emit_all(&self, events: Vec<RegistryEvent>) {
+        for e in events {
+            self.emit(e);
+        }
+    }
+
+    /// Records that `peer` stored this node's registration from `at`.
+    fn acknowledged(&self, peer: &NodeName, at: Hlc) {
+        let mut acked = locked(&self.acked);
+        if acked.len() >= MAX_ACKED && !acked.contains_key(peer) {
+            acked.clear();
+        }
+        let t = acked.entry(peer.clone()).or_insert(at);
+        *t = (*t).max(at);
+    }
+
+    /// Stores this node's own new registration; `false` if its share is
+    /// full.
+    fn store_own(&self, registration: Registration) -> bool {
         let mut names = locked(&self.names);
-        let event = match names.get(&incoming.name) {
-            None if names.owned_by(&incoming.owner) >= MAX_PER_OWNER => return false,
-            None => {
-                names.insert(incoming.clone());
-                RegistryEvent::Registered(incoming)
-            }
-            Some(stored) if stored.owner == incoming.owner => {
-                if *stored == incoming {
-                    return true;
-                }
-                names.insert(incoming.clone());
-                RegistryEvent::Registered(incoming)
-            }
-            Some(stored) => {
-                // Give the resolver the two in one order on every node.
-                let (a, b) = if (&stored.owner, stored.registered_at)
-                    <= (&incoming.owner, incoming.registered_at)
-                {
-                    (stored.clone(), incoming)
-                } else {
-                    (incoming, stored.clone())
-                };
-                let (kept, dropped) = match resolver(&a, &b) {
-                    Keep::First => (a, b),
-                    Keep::Second => (b, a),
-                };
-                names.insert(kept.clone());
-                if dropped.owner == *me {
-                    warn!(name = %dropped.name, winner = %kept.owner, "lost a registered name in a conflict");
-                } else {
-                    info!(name = %kept.name, kept = %kept.owner, dropped = %dropped.owner, "resolved a registry conflict");
-                }
-                RegistryEvent::Conflict { kept, dropped }
-            }
-        };
+        if names.get(&registration.name).is_none() && names.full(&registration.owner) {
+            return false;
+        }
+        names.dropped.remove(&registration.name);
+        names.insert(registration.clone());
         drop(names);
-        self.emit(event);
+        self.emit(RegistryEvent::Registered(registration));
         true
     }
 
-    fn remove_if(&self, name: &str, owner: &NodeName, owner_down: bool) {
-        let removed = {
-            let mut names = locked(&self.names);
-            match names.get(name) {
-                Some(r) if r.owner == *owner => names.remove(name),
-                _ => None,
+    /// Takes in `claim`, which its owner sent when the two nodes met (see
+    /// the module docs).
+    fn claim(&self, me: &NodeName, claim: Registration) -> Taken {
+        let resolver = locked(&self.resolver).clone();
+        let acked = locked(&self.acked).get(&claim.owner).copied();
+        let mut names = locked(&self.names);
+        let (taken, event) = match names.get(&claim.name) {
+            None if names.full(&claim.owner) => (Taken::Full, None),
+            None => {
+                names.insert(claim.clone());
+                let event = match names.yielded.remove(&claim.name) {
+                    Some(dropped) => RegistryEvent::Conflict {
+                        kept: claim,
+                        dropped,
+                    },
+                    None => RegistryEvent::Registered(claim),
+                };
+                (Taken::Done, Some(event))
+            }
+            Some(stored) if stored.owner == claim.owner => {
+                if *stored == claim {
+                    return Taken::Done;
+                }
+                names.insert(claim.clone());
+                (Taken::Done, Some(RegistryEvent::Registered(claim)))
+            }
+            Some(mine) if mine.owner == *me => {
+                let mine = mine.clone();
+                match decide(&mine, &claim, acked, &resolver) {
+                    Decision::Refuse => {
+                        warn!(name = %claim.name, claimant = %claim.owner, "refused a claim to a name this node holds: the claimant acknowledged this node's registration and claims an earlier one");
+                        (Taken::Done, None)
+                    }
+                    Decision::Keep => {
+                        if names.full(&claim.owner) {
+                            (Taken::Full, None)
+                        } else {
+                            info!(name = %claim.name, dropped = %claim.owner, "kept a registered name in a conflict");
+                            names.wait(claim.clone());
+                            let event = RegistryEvent::Conflict {
+                                kept: mine,
+                                dropped: claim,
+                            };
+                            (Taken::Done, Some(event))
+                        }
+                    }
+                    Decision::Yield => {
+                        warn!(name = %claim.name, winner = %claim.owner, "lost a registered name in a conflict");
+                        names.insert(claim.clone());
+                        let event = RegistryEvent::Conflict {
+                            kept: claim,
+                            dropped: mine.clone(),
+                        };
+                        (Taken::Yielded(mine), Some(event))
+                    }
+                }
+            }
+            Some(_) if names.full(&claim.owner) => (Taken::Full, None),
+            Some(_) => {
+                names.wait(claim);
+                (Taken::Done, None)
             }
         };
-        if let Some(registration) = removed {
+        drop(names);
+        if let Some(event) = event {
+            self.emit(event);
+        }
+        taken
+    }
+
+    /// The holder of `name` left it (`why`): the best claim waiting takes
+    /// it. Called with the names locked; the events to send.
+    fn hand_on(
+        &self,
+        names: &mut Names,
+        left: Registration,
+        owner_down: bool,
+    ) -> Vec<RegistryEvent> {
+        let mut claims = names.take_waiting(&left.name).into_iter();
+        let Some(first) = claims.next() else {
+            return vec![RegistryEvent::Unregistered {
+                registration: left,
+                owner_down,
+            }];
+        };
+        let resolver = locked(&self.resolver).clone();
+        let mut best = first;
+        let mut rest = Vec::new();
+        for c in claims {
+            let (kept, other) = winner(best, c, &resolver);
+            best = kept;
+            rest.push(other);
+        }
+        names.insert(best.clone());
+        for c in rest {
+            names.wait(c);
+        }
+        vec![RegistryEvent::Conflict {
+            kept: best,
+            dropped: left,
+        }]
+    }
+
+    /// `owner` unregistered `name`: it is free, and claims waiting for it
+    /// are dropped with it.
+    fn unregistered(&self, name: &str, owner: &NodeName) {
+        let mut names = locked(&self.names);
+        names.unwait(name, owner);
+        if names.get(name).is_none_or(|r| r.owner != *owner) {
+            return;
+        }
+        let left = names.remove(name);
+        names.take_waiting(name);
+        drop(names);
+        if let Some(registration) = left {
             self.emit(RegistryEvent::Unregistered {
                 registration,
-                owner_down,
+                owner_down: false,
             });
         }
+    }
+
+    /// `lost`'s owner gave it up in a conflict: the best claim waiting
+    /// takes the name, if its owner held it here; else the holder here
+    /// keeps it. Either way, the conflict is an event here (unless this
+    /// node, the winner, saw it already).
+    fn yielded(&self, me: &NodeName, lost: Registration) {
+        let mut names = locked(&self.names);
+        let had_claim = names.unwait(&lost.name, &lost.owner);
+        let events = match names.get(&lost.name) {
+            Some(r) if r.owner == lost.owner => {
+                let Some(left) = names.remove(&lost.name) else {
+                    return;
+                };
+                if names.waiting.contains_key(&left.name) {
+                    self.hand_on(&mut names, left, false)
+                } else {
+                    // The winner's claim has not come yet: its coming is
+                    // the conflict's event.
+                    if names.yielded.len() < MAX_DROPPED {
+                        names.yielded.insert(left.name.clone(), left.clone());
+                    }
+                    vec![RegistryEvent::Unregistered {
+                        registration: left,
+                        owner_down: false,
+                    }]
+                }
+            }
+            Some(kept) if !(kept.owner == *me && had_claim) => vec![RegistryEvent::Conflict {
+                kept: kept.clone(),
+                dropped: lost,
+            }],
+            _ => vec![],
+        };
+        drop(names);
+        self.emit_all(events);
+    }
+
+    /// `node` went down: its names and claims go (remembered as dropped, so
+    /// a later registration wins against them), and claims waiting for its
+    /// names take them.
+    fn owner_down(&self, node: &NodeName) {
+        let mut names = locked(&self.names);
+        let gone: Vec<String> = names
+            .values()
+            .filter(|r| r.owner == *node)
+            .map(|r| r.name.clone())
+            .collect();
+        let claimed: Vec<String> = names
+            .waiting
+            .iter()
+            .filter(|(_, list)| list.iter().any(|c| c.owner == *node))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in claimed {
+            names.unwait(&name, node);
+        }
+        let mut events = Vec::new();
+        for name in gone {
+            if let Some(left) = names.remove(&name) {
+                names.dropped_with_owner(&name, left.registered_at);
+                events.extend(self.hand_on(&mut names, left, true));
+            }
+        }
+        drop(names);
+        self.emit_all(events);
     }
 }
 
@@ -323,7 +616,7 @@ impl Registry {
             owner,
         };
         let me = self.coord.me().clone();
-        if locked(&self.state().names).owned_by(&me) >= MAX_PER_OWNER {
+        if locked(&self.state().names).full(&me) {
             return Err(RegistryError::TooMany {
                 limit: MAX_PER_OWNER,
             });
@@ -337,11 +630,13 @@ impl Registry {
         if let Some(r) = self.whereis(name) {
             return Err(taken(r.owner));
         }
+        let supersedes = locked(&self.state().names).dropped.get(name).copied();
         let registration = Registration {
             name: name.to_owned(),
             owner: me.clone(),
             service: service.to_owned(),
-            registered_at: self.state().now(),
+            registered_at: self.coord.clock.now(),
+            supersedes,
         };
         let peers: Vec<NodeName> = guard
             .nodes()
@@ -361,28 +656,40 @@ impl Registry {
             }
         }))
         .await;
-        let owner = answers.iter().find_map(|(_, a)| match a {
-            Ok(PutAnswer::Taken(owner)) => Some(owner.clone()),
-            _ => None,
-        });
-        let full = answers
-            .iter()
-            .any(|(_, a)| matches!(a, Ok(PutAnswer::Full)));
+        let mut refusal = None;
         for (peer, answer) in &answers {
-            if let Err(e) = answer {
-                warn!(peer = %peer, name, "could not tell a node of a registration: {e}");
+            match answer {
+                Ok(PutAnswer::Stored) => {
+                    self.state().acknowledged(peer, registration.registered_at);
+                }
+                Ok(PutAnswer::Taken(owner)) => refusal = Some(taken(owner.clone())),
+                Ok(PutAnswer::Full) => {
+                    refusal = refusal.or(Some(RegistryError::TooMany {
+                        limit: MAX_PER_OWNER,
+                    }));
+                }
+                Ok(PutAnswer::BadClock) => {
+                    refusal = refusal.or(Some(RegistryError::ClockDrift {
+                        peer: (*peer).clone(),
+                    }));
+                }
+                Ok(other) => {
+                    warn!(peer = %peer, name, "a node answered a registration with {other:?}, unknown here");
+                }
+                Err(e) => {
+                    warn!(peer = %peer, name, "could not tell a node of a registration: {e}");
+                }
             }
         }
-        if let Some(owner) = owner {
-            // Someone has it where this node did not know: undo.
-            self.delete_everywhere(&registration, &peers).await;
-            return Err(taken(owner));
-        }
-        if full || !self.state().merge(&me, registration.clone()) {
-            self.delete_everywhere(&registration, &peers).await;
-            return Err(RegistryError::TooMany {
+        if refusal.is_none() && !self.state().store_own(registration.clone()) {
+            refusal = Some(RegistryError::TooMany {
                 limit: MAX_PER_OWNER,
             });
+        }
+        if let Some(refusal) = refusal {
+            // Refused somewhere: undo.
+            self.delete_everywhere(&registration, &peers).await;
+            return Err(refusal);
         }
         guard.release().await;
         Ok(registration)
@@ -397,7 +704,7 @@ impl Registry {
         if registration.owner != *self.coord.me() {
             return false;
         }
-        self.state().remove_if(name, &registration.owner, false);
+        self.state().unregistered(name, &registration.owner);
         self.delete_everywhere(&registration, &self.coord.peers())
             .await;
         true
@@ -485,24 +792,23 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
     );
 }
 
-/// The nodes owning names here.
+/// The nodes owning names (or claims) here.
 pub(crate) fn owners(coord: &Coord) -> Vec<NodeName> {
     locked(&coord.registry.names)
-        .values()
-        .map(|r| r.owner.clone())
+        .per_owner
+        .keys()
+        .cloned()
         .collect()
 }
 
-/// Drops the names of a node that went down.
+/// Drops the names and claims of a node that went down.
 pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
-    let gone: Vec<String> = locked(&coord.registry.names)
-        .values()
-        .filter(|r| r.owner == *node)
-        .map(|r| r.name.clone())
-        .collect();
-    for name in gone {
-        coord.registry.remove_if(&name, node, true);
-    }
+    coord.registry.owner_down(node);
+}
+
+/// Whether a registration's name is one a node may register.
+fn valid(r: &Registration) -> bool {
+    !r.name.is_empty() && r.name.len() <= MAX_NAME
 }
 
 pub(crate) fn serve(coord: &Arc<Coord>) {
@@ -510,21 +816,29 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
         coord,
         service::REGISTRY_PUT,
         |coord, ctx: &CallContext, r: Registration| {
-            if r.owner != ctx.from || r.name.is_empty() || r.name.len() > MAX_NAME {
+            if r.owner != ctx.from || !valid(&r) {
                 // Only an owner registers, for itself.
                 return PutAnswer::Taken(ctx.from.clone());
             }
+            // A registration is written as it is made: its clock must be
+            // near this node's, behind by at most the drift and the time
+            // the message may take.
+            let behind = MAX_DRIFT + coord.message_timeout();
+            let now = coord.clock.now();
+            let oldest = now.millis.saturating_sub(behind.as_millis() as u64);
+            if r.registered_at.millis < oldest || coord.clock.observe(r.registered_at).is_err() {
+                warn!(peer = %ctx.from, name = r.name, "refused a registration whose clock is too far from this node's; check the clocks");
+                return PutAnswer::BadClock;
+            }
             let state = &coord.registry;
-            state.observe(r.registered_at);
             if let Some(stored) = locked(&state.names).get(&r.name)
                 && stored.owner != r.owner
             {
                 return PutAnswer::Taken(stored.owner.clone());
             }
-            if state.merge(coord.me(), r) {
-                PutAnswer::Stored
-            } else {
-                PutAnswer::Full
+            match state.claim(coord.me(), r) {
+                Taken::Full => PutAnswer::Full,
+                Taken::Done | Taken::Yielded(_) => PutAnswer::Stored,
             }
         },
     );
@@ -532,16 +846,39 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
         coord,
         service::REGISTRY_DELETE,
         |coord, ctx: &CallContext, name: String| {
-            coord.registry.remove_if(&name, &ctx.from, false);
+            coord.registry.unregistered(&name, &ctx.from);
+        },
+    );
+    crate::serve(
+        coord,
+        service::REGISTRY_YIELD,
+        |coord, ctx: &CallContext, lost: Registration| {
+            if lost.owner == ctx.from && valid(&lost) {
+                coord.registry.yielded(coord.me(), lost);
+            }
         },
     );
     crate::serve(
         coord,
         service::REGISTRY_SYNC,
         |coord, ctx: &CallContext, names: Vec<Registration>| {
+            let mut yielded = Vec::new();
             for r in names.into_iter().take(MAX_PER_OWNER) {
-                if r.owner == ctx.from && !r.name.is_empty() && r.name.len() <= MAX_NAME {
-                    let _ = coord.registry.merge(coord.me(), r);
+                if r.owner != ctx.from || !valid(&r) {
+                    continue;
+                }
+                if let Err(ahead) = coord.clock.observe(r.registered_at) {
+                    warn!(peer = %ctx.from, name = r.name, "ignored a registration whose clock is {:?} ahead of this node's, more than allowed; check the clocks", ahead.by);
+                    continue;
+                }
+                if let Taken::Yielded(lost) = coord.registry.claim(coord.me(), r) {
+                    yielded.push(lost);
+                }
+            }
+            for lost in yielded {
+                let what = "tell it of a name this node lost in a conflict";
+                for peer in coord.peers() {
+                    coord.send_in_background(&peer, service::REGISTRY_YIELD, lost.clone(), what);
                 }
             }
         },
@@ -552,73 +889,156 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
 mod tests {
     use super::*;
 
-    fn registration(name: &str, owner: &str) -> Registration {
+    fn at(millis: u64) -> Hlc {
+        Hlc { millis, counter: 0 }
+    }
+
+    fn registration(name: &str, owner: &str, millis: u64) -> Registration {
         Registration {
             name: name.to_owned(),
             owner: owner.parse().unwrap(),
             service: "s".to_owned(),
-            registered_at: Hlc {
-                millis: 1,
-                counter: 0,
-            },
+            registered_at: at(millis),
+            supersedes: None,
         }
     }
 
+    fn n(s: &str) -> NodeName {
+        s.parse().unwrap()
+    }
+
+    fn owner_of(state: &State, name: &str) -> Option<NodeName> {
+        locked(&state.names).get(name).map(|r| r.owner.clone())
+    }
+
     #[test]
-    fn an_owner_has_at_most_its_share_of_names() {
+    fn an_owner_has_at_most_its_share_of_names_and_claims() {
         let state = State::new();
-        let me: NodeName = "me@h".parse().unwrap();
+        let me = n("me@h");
         for i in 0..MAX_PER_OWNER {
-            assert!(state.merge(&me, registration(&format!("n{i}"), "a@h")));
+            assert!(matches!(
+                state.claim(&me, registration(&format!("n{i}"), "a@h", 1)),
+                Taken::Done
+            ));
         }
+        assert!(matches!(
+            state.claim(&me, registration("one-more", "a@h", 1)),
+            Taken::Full
+        ));
         assert!(
-            !state.merge(&me, registration("one-more", "a@h")),
-            "a's share is full"
-        );
-        assert!(
-            state.merge(&me, registration("n0", "a@h")),
+            matches!(state.claim(&me, registration("n0", "a@h", 2)), Taken::Done),
             "what it has may be renewed"
         );
+        state.claim(&me, registration("x", "b@h", 1));
         assert!(
-            state.merge(&me, registration("x", "b@h")),
-            "b has its own share"
+            matches!(state.claim(&me, registration("x", "a@h", 1)), Taken::Full),
+            "a claim waiting counts too"
         );
-        let owner: NodeName = "a@h".parse().unwrap();
-        state.remove_if("n1", &owner, false);
-        assert!(
-            state.merge(&me, registration("one-more", "a@h")),
-            "a freed one"
-        );
+        state.unregistered("n1", &n("a@h"));
+        assert!(matches!(
+            state.claim(&me, registration("x", "a@h", 1)),
+            Taken::Done
+        ));
         let names = locked(&state.names);
-        assert_eq!(names.owned_by(&owner), MAX_PER_OWNER);
-        assert_eq!(names.owned_by(&"b@h".parse().unwrap()), 1);
+        assert_eq!(names.owned_by(&n("a@h")), MAX_PER_OWNER);
+        assert_eq!(names.owned_by(&n("b@h")), 1);
     }
 
     #[test]
-    fn counts_follow_a_name_that_changes_owner_in_a_conflict() {
+    fn a_claim_to_a_live_nodes_name_waits_until_that_node_yields_or_goes() {
+        let state = State::new();
+        let me = n("me@h");
+        state.claim(&me, registration("x", "b@h", 5));
+        state.claim(&me, registration("x", "a@h", 1));
+        assert_eq!(owner_of(&state, "x"), Some(n("b@h")), "b holds it, live");
+        state.yielded(&me, registration("x", "b@h", 5));
+        assert_eq!(owner_of(&state, "x"), Some(n("a@h")), "b yielded to a");
+        state.claim(&me, registration("x", "c@h", 0));
+        state.unregistered("x", &n("a@h"));
+        assert_eq!(
+            owner_of(&state, "x"),
+            None,
+            "an unregistered name is free: claims against it are dropped"
+        );
+        assert!(locked(&state.names).per_owner.is_empty());
+        state.claim(&me, registration("y", "b@h", 5));
+        state.claim(&me, registration("y", "a@h", 1));
+        state.owner_down(&n("b@h"));
+        assert_eq!(owner_of(&state, "y"), Some(n("a@h")), "b went down");
+        state.owner_down(&n("a@h"));
+        assert!(locked(&state.names).per_owner.is_empty());
+    }
+
+    #[test]
+    fn the_owner_decides_by_supersession_acknowledgement_then_the_resolver() {
+        let resolver: Resolver = Arc::new(earliest);
+        let mine = registration("x", "me@h", 10);
+        // Rule 3: the earliest wins.
+        let earlier = registration("x", "a@h", 5);
+        assert_eq!(decide(&mine, &earlier, None, &resolver), Decision::Yield);
+        let later = registration("x", "a@h", 15);
+        assert_eq!(decide(&mine, &later, None, &resolver), Decision::Keep);
+        // Rule 2: a acknowledged mine (stored it at 10), then claims 5.
+        assert_eq!(
+            decide(&mine, &earlier, Some(at(10)), &resolver),
+            Decision::Refuse
+        );
+        assert_eq!(
+            decide(&mine, &earlier, Some(at(9)), &resolver),
+            Decision::Yield,
+            "it acknowledged only earlier ones"
+        );
+        // Rule 1: mine was made after a's (from 5) was dropped with a.
+        let superseding = Registration {
+            supersedes: Some(at(5)),
+            ..mine.clone()
+        };
+        assert_eq!(
+            decide(&superseding, &earlier, None, &resolver),
+            Decision::Keep
+        );
+        // ... and the other way round: a's supersedes mine.
+        let theirs = Registration {
+            supersedes: Some(at(10)),
+            ..registration("x", "a@h", 20)
+        };
+        assert_eq!(decide(&mine, &theirs, None, &resolver), Decision::Yield);
+        // Both owners decide alike, whichever meets the other.
+        let (kept, _) = winner(mine.clone(), theirs.clone(), &resolver);
+        let (kept_too, _) = winner(theirs.clone(), mine.clone(), &resolver);
+        assert_eq!(kept, theirs);
+        assert_eq!(kept_too, theirs);
+    }
+
+    #[test]
+    fn a_node_down_loses_its_names_and_a_later_registration_supersedes_them() {
+        let state = State::new();
+        let me = n("me@h");
+        state.claim(&me, registration("x", "a@h", 5));
+        state.owner_down(&n("a@h"));
+        assert_eq!(owner_of(&state, "x"), None);
+        assert_eq!(locked(&state.names).dropped.get("x"), Some(&at(5)));
+        assert!(state.store_own(Registration {
+            supersedes: Some(at(5)),
+            ..registration("x", "me@h", 20)
+        }));
+        assert!(
+            locked(&state.names).dropped.is_empty(),
+            "the evidence travels in the registration now"
+        );
+        // a comes back with its old registration: this node keeps x.
+        state.claim(&me, registration("x", "a@h", 5));
+        assert_eq!(owner_of(&state, "x"), Some(me.clone()));
+    }
+
+    #[test]
+    fn counts_follow_a_name_that_changes_owner() {
         let mut names = Names::default();
-        names.insert(registration("x", "a@h"));
-        names.insert(registration("x", "b@h"));
-        assert_eq!(names.owned_by(&"a@h".parse().unwrap()), 0);
-        assert_eq!(names.owned_by(&"b@h".parse().unwrap()), 1);
+        names.insert(registration("x", "a@h", 1));
+        names.insert(registration("x", "b@h", 1));
+        assert_eq!(names.owned_by(&n("a@h")), 0);
+        assert_eq!(names.owned_by(&n("b@h")), 1);
         assert!(names.remove("x").is_some());
         assert!(names.per_owner.is_empty());
-    }
-
-    #[test]
-    fn the_clock_passes_the_wall_and_every_reading() {
-        let t = Hlc {
-            millis: 10,
-            counter: 4,
-        };
-        let at = |millis, counter| Hlc { millis, counter };
-        assert_eq!(tick(t, 20), at(20, 0));
-        assert_eq!(tick(t, 10), at(10, 5));
-        assert_eq!(
-            tick(t, 3),
-            at(10, 5),
-            "a wall clock behind the last reading"
-        );
-        assert_eq!(tick(at(10, u32::MAX), 0), at(10, u32::MAX), "saturates");
     }
 }

@@ -13,7 +13,7 @@
 //!   node certificates issued by `quicmesh certs`, loaded from PEM files.
 //!
 //! [`Identity`] turns either into rustls configs: TLS 1.3 only, client
-//! certificates required, no session resumption, ALPN `quicmesh/1`, and
+//! certificates required, no session resumption, ALPN `quicmesh/2`, and
 //! a server verifier that checks the chain *and* that the certificate
 //! names the node that was dialled. [`peer_name`] reads a verified peer's
 //! name from its certificate.

@@ -170,7 +170,7 @@ impl Identity {
     }
 
     /// The listener's config: TLS 1.3 only, a client certificate issued by
-    /// the trusted CA is required, ALPN `quicmesh/1`, no resumption
+    /// the trusted CA is required, ALPN `quicmesh/2`, no resumption
     /// tickets. The peer's node name is read afterwards with [`peer_name`].
     pub fn server_config(&self) -> Result<rustls::ServerConfig, IdentityError> {
         let verifier =

@@ -10,9 +10,11 @@
 //! | `quicmesh.lock.acquire` | [`LockAcquire`] | [`LockAnswer`] |
 //! | `quicmesh.lock.confirm` | [`LockConfirm`] | `()` |
 //! | `quicmesh.lock.release` | [`LockRelease`] | `()` |
+//! | `quicmesh.lock.sync` | the locks the sender holds, [`LockHeld`]s | `()` |
 //! | `quicmesh.registry.put` | [`Registration`] | [`PutAnswer`] |
 //! | `quicmesh.registry.delete` | the name, a string | `()` |
 //! | `quicmesh.registry.sync` | the sender's [`Registration`]s | `()` |
+//! | `quicmesh.registry.yield` | the sender's [`Registration`] lost in a conflict | `()` |
 //! | `quicmesh.groups.change` | [`GroupChange`] | `()` |
 //! | `quicmesh.groups.sync` | the sender's [`GroupJoins`] | `()` |
 //! | `quicmesh.election.announce` | [`Announce`] | `()` |
@@ -29,12 +31,17 @@ pub mod service {
     pub const LOCK_CONFIRM: &str = "quicmesh.lock.confirm";
     /// Gives a lock back.
     pub const LOCK_RELEASE: &str = "quicmesh.lock.release";
+    /// The locks the sender holds, when two nodes meet.
+    pub const LOCK_SYNC: &str = "quicmesh.lock.sync";
     /// Writes a registration.
     pub const REGISTRY_PUT: &str = "quicmesh.registry.put";
     /// Removes the sender's registration of a name.
     pub const REGISTRY_DELETE: &str = "quicmesh.registry.delete";
     /// Every name the sender owns, when two nodes meet.
     pub const REGISTRY_SYNC: &str = "quicmesh.registry.sync";
+    /// The sender gives up a name it lost to another owner's registration
+    /// (which the receiver holds as a waiting claim) in a conflict.
+    pub const REGISTRY_YIELD: &str = "quicmesh.registry.yield";
     /// A join or a leave.
     pub const GROUPS_CHANGE: &str = "quicmesh.groups.change";
     /// Every membership of the sender, when two nodes meet.
@@ -67,22 +74,37 @@ pub struct LockAcquire {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum LockAnswer {
-    /// Granted, with this node's fence for it.
+    /// Granted, with the granting node's clock ([`Hlc::packed`]): the
+    /// requester's token is minted past it.
     Granted(u64),
     /// Someone else holds it here.
     Held,
+    /// The requester's node holds as many locks here as a node may.
+    TooMany,
 }
 
-/// Tells every node the token a lock was granted with (the largest fence
-/// granted), so fences only grow.
+/// Tells every node the token a lock was granted with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockConfirm {
     /// The resource.
     pub resource: String,
     /// The holder.
     pub requester: LockRequester,
-    /// The fencing token.
-    pub token: u64,
+    /// The fencing token: the holder's clock ([`Hlc::packed`]) in the high
+    /// 64 bits, a hash of its node name in the low 64.
+    pub token: u128,
+}
+
+/// A lock its holder has, as it tells a node it meets: that node keeps the
+/// grant with the larger token and tells a holder whose grant lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockHeld {
+    /// The resource.
+    pub resource: String,
+    /// The holder (the sender).
+    pub requester: LockRequester,
+    /// Its fencing token, as in [`LockConfirm`].
+    pub token: u128,
 }
 
 /// Gives `resource` back.
@@ -102,8 +124,29 @@ pub struct LockRelease {
 pub struct Hlc {
     /// Milliseconds since the Unix epoch.
     pub millis: u64,
-    /// Orders readings with equal `millis`.
+    /// Orders readings with equal `millis`; at most [`Hlc::MAX_COUNTER`].
     pub counter: u32,
+}
+
+impl Hlc {
+    /// The largest counter a clock reading carries: past it, the clock
+    /// moves on to the next millisecond.
+    pub const MAX_COUNTER: u32 = 0xFFFF;
+
+    /// The reading as one number that orders as the readings do:
+    /// milliseconds in the high 48 bits, the counter (at most
+    /// [`Hlc::MAX_COUNTER`]) in the low 16.
+    pub fn packed(self) -> u64 {
+        (self.millis << 16) | u64::from(self.counter.min(Self::MAX_COUNTER))
+    }
+
+    /// The reading [`Hlc::packed`] gave.
+    pub fn unpacked(packed: u64) -> Self {
+        Self {
+            millis: packed >> 16,
+            counter: (packed & 0xFFFF) as u32,
+        }
+    }
 }
 
 /// A name in the global registry.
@@ -117,6 +160,11 @@ pub struct Registration {
     pub service: String,
     /// When it was registered, by the owner's clock.
     pub registered_at: Hlc,
+    /// Set when the name was registered after its registering node had
+    /// dropped an earlier registration of it because that owner went
+    /// down: the latest such registration's clock. This registration wins
+    /// against every registration of the name at or before that reading.
+    pub supersedes: Option<Hlc>,
 }
 
 /// A node's answer to a registration written to it. Append-only.
@@ -129,6 +177,9 @@ pub enum PutAnswer {
     Taken(NodeName),
     /// The owner has as many names as an owner may have here.
     Full,
+    /// The registration's clock is too far from this node's (more than the
+    /// allowed drift): the clocks of the two nodes disagree.
+    BadClock,
 }
 
 /// The sender's service joined (or left) a group.
@@ -158,8 +209,8 @@ pub struct GroupJoins {
 pub struct Announce {
     /// The election.
     pub election: String,
-    /// The leader's term (its lock's fencing token).
-    pub term: u64,
+    /// The leader's term (its lock's fencing token, as in [`LockConfirm`]).
+    pub term: u128,
     /// Leading (`true`) or resigned.
     pub leading: bool,
 }
@@ -195,6 +246,7 @@ mod tests {
             [0, 5]
         );
         assert_eq!(postcard::to_allocvec(&LockAnswer::Held).unwrap(), [1]);
+        assert_eq!(postcard::to_allocvec(&LockAnswer::TooMany).unwrap(), [2]);
         let registration = Registration {
             name: "x".into(),
             owner: n("a@h"),
@@ -203,10 +255,11 @@ mod tests {
                 millis: 1,
                 counter: 2,
             },
+            supersedes: None,
         };
         assert_eq!(
             postcard::to_allocvec(&registration).unwrap(),
-            [1, b'x', 3, b'a', b'@', b'h', 1, b's', 1, 2]
+            [1, b'x', 3, b'a', b'@', b'h', 1, b's', 1, 2, 0]
         );
         assert_eq!(
             postcard::to_allocvec(&PutAnswer::Taken(n("b@h"))).unwrap(),
@@ -265,6 +318,23 @@ mod tests {
         };
         let body = postcard::to_allocvec(&change).unwrap();
         assert_eq!(frame::decode::<GroupChange>(&body).unwrap(), change);
+        let held = vec![LockHeld {
+            resource: "res".into(),
+            requester: release.requester.clone(),
+            token: u128::MAX,
+        }];
+        let body = postcard::to_allocvec(&held).unwrap();
+        assert_eq!(frame::decode::<Vec<LockHeld>>(&body).unwrap(), held);
+        let at = Hlc {
+            millis: 1_700_000_000_000,
+            counter: 7,
+        };
+        assert_eq!(Hlc::unpacked(at.packed()), at);
+        let later = Hlc {
+            millis: at.millis,
+            counter: 8,
+        };
+        assert!(later.packed() > at.packed());
         assert!(
             frame::decode::<LockAnswer>(&[7]).is_err(),
             "unknown variant"

@@ -49,8 +49,8 @@ pub use rpc::{
 pub use stream::StreamKind;
 
 /// Major protocol version; it is part of the ALPN.
-pub const PROTOCOL_MAJOR: u16 = 1;
+pub const PROTOCOL_MAJOR: u16 = 2;
 /// Minor protocol version, sent in [`Hello`]; a higher minor only adds.
 pub const PROTOCOL_MINOR: u16 = 0;
 /// The TLS ALPN protocol identifier: `quicmesh/<major>`.
-pub const ALPN: &[u8] = b"quicmesh/1";
+pub const ALPN: &[u8] = b"quicmesh/2";

@@ -623,8 +623,8 @@ async fn killed_process_loses_its_name_lock_and_leadership_to_the_others() {
     let got = p
         .expect_starts(&["registered cache_worker", "locked res ", "leading boss "])
         .await;
-    let held_token: u64 = got[1].parse().expect("token");
-    let p_term: u64 = got[2].parse().expect("term");
+    let held_token = quicmesh::Token::from_u128(got[1].parse().expect("token"));
+    let p_term = quicmesh::Token::from_u128(got[2].parse().expect("term"));
     let owner_is_p = |n: &Node| {
         n.registry()
             .whereis("cache_worker")
