@@ -203,25 +203,44 @@ async fn act(node: Node, actions: Actions) {
             Err(e) => say(format_args!("not registered {name}: {e}")),
         }
     }
-    let mut held = Vec::new();
+    // What it holds, each in a task that says when it is lost; aborting
+    // `act` drops the set, and with it every guard and leadership.
+    let mut held = tokio::task::JoinSet::new();
     for resource in &actions.lock {
         match node
             .lock_with(resource, &LockOptions::default().timeout(Duration::MAX))
             .await
         {
             Ok(guard) => {
-                say(format_args!("locked {resource} {}", guard.token()));
-                held.push(guard);
+                let (resource, token) = (resource.clone(), guard.token());
+                say(format_args!("locked {resource} {token}"));
+                held.spawn(async move {
+                    guard.lost().await;
+                    say(format_args!("lost lock {resource} {token}"));
+                });
             }
             Err(e) => say(format_args!("not locked {resource}: {e}")),
         }
     }
-    let mut leading = Vec::new();
     for election in &actions.campaign {
+        let mut changes = node.election(election).observe();
+        let name = election.clone();
+        held.spawn(async move {
+            while let Ok(change) = changes.recv().await {
+                match change.leader {
+                    Some(leader) => say(format_args!("leader {name} {leader} {}", change.term)),
+                    None => say(format_args!("leader {name} none {}", change.term)),
+                }
+            }
+        });
         match node.election(election).campaign().await {
             Ok(leadership) => {
-                say(format_args!("leading {election} {}", leadership.term()));
-                leading.push(leadership);
+                let (election, term) = (election.clone(), leadership.term());
+                say(format_args!("leading {election} {term}"));
+                held.spawn(async move {
+                    leadership.lost().await;
+                    say(format_args!("lost leadership {election} {term}"));
+                });
             }
             Err(e) => say(format_args!("not leading {election}: {e}")),
         }

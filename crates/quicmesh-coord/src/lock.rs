@@ -330,9 +330,13 @@ async fn attempt(
     }
     if refused.is_none() {
         let mut asks = JoinSet::new();
-        for node in rest.iter().cloned() {
-            let (coord, resource, requester) =
-                (coord.clone(), resource.to_owned(), requester.clone());
+        for node in rest {
+            let (coord, node, resource, requester) = (
+                coord.clone(),
+                node.clone(),
+                resource.to_owned(),
+                requester.clone(),
+            );
             asks.spawn(async move { ask(&coord, &node, &resource, &requester, deadline).await });
         }
         while let Some(joined) = asks.join_next().await {

@@ -669,9 +669,11 @@ impl Registry {
                     }));
                 }
                 Ok(PutAnswer::BadClock) => {
-                    refusal = refusal.or(Some(RegistryError::ClockDrift {
-                        peer: (*peer).clone(),
-                    }));
+                    refusal = refusal.or_else(|| {
+                        Some(RegistryError::ClockDrift {
+                            peer: (*peer).clone(),
+                        })
+                    });
                 }
                 Ok(other) => {
                     warn!(peer = %peer, name, "a node answered a registration with {other:?}, unknown here");
@@ -1005,7 +1007,7 @@ mod tests {
         assert_eq!(decide(&mine, &theirs, None, &resolver), Decision::Yield);
         // Both owners decide alike, whichever meets the other.
         let (kept, _) = winner(mine.clone(), theirs.clone(), &resolver);
-        let (kept_too, _) = winner(theirs.clone(), mine.clone(), &resolver);
+        let (kept_too, _) = winner(theirs.clone(), mine, &resolver);
         assert_eq!(kept, theirs);
         assert_eq!(kept_too, theirs);
     }
@@ -1028,7 +1030,7 @@ mod tests {
         );
         // a comes back with its old registration: this node keeps x.
         state.claim(&me, registration("x", "a@h", 5));
-        assert_eq!(owner_of(&state, "x"), Some(me.clone()));
+        assert_eq!(owner_of(&state, "x"), Some(me));
     }
 
     #[test]

@@ -33,11 +33,11 @@ fn name_hash(name: &NodeName) -> u64 {
 
 impl Token {
     /// No grant: smaller than every token.
-    pub const NONE: Token = Token(0);
+    pub const NONE: Self = Self(0);
 
     /// The token of a grant to `node` at clock reading `at`.
     pub fn new(at: Hlc, node: &NodeName) -> Self {
-        Token((u128::from(at.packed()) << 64) | u128::from(name_hash(node)))
+        Self((u128::from(at.packed()) << 64) | u128::from(name_hash(node)))
     }
 
     /// The token as it travels and as a fenced resource stores it.
@@ -47,7 +47,7 @@ impl Token {
 
     /// The token [`Token::get`] gave.
     pub fn from_u128(value: u128) -> Self {
-        Token(value)
+        Self(value)
     }
 
     /// The clock reading of the grant.

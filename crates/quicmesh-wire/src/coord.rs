@@ -320,7 +320,7 @@ mod tests {
         assert_eq!(frame::decode::<GroupChange>(&body).unwrap(), change);
         let held = vec![LockHeld {
             resource: "res".into(),
-            requester: release.requester.clone(),
+            requester: release.requester,
             token: u128::MAX,
         }];
         let body = postcard::to_allocvec(&held).unwrap();

@@ -516,3 +516,225 @@ async fn a_name_registered_on_both_sides_of_a_partition_has_one_owner_after_it_h
         );
     }
 }
+
+/// The seeds and quick reconnection of the fencing tests' nodes.
+const SEEDS: &str = "seeds = [\"app@10.77.0.1:4370\", \"app@10.77.0.2:4370\", \"app@10.77.0.3:4370\"]\n\
+                     [reconnect]\ninitial = \"50ms\"\nmax = \"300ms\"";
+
+/// The token (or term) at the end of the first line containing `prefix`.
+fn token_after(node: &HostNode, prefix: &str) -> u128 {
+    node.seen
+        .iter()
+        .find_map(|(_, line)| line.strip_prefix(prefix))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{} printed no `{prefix}<token>`", node.name))
+}
+
+/// A resource fenced by lock tokens: it takes a write only with a token at
+/// least the largest it has seen.
+#[derive(Default)]
+struct FencedResource {
+    largest: u128,
+}
+
+impl FencedResource {
+    fn write(&mut self, token: u128) -> bool {
+        if token < self.largest {
+            return false;
+        }
+        self.largest = token;
+        true
+    }
+}
+
+#[tokio::test]
+async fn locks_and_leaders_of_both_sides_of_a_partition_meet_and_the_older_is_told_it_lost() {
+    if !in_lab("locks_and_leaders_of_both_sides_of_a_partition_meet_and_the_older_is_told_it_lost")
+    {
+        return;
+    }
+    make_hosts(3);
+    // h1 | h2 h3 from the start: each side locks `res` and leads `boss`.
+    partition(&[1], &[2, 3]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let both = ["--lock", "res", "--campaign", "boss"];
+    let mut h1 = HostNode::start_with(dir.path(), 1, COOKIE, SEEDS, &both);
+    h1.expect_all(&[&["locked res "], &["leading boss "]]).await;
+    let mut h3 = HostNode::start_with(dir.path(), 3, COOKIE, SEEDS, &[]);
+    let mut h2 = HostNode::start_with(
+        dir.path(),
+        2,
+        COOKIE,
+        SEEDS,
+        &["--wait-for", "1", "--lock", "res", "--campaign", "boss"],
+    );
+    h2.expect_all(&[&["locked res "], &["leading boss "]]).await;
+    assert!(!h1.has_printed("up app@"), "the partition leaked");
+    let (lock1, lock2) = (
+        token_after(&h1, "locked res "),
+        token_after(&h2, "locked res "),
+    );
+    let (term1, term2) = (
+        token_after(&h1, "leading boss "),
+        token_after(&h2, "leading boss "),
+    );
+    assert_ne!(lock1, lock2, "both sides were granted one token");
+    assert_ne!(term1, term2, "both sides lead in one term");
+
+    // Each side wrote with its token while apart; after the heal only the
+    // newer holder is accepted.
+    let (older, newer) = if lock1 < lock2 { (1, 2) } else { (2, 1) };
+    let mut resource = FencedResource::default();
+    assert!(resource.write(lock1.min(lock2)));
+    assert!(resource.write(lock1.max(lock2)));
+    let healed = Instant::now();
+    heal();
+    let (loser, winner) = if older == 1 {
+        (&mut h1, &mut h2)
+    } else {
+        (&mut h2, &mut h1)
+    };
+    let (lost_lock, winner_term) = (lock1.min(lock2), if older == 1 { term2 } else { term1 });
+    let lost_term = term1.min(term2);
+    assert_eq!(
+        lost_term,
+        if older == 1 { term1 } else { term2 },
+        "the older lock and the older term are one node's"
+    );
+    let told = loser
+        .expect_all(&[
+            &[&format!("lost lock res {lost_lock}")],
+            &[&format!("lost leadership boss {lost_term}")],
+        ])
+        .await;
+    assert!(
+        !resource.write(lost_lock),
+        "the fenced resource refuses the older holder"
+    );
+    let leader = format!("leader boss app@10.77.0.{newer} {winner_term}");
+    let converged = [
+        loser.expect(&[&leader]).await,
+        winner.expect(&[&leader]).await,
+    ];
+    println!(
+        "fencing: after the heal h{older} was told it lost the lock in {} ms and the leadership in {} ms; both sides follow h{newer} after {} ms",
+        ms(told[0] - healed),
+        ms(told[1] - healed),
+        ms(converged.iter().max().expect("two").duration_since(healed)),
+    );
+    assert!(!winner.has_printed("lost "), "the newer holder keeps both");
+    assert!(
+        h3.has_printed("up app@10.77.0.1"),
+        "h3 met h1 after the heal"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_holder_is_told_on_waking_that_its_lock_and_leadership_went() {
+    if !in_lab("a_paused_holder_is_told_on_waking_that_its_lock_and_leadership_went") {
+        return;
+    }
+    make_hosts(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let both = ["--lock", "res", "--campaign", "boss"];
+    let mut h1 = HostNode::start_with(dir.path(), 1, COOKIE, SEEDS, &both);
+    h1.expect_all(&[&["locked res "], &["leading boss "]]).await;
+    let mut h3 = HostNode::start_with(dir.path(), 3, COOKIE, SEEDS, &[]);
+    let mut h2 = HostNode::start_with(
+        dir.path(),
+        2,
+        COOKIE,
+        SEEDS,
+        &["--wait-for", "2", "--lock", "res", "--campaign", "boss"],
+    );
+    h2.expect(&["up app@10.77.0.1"]).await;
+    h3.expect(&["up app@10.77.0.1"]).await;
+    let (lock1, term1) = (
+        token_after(&h1, "locked res "),
+        token_after(&h1, "leading boss "),
+    );
+
+    // h1 freezes; the others declare it down, and h2 takes both.
+    h1.signal("-STOP");
+    let paused = Instant::now();
+    h2.expect_all(&[&["locked res "], &["leading boss "]]).await;
+    let taken = Instant::now();
+    let (lock2, term2) = (
+        token_after(&h2, "locked res "),
+        token_after(&h2, "leading boss "),
+    );
+    assert!(lock2 > lock1, "the new holder's token is larger");
+    assert!(term2 > term1, "the new leader's term is larger");
+
+    h1.signal("-CONT");
+    let woke = Instant::now();
+    let told = h1
+        .expect_all(&[
+            &[&format!("lost lock res {lock1}")],
+            &[&format!("lost leadership boss {term1}")],
+            &[&format!("leader boss app@10.77.0.2 {term2}")],
+        ])
+        .await;
+    println!(
+        "pause: h2 held the lock {} ms after h1 froze; h1 was told it lost the lock {} ms and the leadership {} ms after waking, and follows h2 after {} ms",
+        ms(taken - paused),
+        ms(told[0] - woke),
+        ms(told[1] - woke),
+        ms(told[2] - woke),
+    );
+    assert!(!h2.has_printed("lost "), "h2 keeps both");
+}
+
+/// Which of `nodes` prints a line containing `part` first (within the
+/// tests' wait).
+async fn first_to_print(nodes: &mut [HostNode], part: &str) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(i) = nodes.iter_mut().position(|n| n.has_printed(part)) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no node printed {part:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_a_whole_cluster_restart_a_lock_has_a_larger_token_than_any_before() {
+    if !in_lab("after_a_whole_cluster_restart_a_lock_has_a_larger_token_than_any_before") {
+        return;
+    }
+    make_hosts(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lock = ["--wait-for", "2", "--lock", "res", "--campaign", "boss"];
+    let mut before = Vec::new();
+    let mut nodes: Vec<HostNode> = (1..=3)
+        .map(|h| HostNode::start_with(dir.path(), h, COOKIE, SEEDS, &lock))
+        .collect();
+    // One of them holds the lock and leads; note the tokens.
+    let holder = first_to_print(&mut nodes, "locked res ").await;
+    nodes[holder].expect(&["leading boss "]).await;
+    before.push(token_after(&nodes[holder], "locked res "));
+    before.push(token_after(&nodes[holder], "leading boss "));
+    for n in &nodes {
+        n.signal("-KILL");
+    }
+    for n in &mut nodes {
+        n.exited().await;
+    }
+    drop(nodes);
+    let mut nodes: Vec<HostNode> = (1..=3)
+        .map(|h| HostNode::start_with(dir.path(), h, COOKIE, SEEDS, &lock))
+        .collect();
+    let holder = first_to_print(&mut nodes, "locked res ").await;
+    nodes[holder].expect(&["leading boss "]).await;
+    let (lock, term) = (
+        token_after(&nodes[holder], "locked res "),
+        token_after(&nodes[holder], "leading boss "),
+    );
+    println!(
+        "restart: lock token {} -> {lock}, term {} -> {term}",
+        before[0], before[1]
+    );
+    assert!(lock > before[0], "a token after the restart is larger");
+    assert!(term > before[1], "a term after the restart is larger");
+}
