@@ -606,7 +606,7 @@ async fn a_peers_flood_from_one_peer_is_capped_and_the_others_stay_up() {
 
 /// Sends `rate` bare ClientHellos a second to `target` until `stop`: each
 /// the first packet of a real handshake (a fresh connection id), from one
-/// socket that never answers the node. The client endpoint behind them
+/// socket on `from` (a loopback address) that never answers the node. The client endpoint behind them
 /// talks to a capture socket only; its connections are kept alive (and
 /// their closes never forwarded) until the flood ends. Returns how many
 /// handshakes it started.
@@ -614,14 +614,14 @@ async fn client_hello_flood(
     target: std::net::SocketAddr,
     rate: u32,
     stop: tokio::time::Instant,
+    from: std::net::IpAddr,
 ) -> usize {
+    assert!(from.is_loopback(), "tests send from loopback only: {from}");
     let capture = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let capture_addr = capture.local_addr().expect("addr");
-    let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let sender = tokio::net::UdpSocket::bind((from, 0)).await.expect("bind");
     let id = Identity::from_cookie(
         name("flooder@127.0.0.1"),
         &Cookie::new(COOKIE).expect("cookie"),
@@ -671,7 +671,21 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
         const RATE: u32 = 300;
         let flood_for = Duration::from_secs(4);
         let stop = tokio::time::Instant::now() + flood_for;
-        let flood = tokio::spawn(client_hello_flood(a.local_addr(), RATE, stop));
+        // From four addresses (none of them a node's), so the per-address
+        // limit leaves the Retry threshold to be reached.
+        const SOURCES: [[u8; 4]; 4] = [
+            [127, 0, 0, 3],
+            [127, 0, 0, 4],
+            [127, 0, 0, 5],
+            [127, 0, 0, 6],
+        ];
+        let floods: Vec<_> = SOURCES
+            .iter()
+            .map(|ip| {
+                let rate = RATE / SOURCES.len() as u32;
+                tokio::spawn(client_hello_flood(a.local_addr(), rate, stop, (*ip).into()))
+            })
+            .collect();
         // A second into the flood (256 slots held 5 s each would be full by
         // now), a new node dials a.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -683,12 +697,17 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
             .expect("the newcomer joins during the flood");
         let joined = dialled.elapsed();
         let slowest = b.ping(a.name(), WAIT).await.expect("a still answers b");
-        let started = flood.await.expect("flood task");
+        let mut started = 0;
+        for flood in floods {
+            started += flood.await.expect("flood task");
+        }
         let counters = a.status().counters;
         eprintln!(
             "ClientHello flood: {started} handshakes started in {flood_for:?}, newcomer joined \
-             in {joined:?}, ping of b {slowest:?}, {} retried, {} refused",
-            counters.handshakes_retried, counters.handshakes_refused
+             in {joined:?}, ping of b {slowest:?}, {} retried, {} refused, {} refused per source",
+            counters.handshakes_retried,
+            counters.handshakes_refused,
+            counters.handshakes_refused_per_source
         );
         assert!(started as f64 >= f64::from(RATE) * 0.8 * flood_for.as_secs_f64());
         assert!(joined < Duration::from_secs(2), "joined after {joined:?}");
@@ -700,6 +719,81 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
         assert!(a.nodes().contains(b.name()));
         newcomer.shutdown().await;
         b.shutdown().await;
+        a.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holding_handshakes_is_capped_and_a_node_at_another_still_joins() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let limit = quicmesh_mesh::MAX_HANDSHAKES_PER_SOURCE;
+        // One address (a's own, 127.0.0.1) starts handshakes it never
+        // finishes: each would hold a slot for the handshake timeout (5 s,
+        // longer than the flood).
+        const RATE: u32 = 100;
+        let flood_for = Duration::from_secs(3);
+        let stop = tokio::time::Instant::now() + flood_for;
+        let flooder = std::net::IpAddr::from([127, 0, 0, 1]);
+        let flood = tokio::spawn(client_hello_flood(a.local_addr(), RATE, stop, flooder));
+        // Watched throughout: a never holds more of the flooder's
+        // handshakes than the limit (a has no other connection yet).
+        let mut most = 0;
+        let mut watch = |a: &Node, others: usize| {
+            let held = a.status().connections.saturating_sub(others);
+            most = most.max(held);
+            assert!(held <= limit, "{held} handshakes held from one address");
+        };
+        let refusing = tokio::time::Instant::now();
+        while a.status().counters.handshakes_refused_per_source < 4 * limit as u64 {
+            watch(&a, 0);
+            assert!(
+                refusing.elapsed() < WAIT,
+                "no refusals: {:?}",
+                a.status().counters
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A node at another address joins at once.
+        let newcomer = builder("n", COOKIE)
+            .name("n@127.0.0.2")
+            .listen("127.0.0.2:0".parse().expect("addr"))
+            .start()
+            .await
+            .expect("the newcomer starts");
+        let dialled = tokio::time::Instant::now();
+        newcomer
+            .connect(&a.addr())
+            .await
+            .expect("the newcomer joins during the flood");
+        let joined = dialled.elapsed();
+        while tokio::time::Instant::now() < stop {
+            watch(&a, 1);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = flood.await.expect("flood task");
+        let counters = a.status().counters;
+        eprintln!(
+            "one-address handshake flood: {started} handshakes started in {flood_for:?}, at most \
+             {most} held, {} refused per source, {} retried, {} refused; newcomer from 127.0.0.2 \
+             joined in {joined:?}",
+            counters.handshakes_refused_per_source,
+            counters.handshakes_retried,
+            counters.handshakes_refused
+        );
+        assert_eq!(most, limit, "the flooder's first handshakes were taken");
+        // Every handshake past the first few was refused (a ClientHello
+        // sent again after a refusal is refused again).
+        assert!(
+            counters.handshakes_refused_per_source >= (started - limit) as u64,
+            "{started} started, {} refused",
+            counters.handshakes_refused_per_source
+        );
+        assert_eq!(counters.handshakes_refused, 0, "no node-wide slot ran out");
+        assert!(joined < Duration::from_secs(2), "joined after {joined:?}");
+        assert!(a.nodes().contains(newcomer.name()));
+        newcomer.shutdown().await;
         a.shutdown().await;
     })
     .await;
