@@ -426,29 +426,39 @@ async fn busy_link_without_heartbeats_is_not_declared_down() {
             .await
             .expect("start");
         let mut ea = a.events();
-        let mut raw = RawPeer::join(&a, "bulk").await;
+        a.register("sink", |_, body: serde_bytes::ByteBuf| async move {
+            Ok::<_, String>(body.len() as u64)
+        })
+        .expect("register");
+        let raw = RawPeer::join(&a, "bulk").await;
         let bulk = name("bulk@127.0.0.1");
         wait_up(&mut ea, &bulk).await;
 
-        // The raw peer sends no heartbeat datagrams at all, only bulk
-        // control frames (valid, ~200 KB each) for four detector timeouts.
-        let filler: Vec<_> = (0..20_000)
-            .map(|i| quicmesh_wire::PeerInfo {
-                name: name(&format!("p{i}@h")),
-                addrs: vec![],
-            })
-            .collect();
-        let frame_bytes = frame::encode(&Control::Peers(filler), 1 << 20).expect("encode");
+        // The raw peer sends no heartbeat datagrams at all, only bulk RPC
+        // requests (valid, 1 MiB bodies, one after another) for four
+        // detector timeouts. (Not control frames: a stream of Peers frames
+        // that teach nothing gets a peer dropped.)
+        let header = quicmesh_wire::RpcHeader {
+            service: "sink".into(),
+            timeout_ms: 5000,
+            mode: RpcMode::Call,
+        };
+        let mut opening = StreamKind::Rpc.header().to_vec();
+        opening.extend(frame::encode(&header, 4096).expect("encode"));
+        let body = serde_bytes::ByteBuf::from(vec![7u8; 1 << 20]);
+        let body = postcard::to_allocvec(&body).expect("body");
         let until = tokio::time::Instant::now() + Duration::from_secs(2);
         let mut sent = 0usize;
         while tokio::time::Instant::now() < until {
-            raw.control
-                .0
-                .write_all(&frame_bytes)
-                .await
-                .expect("bulk write");
-            sent += frame_bytes.len();
+            let (mut send, mut recv) = raw.conn.open_bi().await.expect("open");
+            send.write_all(&opening).await.expect("header");
+            send.write_all(&body).await.expect("bulk write");
+            send.finish().expect("finish");
+            let reply = recv.read_to_end(4096).await.expect("reply");
+            assert!(!reply.is_empty(), "an answer to each request");
+            sent += body.len();
         }
+        eprintln!("busy link: {} MiB sent in 2 s", sent >> 20);
         assert!(sent > 1 << 20, "only {sent} bytes sent");
         let events = drain(&mut ea);
         assert!(
@@ -600,6 +610,62 @@ async fn a_peers_flood_from_one_peer_is_capped_and_the_others_stay_up() {
         raw.endpoint.close(0u32.into(), b"");
         a.shutdown().await;
         b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_peer_repeating_useless_peers_frames_is_dropped_and_the_others_stay_up() {
+    bounded(async {
+        let mut scene = Scene::new("chatty").await;
+        // Frames that teach a nothing: each names b, which a has up. An
+        // honest node sends one per node coming up at it; the default
+        // allowance is one per name a's table holds, per 10 s.
+        let allowed = quicmesh::NodeConfig::default().max_peers;
+        let b_info = quicmesh_wire::PeerInfo {
+            name: scene.b.name().clone(),
+            addrs: vec![scene.b.local_addr()],
+        };
+        let one = frame::encode(&Control::Peers(vec![b_info]), 4096).expect("encode");
+        let started = tokio::time::Instant::now();
+        let mut sent = 0;
+        // Sent in batches until a closes the connection; far more than the
+        // allowance means a never did.
+        while scene.raw.conn.close_reason().is_none() && sent < allowed * 10 {
+            let batch = one.repeat(64);
+            if scene.raw.control.0.write_all(&batch).await.is_err() {
+                break;
+            }
+            sent += 64;
+        }
+        assert_eq!(scene.raw.closed_with().await, CloseCode::ProtocolViolation);
+        let dropped_after = started.elapsed();
+        let detail = match wait_down(&mut scene.events, &scene.raw_name).await {
+            DownReason::ProtocolViolation { detail } => detail,
+            other => panic!("dropped for {other:?}"),
+        };
+        eprintln!(
+            "useless Peers: {sent} frames written, dropped after {dropped_after:?}: {detail}"
+        );
+        assert!(
+            detail.contains("useless Peers frames")
+                && detail.contains(&format!("at most {allowed}")),
+            "{detail}"
+        );
+        assert!(sent > allowed, "dropped after {sent} frames");
+        let counters = scene.a.status().counters;
+        assert_eq!(counters.protocol_violations, 1);
+        assert_eq!(counters.peers_refused, 0, "nothing was refused: all known");
+        scene
+            .b
+            .ping(scene.a.name(), WAIT)
+            .await
+            .expect("a still answers b");
+        assert_eq!(scene.a.nodes(), vec![scene.b.name().clone()]);
+        assert_eq!(scene.b.nodes(), vec![scene.a.name().clone()]);
+        scene.raw.endpoint.close(0u32.into(), b"");
+        scene.a.shutdown().await;
+        scene.b.shutdown().await;
     })
     .await;
 }

@@ -19,6 +19,7 @@
 
 mod accept;
 mod dial;
+mod gossip;
 mod hello;
 mod link;
 mod ping;
@@ -474,7 +475,7 @@ impl Inner {
                 }
             }
         }
-        self.learn(hello.peers);
+        let _ = self.learn(hello.peers);
         Ok(())
     }
 
@@ -525,10 +526,14 @@ impl Inner {
     /// most `max_dials` at once; past `max_peers` known peers, new names
     /// are refused and counted. A name that could not be reached is
     /// forgotten (it may be told of again). Hidden nodes never dial
-    /// transitively.
-    fn learn(self: &Arc<Self>, peers: Vec<PeerInfo>) {
-        if self.config.hidden || self.tasks.is_cancelled() {
-            return;
+    /// transitively. `true` if any node told of was taken in (or the node
+    /// is stopping, and judges nothing).
+    fn learn(self: &Arc<Self>, peers: Vec<PeerInfo>) -> bool {
+        if self.tasks.is_cancelled() {
+            return true;
+        }
+        if self.config.hidden {
+            return false;
         }
         let max = self.config.max_peers;
         let (to_dial, refused) = self.update(|t| t.learn(peers, max));
@@ -544,10 +549,12 @@ impl Inner {
                 );
             }
         }
+        let taught = !to_dial.is_empty();
         for p in to_dial {
             let inner = self.clone();
             self.tasks.spawn(async move { inner.dial_learnt(p).await });
         }
+        taught
     }
 
     /// Dials a node a peer told of (queued in the table), when one of the
