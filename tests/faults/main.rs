@@ -30,9 +30,18 @@ impl RawPeer {
     /// Connects to `node` as `short@127.0.0.1` and completes the Hello
     /// exchange, so the node holds it as up.
     async fn join(node: &Node, short: &str) -> Self {
+        let me = format!("{short}@127.0.0.1");
+        let (peer, answer) = Self::hello(node, short, &me).await;
+        assert!(matches!(answer, Control::Welcome(_)), "{answer:?}");
+        peer
+    }
+
+    /// Connects to `node` with the identity `short@127.0.0.1`, sends a
+    /// `Hello` that names `claimed`, and returns the node's answer.
+    async fn hello(node: &Node, short: &str, claimed: &str) -> (Self, Control) {
         let me = name(&format!("{short}@127.0.0.1"));
         let id = Identity::from_cookie(
-            me.clone(),
+            me,
             &Cookie::new(COOKIE).expect("cookie"),
             Duration::from_secs(3600),
         )
@@ -54,7 +63,7 @@ impl RawPeer {
             major: PROTOCOL_MAJOR,
             minor: PROTOCOL_MINOR,
             features: 0,
-            name: me,
+            name: name(claimed),
             incarnation: 1,
             listen: vec![endpoint.local_addr().expect("addr")],
             hidden: true,
@@ -64,18 +73,16 @@ impl RawPeer {
         bytes.extend(frame::encode(&hello, 4096).expect("encode"));
         send.write_all(&bytes).await.expect("hello");
         let mut prefix = [0u8; 4];
-        recv.read_exact(&mut prefix).await.expect("welcome prefix");
+        recv.read_exact(&mut prefix).await.expect("answer prefix");
         let mut body = vec![0u8; frame::body_len(prefix, 1 << 20).expect("len")];
-        recv.read_exact(&mut body).await.expect("welcome body");
-        assert!(matches!(
-            frame::decode::<Control>(&body),
-            Ok(Control::Welcome(_))
-        ));
-        Self {
+        recv.read_exact(&mut body).await.expect("answer body");
+        let answer = frame::decode::<Control>(&body).expect("an answer");
+        let peer = Self {
             endpoint,
             conn,
             control: (send, recv),
-        }
+        };
+        (peer, answer)
     }
 
     /// Waits for the node to close the connection; its close code.
@@ -666,6 +673,91 @@ async fn a_peer_repeating_useless_peers_frames_is_dropped_and_the_others_stay_up
         scene.raw.endpoint.close(0u32.into(), b"");
         scene.a.shutdown().await;
         scene.b.shutdown().await;
+    })
+    .await;
+}
+
+/// What a node logs at warning level and above, formatted as the default
+/// filter writes it (no colour), kept for the test to read.
+#[derive(Clone, Default)]
+struct Warnings(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Warnings {
+    /// Collects this thread's log lines of warning level and above (a
+    /// current-thread runtime polls every task of its nodes here) until
+    /// the guard is dropped.
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_ansi(false)
+            .with_writer(self.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Warnings {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Warnings {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_hello_naming_another_node_than_the_certificate_is_refused_and_warned_of() {
+    bounded(async {
+        let warnings = Warnings::default();
+        let _capture = warnings.capture();
+        let a = node("a", COOKIE).await;
+        // A valid certificate for liar@127.0.0.1, a Hello that says b.
+        let (liar, answer) = RawPeer::hello(&a, "liar", "b@127.0.0.1").await;
+        match answer {
+            Control::Refuse(quicmesh_wire::Refusal::NameMismatch {
+                certificate,
+                claimed,
+            }) => {
+                assert_eq!(certificate, name("liar@127.0.0.1"));
+                assert_eq!(claimed, name("b@127.0.0.1"));
+            }
+            other => panic!("expected a NameMismatch refusal, got {other:?}"),
+        }
+        let want = "refused a node whose certificate names liar@127.0.0.1 but that calls itself \
+                    b@127.0.0.1";
+        eventually("the mismatch is logged", || {
+            warnings.lines().iter().any(|l| l.contains(want))
+        })
+        .await;
+        let lines = warnings.lines();
+        let line = lines
+            .iter()
+            .find(|l| l.contains(want))
+            .expect("the line just seen");
+        eprintln!("logged: {line}");
+        assert!(line.contains(" WARN "), "not at warning level: {line}");
+        assert!(a.nodes().is_empty(), "the liar is not up");
+        liar.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
     })
     .await;
 }
