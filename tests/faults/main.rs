@@ -30,9 +30,18 @@ impl RawPeer {
     /// Connects to `node` as `short@127.0.0.1` and completes the Hello
     /// exchange, so the node holds it as up.
     async fn join(node: &Node, short: &str) -> Self {
+        let me = format!("{short}@127.0.0.1");
+        let (peer, answer) = Self::hello(node, short, &me).await;
+        assert!(matches!(answer, Control::Welcome(_)), "{answer:?}");
+        peer
+    }
+
+    /// Connects to `node` with the identity `short@127.0.0.1`, sends a
+    /// `Hello` that names `claimed`, and returns the node's answer.
+    async fn hello(node: &Node, short: &str, claimed: &str) -> (Self, Control) {
         let me = name(&format!("{short}@127.0.0.1"));
         let id = Identity::from_cookie(
-            me.clone(),
+            me,
             &Cookie::new(COOKIE).expect("cookie"),
             Duration::from_secs(3600),
         )
@@ -54,7 +63,7 @@ impl RawPeer {
             major: PROTOCOL_MAJOR,
             minor: PROTOCOL_MINOR,
             features: 0,
-            name: me,
+            name: name(claimed),
             incarnation: 1,
             listen: vec![endpoint.local_addr().expect("addr")],
             hidden: true,
@@ -64,18 +73,16 @@ impl RawPeer {
         bytes.extend(frame::encode(&hello, 4096).expect("encode"));
         send.write_all(&bytes).await.expect("hello");
         let mut prefix = [0u8; 4];
-        recv.read_exact(&mut prefix).await.expect("welcome prefix");
+        recv.read_exact(&mut prefix).await.expect("answer prefix");
         let mut body = vec![0u8; frame::body_len(prefix, 1 << 20).expect("len")];
-        recv.read_exact(&mut body).await.expect("welcome body");
-        assert!(matches!(
-            frame::decode::<Control>(&body),
-            Ok(Control::Welcome(_))
-        ));
-        Self {
+        recv.read_exact(&mut body).await.expect("answer body");
+        let answer = frame::decode::<Control>(&body).expect("an answer");
+        let peer = Self {
             endpoint,
             conn,
             control: (send, recv),
-        }
+        };
+        (peer, answer)
     }
 
     /// Waits for the node to close the connection; its close code.
@@ -426,29 +433,39 @@ async fn busy_link_without_heartbeats_is_not_declared_down() {
             .await
             .expect("start");
         let mut ea = a.events();
-        let mut raw = RawPeer::join(&a, "bulk").await;
+        a.register("sink", |_, body: serde_bytes::ByteBuf| async move {
+            Ok::<_, String>(body.len() as u64)
+        })
+        .expect("register");
+        let raw = RawPeer::join(&a, "bulk").await;
         let bulk = name("bulk@127.0.0.1");
         wait_up(&mut ea, &bulk).await;
 
-        // The raw peer sends no heartbeat datagrams at all, only bulk
-        // control frames (valid, ~200 KB each) for four detector timeouts.
-        let filler: Vec<_> = (0..20_000)
-            .map(|i| quicmesh_wire::PeerInfo {
-                name: name(&format!("p{i}@h")),
-                addrs: vec![],
-            })
-            .collect();
-        let frame_bytes = frame::encode(&Control::Peers(filler), 1 << 20).expect("encode");
+        // The raw peer sends no heartbeat datagrams at all, only bulk RPC
+        // requests (valid, 1 MiB bodies, one after another) for four
+        // detector timeouts. (Not control frames: a stream of Peers frames
+        // that teach nothing gets a peer dropped.)
+        let header = quicmesh_wire::RpcHeader {
+            service: "sink".into(),
+            timeout_ms: 5000,
+            mode: RpcMode::Call,
+        };
+        let mut opening = StreamKind::Rpc.header().to_vec();
+        opening.extend(frame::encode(&header, 4096).expect("encode"));
+        let body = serde_bytes::ByteBuf::from(vec![7u8; 1 << 20]);
+        let body = postcard::to_allocvec(&body).expect("body");
         let until = tokio::time::Instant::now() + Duration::from_secs(2);
         let mut sent = 0usize;
         while tokio::time::Instant::now() < until {
-            raw.control
-                .0
-                .write_all(&frame_bytes)
-                .await
-                .expect("bulk write");
-            sent += frame_bytes.len();
+            let (mut send, mut recv) = raw.conn.open_bi().await.expect("open");
+            send.write_all(&opening).await.expect("header");
+            send.write_all(&body).await.expect("bulk write");
+            send.finish().expect("finish");
+            let reply = recv.read_to_end(4096).await.expect("reply");
+            assert!(!reply.is_empty(), "an answer to each request");
+            sent += body.len();
         }
+        eprintln!("busy link: {} MiB sent in 2 s", sent >> 20);
         assert!(sent > 1 << 20, "only {sent} bytes sent");
         let events = drain(&mut ea);
         assert!(
@@ -604,9 +621,150 @@ async fn a_peers_flood_from_one_peer_is_capped_and_the_others_stay_up() {
     .await;
 }
 
+#[tokio::test]
+async fn a_peer_repeating_useless_peers_frames_is_dropped_and_the_others_stay_up() {
+    bounded(async {
+        let mut scene = Scene::new("chatty").await;
+        // Frames that teach a nothing: each names b, which a has up. An
+        // honest node sends one per node coming up at it; the default
+        // allowance is one per name a's table holds, per 10 s.
+        let allowed = quicmesh::NodeConfig::default().max_peers;
+        let b_info = quicmesh_wire::PeerInfo {
+            name: scene.b.name().clone(),
+            addrs: vec![scene.b.local_addr()],
+        };
+        let one = frame::encode(&Control::Peers(vec![b_info]), 4096).expect("encode");
+        let started = tokio::time::Instant::now();
+        let mut sent = 0;
+        // Sent in batches until a closes the connection; far more than the
+        // allowance means a never did.
+        while scene.raw.conn.close_reason().is_none() && sent < allowed * 10 {
+            let batch = one.repeat(64);
+            if scene.raw.control.0.write_all(&batch).await.is_err() {
+                break;
+            }
+            sent += 64;
+        }
+        assert_eq!(scene.raw.closed_with().await, CloseCode::ProtocolViolation);
+        let dropped_after = started.elapsed();
+        let detail = match wait_down(&mut scene.events, &scene.raw_name).await {
+            DownReason::ProtocolViolation { detail } => detail,
+            other => panic!("dropped for {other:?}"),
+        };
+        eprintln!(
+            "useless Peers: {sent} frames written, dropped after {dropped_after:?}: {detail}"
+        );
+        assert!(
+            detail.contains("useless Peers frames")
+                && detail.contains(&format!("at most {allowed}")),
+            "{detail}"
+        );
+        assert!(sent > allowed, "dropped after {sent} frames");
+        let counters = scene.a.status().counters;
+        assert_eq!(counters.protocol_violations, 1);
+        assert_eq!(counters.peers_refused, 0, "nothing was refused: all known");
+        scene
+            .b
+            .ping(scene.a.name(), WAIT)
+            .await
+            .expect("a still answers b");
+        assert_eq!(scene.a.nodes(), vec![scene.b.name().clone()]);
+        assert_eq!(scene.b.nodes(), vec![scene.a.name().clone()]);
+        scene.raw.endpoint.close(0u32.into(), b"");
+        scene.a.shutdown().await;
+        scene.b.shutdown().await;
+    })
+    .await;
+}
+
+/// What a node logs at warning level and above, formatted as the default
+/// filter writes it (no colour), kept for the test to read.
+#[derive(Clone, Default)]
+struct Warnings(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Warnings {
+    /// Collects this thread's log lines of warning level and above (a
+    /// current-thread runtime polls every task of its nodes here) until
+    /// the guard is dropped.
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_ansi(false)
+            .with_writer(self.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Warnings {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Warnings {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_hello_naming_another_node_than_the_certificate_is_refused_and_warned_of() {
+    bounded(async {
+        let warnings = Warnings::default();
+        let _capture = warnings.capture();
+        let a = node("a", COOKIE).await;
+        // A valid certificate for liar@127.0.0.1, a Hello that says b.
+        let (liar, answer) = RawPeer::hello(&a, "liar", "b@127.0.0.1").await;
+        match answer {
+            Control::Refuse(quicmesh_wire::Refusal::NameMismatch {
+                certificate,
+                claimed,
+            }) => {
+                assert_eq!(certificate, name("liar@127.0.0.1"));
+                assert_eq!(claimed, name("b@127.0.0.1"));
+            }
+            other => panic!("expected a NameMismatch refusal, got {other:?}"),
+        }
+        let want = "refused a node whose certificate names liar@127.0.0.1 but that calls itself \
+                    b@127.0.0.1";
+        eventually("the mismatch is logged", || {
+            warnings.lines().iter().any(|l| l.contains(want))
+        })
+        .await;
+        let lines = warnings.lines();
+        let line = lines
+            .iter()
+            .find(|l| l.contains(want))
+            .expect("the line just seen");
+        eprintln!("logged: {line}");
+        assert!(line.contains(" WARN "), "not at warning level: {line}");
+        assert!(a.nodes().is_empty(), "the liar is not up");
+        liar.endpoint.close(0u32.into(), b"");
+        a.shutdown().await;
+    })
+    .await;
+}
+
 /// Sends `rate` bare ClientHellos a second to `target` until `stop`: each
 /// the first packet of a real handshake (a fresh connection id), from one
-/// socket that never answers the node. The client endpoint behind them
+/// socket on `from` (a loopback address) that never answers the node. The client endpoint behind them
 /// talks to a capture socket only; its connections are kept alive (and
 /// their closes never forwarded) until the flood ends. Returns how many
 /// handshakes it started.
@@ -614,14 +772,14 @@ async fn client_hello_flood(
     target: std::net::SocketAddr,
     rate: u32,
     stop: tokio::time::Instant,
+    from: std::net::IpAddr,
 ) -> usize {
+    assert!(from.is_loopback(), "tests send from loopback only: {from}");
     let capture = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let capture_addr = capture.local_addr().expect("addr");
-    let sender = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let sender = tokio::net::UdpSocket::bind((from, 0)).await.expect("bind");
     let id = Identity::from_cookie(
         name("flooder@127.0.0.1"),
         &Cookie::new(COOKIE).expect("cookie"),
@@ -671,7 +829,21 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
         const RATE: u32 = 300;
         let flood_for = Duration::from_secs(4);
         let stop = tokio::time::Instant::now() + flood_for;
-        let flood = tokio::spawn(client_hello_flood(a.local_addr(), RATE, stop));
+        // From four addresses (none of them a node's), so the per-address
+        // limit leaves the Retry threshold to be reached.
+        const SOURCES: [[u8; 4]; 4] = [
+            [127, 0, 0, 3],
+            [127, 0, 0, 4],
+            [127, 0, 0, 5],
+            [127, 0, 0, 6],
+        ];
+        let floods: Vec<_> = SOURCES
+            .iter()
+            .map(|ip| {
+                let rate = RATE / SOURCES.len() as u32;
+                tokio::spawn(client_hello_flood(a.local_addr(), rate, stop, (*ip).into()))
+            })
+            .collect();
         // A second into the flood (256 slots held 5 s each would be full by
         // now), a new node dials a.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -683,12 +855,17 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
             .expect("the newcomer joins during the flood");
         let joined = dialled.elapsed();
         let slowest = b.ping(a.name(), WAIT).await.expect("a still answers b");
-        let started = flood.await.expect("flood task");
+        let mut started = 0;
+        for flood in floods {
+            started += flood.await.expect("flood task");
+        }
         let counters = a.status().counters;
         eprintln!(
             "ClientHello flood: {started} handshakes started in {flood_for:?}, newcomer joined \
-             in {joined:?}, ping of b {slowest:?}, {} retried, {} refused",
-            counters.handshakes_retried, counters.handshakes_refused
+             in {joined:?}, ping of b {slowest:?}, {} retried, {} refused, {} refused per source",
+            counters.handshakes_retried,
+            counters.handshakes_refused,
+            counters.handshakes_refused_per_source
         );
         assert!(started as f64 >= f64::from(RATE) * 0.8 * flood_for.as_secs_f64());
         assert!(joined < Duration::from_secs(2), "joined after {joined:?}");
@@ -700,6 +877,81 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
         assert!(a.nodes().contains(b.name()));
         newcomer.shutdown().await;
         b.shutdown().await;
+        a.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holding_handshakes_is_capped_and_a_node_at_another_still_joins() {
+    bounded(async {
+        let a = node("a", COOKIE).await;
+        let limit = quicmesh_mesh::MAX_HANDSHAKES_PER_SOURCE;
+        // One address (a's own, 127.0.0.1) starts handshakes it never
+        // finishes: each would hold a slot for the handshake timeout (5 s,
+        // longer than the flood).
+        const RATE: u32 = 100;
+        let flood_for = Duration::from_secs(3);
+        let stop = tokio::time::Instant::now() + flood_for;
+        let flooder = std::net::IpAddr::from([127, 0, 0, 1]);
+        let flood = tokio::spawn(client_hello_flood(a.local_addr(), RATE, stop, flooder));
+        // Watched throughout: a never holds more of the flooder's
+        // handshakes than the limit (a has no other connection yet).
+        let mut most = 0;
+        let mut watch = |a: &Node, others: usize| {
+            let held = a.status().connections.saturating_sub(others);
+            most = most.max(held);
+            assert!(held <= limit, "{held} handshakes held from one address");
+        };
+        let refusing = tokio::time::Instant::now();
+        while a.status().counters.handshakes_refused_per_source < 4 * limit as u64 {
+            watch(&a, 0);
+            assert!(
+                refusing.elapsed() < WAIT,
+                "no refusals: {:?}",
+                a.status().counters
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A node at another address joins at once.
+        let newcomer = builder("n", COOKIE)
+            .name("n@127.0.0.2")
+            .listen("127.0.0.2:0".parse().expect("addr"))
+            .start()
+            .await
+            .expect("the newcomer starts");
+        let dialled = tokio::time::Instant::now();
+        newcomer
+            .connect(&a.addr())
+            .await
+            .expect("the newcomer joins during the flood");
+        let joined = dialled.elapsed();
+        while tokio::time::Instant::now() < stop {
+            watch(&a, 1);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = flood.await.expect("flood task");
+        let counters = a.status().counters;
+        eprintln!(
+            "one-address handshake flood: {started} handshakes started in {flood_for:?}, at most \
+             {most} held, {} refused per source, {} retried, {} refused; newcomer from 127.0.0.2 \
+             joined in {joined:?}",
+            counters.handshakes_refused_per_source,
+            counters.handshakes_retried,
+            counters.handshakes_refused
+        );
+        assert_eq!(most, limit, "the flooder's first handshakes were taken");
+        // Every handshake past the first few was refused (a ClientHello
+        // sent again after a refusal is refused again).
+        assert!(
+            counters.handshakes_refused_per_source >= (started - limit) as u64,
+            "{started} started, {} refused",
+            counters.handshakes_refused_per_source
+        );
+        assert_eq!(counters.handshakes_refused, 0, "no node-wide slot ran out");
+        assert!(joined < Duration::from_secs(2), "joined after {joined:?}");
+        assert!(a.nodes().contains(newcomer.name()));
+        newcomer.shutdown().await;
         a.shutdown().await;
     })
     .await;

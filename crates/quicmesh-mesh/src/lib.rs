@@ -33,7 +33,7 @@ mod transport;
 pub use config::{HeartbeatConfig, MeshConfig, ReconnectConfig, duration};
 pub use error::{BindError, ConnectError, PingError, WaitError};
 pub use event::{DownReason, EventError, EventStream, NodeEvent};
-pub use membership::Mesh;
+pub use membership::{MAX_HANDSHAKES_PER_SOURCE, Mesh};
 pub use peer::{Peer, Violation};
 pub use router::{HandlerFuture, Router, StreamHandler, refuse};
 pub use status::{CounterSnapshot, PeerState, PeerStatus, Status};

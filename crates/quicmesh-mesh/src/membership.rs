@@ -19,10 +19,12 @@
 
 mod accept;
 mod dial;
+mod gossip;
 mod hello;
 mod link;
 mod ping;
 mod report;
+mod sources;
 pub(crate) mod table;
 
 use std::collections::HashMap;
@@ -50,6 +52,13 @@ use table::{Installed, PeerTable, UpPeer};
 /// Handshakes served at once; further incoming connections are refused
 /// until one finishes.
 const MAX_CONCURRENT_HANDSHAKES: usize = 256;
+/// Handshakes in progress from one IP address (validated by a QUIC Retry
+/// or not); further incoming connections from that address are refused
+/// (`handshakes_refused_per_source`) until one of its handshakes ends, so
+/// one sender cannot hold the node's handshake slots. Well above what one
+/// host's nodes need at once: each dials a peer once, and a restart dials
+/// again only after its old handshake ended.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 8;
 /// Control messages queued per peer before announcements are dropped.
 const CONTROL_QUEUE: usize = 64;
 /// Send priority of control and ping streams: above all application data.
@@ -82,6 +91,8 @@ struct Inner {
     router: OnceLock<Arc<Router>>,
     tasks: Tasks,
     handshakes: Arc<Semaphore>,
+    /// The handshakes of `handshakes` per source address.
+    handshakes_per_source: sources::PerSource,
     /// Dials to nodes peers told of, in progress at once (`max_dials`).
     dials: Arc<Semaphore>,
     /// Log lines about refused peers and failed dials, limited.
@@ -89,6 +100,7 @@ struct Inner {
     dial_failures_logged: LogLimit,
     names_in_use_logged: LogLimit,
     handshakes_refused_logged: LogLimit,
+    handshakes_per_source_logged: LogLimit,
     shutting_down: AtomicBool,
     /// Addresses to dial a seed at instead of resolving its host (set by
     /// discovery strategies that resolve names themselves).
@@ -153,11 +165,13 @@ impl Mesh {
             router: OnceLock::new(),
             tasks: Tasks::default(),
             handshakes: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
+            handshakes_per_source: sources::PerSource::new(MAX_HANDSHAKES_PER_SOURCE),
             dials: Arc::new(Semaphore::new(max_dials)),
             refusals_logged: LogLimit::default(),
             dial_failures_logged: LogLimit::default(),
             names_in_use_logged: LogLimit::default(),
             handshakes_refused_logged: LogLimit::default(),
+            handshakes_per_source_logged: LogLimit::default(),
             shutting_down: AtomicBool::new(false),
             dial_at: Mutex::default(),
         };
@@ -461,7 +475,7 @@ impl Inner {
                 }
             }
         }
-        self.learn(hello.peers);
+        let _ = self.learn(hello.peers);
         Ok(())
     }
 
@@ -512,10 +526,14 @@ impl Inner {
     /// most `max_dials` at once; past `max_peers` known peers, new names
     /// are refused and counted. A name that could not be reached is
     /// forgotten (it may be told of again). Hidden nodes never dial
-    /// transitively.
-    fn learn(self: &Arc<Self>, peers: Vec<PeerInfo>) {
-        if self.config.hidden || self.tasks.is_cancelled() {
-            return;
+    /// transitively. `true` if any node told of was taken in (or the node
+    /// is stopping, and judges nothing).
+    fn learn(self: &Arc<Self>, peers: Vec<PeerInfo>) -> bool {
+        if self.tasks.is_cancelled() {
+            return true;
+        }
+        if self.config.hidden {
+            return false;
         }
         let max = self.config.max_peers;
         let (to_dial, refused) = self.update(|t| t.learn(peers, max));
@@ -531,10 +549,12 @@ impl Inner {
                 );
             }
         }
+        let taught = !to_dial.is_empty();
         for p in to_dial {
             let inner = self.clone();
             self.tasks.spawn(async move { inner.dial_learnt(p).await });
         }
+        taught
     }
 
     /// Dials a node a peer told of (queued in the table), when one of the

@@ -91,6 +91,7 @@ pub(crate) struct Counters {
     pub(crate) names_in_use: AtomicU64,
     pub(crate) handshakes_retried: AtomicU64,
     pub(crate) handshakes_refused: AtomicU64,
+    pub(crate) handshakes_refused_per_source: AtomicU64,
 }
 
 /// The counters' values at one moment.
@@ -118,6 +119,10 @@ pub struct CounterSnapshot {
     pub handshakes_retried: u64,
     /// Incoming handshakes refused because 256 were in progress.
     pub handshakes_refused: u64,
+    /// Incoming handshakes refused because their sender's IP address had
+    /// [`MAX_HANDSHAKES_PER_SOURCE`](crate::MAX_HANDSHAKES_PER_SOURCE) in
+    /// progress already.
+    pub handshakes_refused_per_source: u64,
 }
 
 impl Counters {
@@ -132,6 +137,7 @@ impl Counters {
             names_in_use: get(&self.names_in_use),
             handshakes_retried: get(&self.handshakes_retried),
             handshakes_refused: get(&self.handshakes_refused),
+            handshakes_refused_per_source: get(&self.handshakes_refused_per_source),
         }
     }
 }

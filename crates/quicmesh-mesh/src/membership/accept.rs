@@ -7,7 +7,10 @@ use quicmesh_wire::{CloseCode, Control, Hello, NodeName, Refusal, StreamKind};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::hello::{self, Verdict};
-use super::{CONTROL_PRIORITY, Handshake, Inner, MAX_CONCURRENT_HANDSHAKES, Role, count};
+use super::{
+    CONTROL_PRIORITY, Handshake, Inner, MAX_CONCURRENT_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, Role,
+    count,
+};
 use crate::io::{self, StreamError, within};
 use crate::transport;
 
@@ -46,6 +49,22 @@ impl Inner {
                 }
                 continue;
             }
+            // One address holds at most a few slots, validated or not, so
+            // one sender cannot take them all.
+            let ip = incoming.remote_address().ip().to_canonical();
+            let Some(source) = self.handshakes_per_source.try_acquire(ip) else {
+                count(&self.counters.handshakes_refused_per_source);
+                if let Some(earlier) = self.handshakes_per_source_logged.allow() {
+                    let more = earlier.since_last();
+                    warn!(
+                        %ip,
+                        "{MAX_HANDSHAKES_PER_SOURCE} handshakes in progress from this address \
+                         already; refusing more{more}"
+                    );
+                }
+                incoming.refuse();
+                continue;
+            };
             let Ok(permit) = self.handshakes.clone().try_acquire_owned() else {
                 count(&self.counters.handshakes_refused);
                 if let Some(earlier) = self.handshakes_refused_logged.allow() {
@@ -60,7 +79,7 @@ impl Inner {
             self.tasks.spawn(
                 async move {
                     inner.handle_incoming(incoming).await;
-                    drop(permit);
+                    drop((permit, source));
                 }
                 .instrument(span),
             );

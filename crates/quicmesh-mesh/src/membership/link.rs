@@ -4,8 +4,9 @@
 //! when no packet at all (heartbeat, data, acknowledgement) has arrived for
 //! the heartbeat timeout; it writes and reads the control stream, and
 //! hands every stream the peer opens to the router's handler for its kind.
-//! A peer that breaks the protocol is dropped with `ProtocolViolation`;
-//! nothing it sends can panic the node.
+//! A peer that breaks the protocol is dropped with `ProtocolViolation`, as
+//! is one that keeps sending `Peers` frames that teach nothing (see
+//! [`gossip`](super::gossip)); nothing it sends can panic the node.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
 
 use super::Inner;
+use super::gossip::{TooManyUseless, USELESS_PEERS_WINDOW, UselessPeers};
 use crate::config::HeartbeatConfig;
 use crate::event::DownReason;
 use crate::io::{self, StreamError, within};
@@ -137,9 +139,21 @@ async fn write_control(
 }
 
 async fn read_control(inner: Arc<Inner>, peer: Peer, mut recv: RecvStream) {
+    let mut useless = UselessPeers::new(inner.config.max_peers);
     loop {
         match io::read_frame::<Control>(&mut recv, inner.config.max_frame).await {
-            Ok(Some(Control::Peers(peers))) => inner.learn(peers),
+            Ok(Some(Control::Peers(peers))) => {
+                let taught = inner.learn(peers);
+                if let Err(TooManyUseless { sent, allowed }) =
+                    useless.note(taught, Instant::now().into_std())
+                {
+                    let detail = format!(
+                        "useless Peers frames: {sent} in {USELESS_PEERS_WINDOW:?} told of no node \
+                         to take in (at most {allowed})"
+                    );
+                    return peer.violation(Violation::new(detail));
+                }
+            }
             Ok(Some(other)) => {
                 let detail = format!("unexpected control message after the handshake: {other:?}");
                 return peer.violation(Violation::new(detail));
