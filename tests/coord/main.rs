@@ -555,6 +555,109 @@ async fn a_node_cannot_register_release_or_sync_for_another() {
     .await;
 }
 
+/// Milliseconds since the Unix epoch, as the nodes' clocks read.
+fn wall_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn forged_claims_and_announcements_from_a_connected_node_change_nothing() {
+    bounded(async {
+        use quicmesh_wire::coord::{Announce, PutAnswer};
+        let nodes = cluster("lie", 3).await;
+        let (liar, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        // b registers `x`; every node stores it (the liar acknowledges it).
+        let x = b.registry().register("x", "s").await.expect("b registers");
+        eventually("every node knows b has x", || {
+            nodes
+                .iter()
+                .all(|n| n.registry().whereis("x").as_ref() == Some(&x))
+        })
+        .await;
+        let mut b_events = b.registry().events();
+        let mut c_events = c.registry().events();
+        let claim = |name: &str, millis: u64| quicmesh::Registration {
+            name: name.to_owned(),
+            owner: liar.name().clone(),
+            service: "s".to_owned(),
+            registered_at: quicmesh::Hlc { millis, counter: 0 },
+            supersedes: None,
+        };
+        // The liar claims `x` with the earliest clock there is, and a new
+        // name with a clock an hour ahead.
+        let hour = 3_600_000;
+        let forged = vec![claim("x", 0), claim("ahead", wall_millis() + hour)];
+        for victim in [b, c] {
+            liar.call::<_, ()>(victim.name(), "quicmesh.registry.sync", &forged)
+                .await
+                .expect("answered");
+        }
+        // A registration written as new with an old clock is refused.
+        let answer: PutAnswer = liar
+            .call(b.name(), "quicmesh.registry.put", &claim("old", 1))
+            .await
+            .expect("answered");
+        assert_eq!(answer, PutAnswer::BadClock);
+        // A sync is served at once: its effects are in place now.
+        for n in [b, c] {
+            assert_eq!(n.registry().whereis("x"), Some(x.clone()), "x is still b's");
+            assert!(n.registry().whereis("ahead").is_none());
+            assert!(n.registry().whereis("old").is_none());
+        }
+        for events in [&mut b_events, &mut c_events] {
+            assert!(
+                events.try_recv().is_err(),
+                "no registry event came of the forgeries"
+            );
+        }
+
+        // c leads `boss`; the liar announces that it leads with a larger
+        // term, and that c resigned.
+        let leadership = c.election("boss").campaign().await.expect("c leads");
+        let led_by_c = LeaderChange {
+            leader: Some(c.name().clone()),
+            term: leadership.term(),
+        };
+        eventually("every node follows c", || {
+            nodes
+                .iter()
+                .all(|n| n.election("boss").leader() == led_by_c)
+        })
+        .await;
+        let lies = [
+            Announce {
+                election: "boss".into(),
+                term: u128::MAX,
+                leading: true,
+            },
+            Announce {
+                election: "boss".into(),
+                term: leadership.term().get(),
+                leading: false,
+            },
+            Announce {
+                election: "nobody-leads".into(),
+                term: 1,
+                leading: true,
+            },
+        ];
+        for lie in &lies {
+            liar.call::<_, ()>(b.name(), "quicmesh.election.announce", lie)
+                .await
+                .expect("answered");
+        }
+        assert_eq!(b.election("boss").leader(), led_by_c, "b still follows c");
+        assert_eq!(b.election("nobody-leads").leader().leader, None);
+        assert!(!leadership.is_lost());
+        leadership.resign().await;
+        shutdown_all(&nodes).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn nodes_that_meet_with_the_same_name_keep_one_by_the_rule_in_force() {
     bounded(async {
