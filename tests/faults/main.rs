@@ -99,6 +99,43 @@ impl RawPeer {
     }
 }
 
+/// Round trips a well-behaved peer saw, summarised.
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+        sorted.get(i).copied().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Latencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} pings, p50 {:?}, p99 {:?}, max {:?}",
+            self.0.len(),
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.quantile(1.0)
+        )
+    }
+}
+
+/// `from` pings `to` every 10 ms for `how_long`; every ping must be
+/// answered.
+async fn pings_for(from: &Node, to: &Node, how_long: Duration) -> Latencies {
+    let until = tokio::time::Instant::now() + how_long;
+    let mut rtts = Vec::new();
+    while tokio::time::Instant::now() < until {
+        rtts.push(from.ping(to.name(), WAIT).await.expect("the node answers"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Latencies(rtts)
+}
+
 /// A second, well-behaved node that pings `target` and must keep working.
 async fn healthy_neighbour(target: &Node) -> Node {
     let b = node("b", COOKIE).await;
@@ -561,6 +598,7 @@ async fn a_peers_flood_from_one_peer_is_capped_and_the_others_stay_up() {
         b.connect(&a.addr()).await.expect("b connects");
         let (mut ea, mut eb) = (a.events(), b.events());
         let raw = RawPeer::join(&a, "flood").await;
+        let baseline = pings_for(&b, &a, Duration::from_millis(500)).await;
         let before = rss_kib();
 
         // 20,000 made-up nodes, each at a loopback address nothing listens
@@ -590,7 +628,7 @@ async fn a_peers_flood_from_one_peer_is_capped_and_the_others_stay_up() {
         assert!(a.status().peers.len() <= limit);
         // Dials run a few at a time; b keeps being served throughout.
         let max_dials = quicmesh::NodeConfig::default().max_dials;
-        let mut slowest = Duration::ZERO;
+        let mut during = Latencies(Vec::new());
         let until = tokio::time::Instant::now() + hb.1 * 6;
         while tokio::time::Instant::now() < until {
             let connections = a.status().connections;
@@ -598,12 +636,16 @@ async fn a_peers_flood_from_one_peer_is_capped_and_the_others_stay_up() {
                 connections <= max_dials + 2,
                 "{connections} connections open, at most {max_dials} dials + b + the flooder"
             );
-            slowest = slowest.max(b.ping(a.name(), WAIT).await.expect("a answers b"));
+            during
+                .0
+                .push(b.ping(a.name(), WAIT).await.expect("a answers b"));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let grown = rss_kib().saturating_sub(before);
+        let after = rss_kib();
+        let grown = after.saturating_sub(before);
         eprintln!(
-            "peers flood: {refused} refused, slowest ping of b {slowest:?}, RSS grew {grown} KiB"
+            "peers flood: {refused} refused; b's pings before: {baseline}; during: {during}; \
+             RSS {before} KiB before, {after} KiB after (grew {grown} KiB)"
         );
         for (who, events) in [("a", drain(&mut ea)), ("b", drain(&mut eb))] {
             assert!(
@@ -826,6 +868,8 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
     bounded(async {
         let a = node("a", COOKIE).await;
         let b = healthy_neighbour(&a).await;
+        let baseline = pings_for(&b, &a, Duration::from_millis(500)).await;
+        let before = rss_kib();
         const RATE: u32 = 300;
         let flood_for = Duration::from_secs(4);
         let stop = tokio::time::Instant::now() + flood_for;
@@ -854,7 +898,8 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
             .await
             .expect("the newcomer joins during the flood");
         let joined = dialled.elapsed();
-        let slowest = b.ping(a.name(), WAIT).await.expect("a still answers b");
+        let during = pings_for(&b, &a, stop - tokio::time::Instant::now()).await;
+        let after = rss_kib();
         let mut started = 0;
         for flood in floods {
             started += flood.await.expect("flood task");
@@ -862,7 +907,8 @@ async fn a_client_hello_flood_does_not_keep_a_new_node_out() {
         let counters = a.status().counters;
         eprintln!(
             "ClientHello flood: {started} handshakes started in {flood_for:?}, newcomer joined \
-             in {joined:?}, ping of b {slowest:?}, {} retried, {} refused, {} refused per source",
+             in {joined:?}; b's pings before: {baseline}; during: {during}; RSS {before} KiB \
+             before, {after} KiB during; {} retried, {} refused, {} refused per source",
             counters.handshakes_retried,
             counters.handshakes_refused,
             counters.handshakes_refused_per_source
@@ -976,6 +1022,7 @@ async fn never_finished_request_bodies_are_bounded_and_paid_back() {
         .expect("register");
         let b = healthy_neighbour(&a).await;
         let raw = RawPeer::join(&a, "hog").await;
+        let baseline = pings_for(&b, &a, Duration::from_millis(500)).await;
         let before = rss_kib();
 
         // 32 calls from one peer, each 1 MiB of body and never finished.
@@ -1022,6 +1069,8 @@ async fn never_finished_request_bodies_are_bounded_and_paid_back() {
             "{peak} bytes held from one peer"
         );
         // Another peer is still served, with a large call too.
+        let during = pings_for(&b, &a, Duration::from_millis(500)).await;
+        let peak_rss = rss_kib();
         let big = serde_bytes::ByteBuf::from(vec![1u8; 2 * MIB]);
         let n: u64 = b.call(a.name(), "sink", &big).await.expect("b is served");
         assert_eq!(n, 2 * MIB as u64);
@@ -1032,10 +1081,13 @@ async fn never_finished_request_bodies_are_bounded_and_paid_back() {
             a.buffered_bytes() == 0
         })
         .await;
-        let grown = rss_kib().saturating_sub(before);
+        let after = rss_kib();
+        let grown = after.saturating_sub(before);
         eprintln!(
             "never-finished bodies: {overloaded} of 32 refused as Overloaded, {holding} bytes \
-             held (peak {peak}), 0 after the peer left, RSS grew {grown} KiB"
+             held (peak {peak}), 0 after the peer left; b's pings before: {baseline}; while \
+             held: {during}; RSS {before} KiB before, {peak_rss} KiB while held, {after} KiB \
+             after (grew {grown} KiB)"
         );
         assert!(grown < 100 * 1024, "RSS grew {grown} KiB");
         b.shutdown().await;
