@@ -78,9 +78,9 @@ pub use config::{ConfigError, IdentityConfig, NodeConfig};
 pub use error::StartError;
 pub use node::{Builder, Node};
 pub use quicmesh_coord::{
-    AlreadyRegistered, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange, Leadership,
-    LocalRegistry, LockError, LockGuard, LockOptions, MAX_CLOCK_DRIFT, Member, Registered,
-    Registration, Registry, RegistryError, RegistryEvent, Token,
+    AlreadyRegistered, CoordCounters, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
+    Leadership, LocalRegistry, LockError, LockGuard, LockOptions, MAX_CLOCK_DRIFT, Member,
+    Registered, Registration, Registry, RegistryError, RegistryEvent, Token,
 };
 pub use quicmesh_identity as identity;
 pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie};

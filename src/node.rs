@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quicmesh_coord::{Coord, Election, Groups, LockError, LockGuard, LockOptions, Registry, Token};
+use quicmesh_coord::{
+    Coord, CoordCounters, Election, Groups, LockError, LockGuard, LockOptions, Registry, Token,
+};
 use quicmesh_discovery::{Discovery, LocalNode, Strategy, Topology};
 use quicmesh_identity::{CertFiles, Cookie, Identity};
 use quicmesh_mesh::{ConnectError, EventStream, Mesh, PingError, Router, Status, WaitError};
@@ -144,6 +146,13 @@ impl Node {
     /// This node and every peer it knows.
     pub fn status(&self) -> Status {
         self.mesh().status()
+    }
+
+    /// What coordination refused from its peers (forged claims, clocks out
+    /// of bounds, announcements from non-holders, names and locks past
+    /// their caps) and the locks this node lost, since it started.
+    pub fn coordination_counters(&self) -> CoordCounters {
+        self.coord().counters()
     }
 
     /// Bytes of RPC request bodies this node holds now, from every peer

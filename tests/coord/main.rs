@@ -652,6 +652,16 @@ async fn forged_claims_and_announcements_from_a_connected_node_change_nothing() 
         assert_eq!(b.election("boss").leader(), led_by_c, "b still follows c");
         assert_eq!(b.election("nobody-leads").leader().leader, None);
         assert!(!leadership.is_lost());
+        // Each refusal is counted where it happened.
+        let counted = b.coordination_counters();
+        assert_eq!(counted.claims_refused, 1, "{counted:?}");
+        assert_eq!(counted.clocks_refused, 2, "the hour ahead, the old put");
+        assert_eq!(counted.announcements_refused, 2, "{counted:?}");
+        assert_eq!(
+            c.coordination_counters().claims_refused,
+            0,
+            "c only holds it waiting"
+        );
         leadership.resign().await;
         shutdown_all(&nodes).await;
     })

@@ -322,6 +322,7 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
             // Only the holder of the election's lock leads it.
             let term = Token::from_u128(a.term);
             if a.leading && !crate::lock::holds(coord, &resource(&a.election), &ctx.from, term) {
+                crate::counters::count(&coord.counters.announcements_refused);
                 tracing::warn!(peer = %ctx.from, election = a.election, %term, "refused an announcement of leadership from a node that does not hold the election's lock with that term");
                 return;
             }

@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info_span};
 
 mod clock;
+mod counters;
 mod election;
 mod groups;
 mod local_registry;
@@ -35,6 +36,7 @@ mod lock;
 mod registry;
 mod token;
 
+pub use counters::CoordCounters;
 pub use election::{Election, LeaderChange, Leadership};
 pub use groups::{GroupEvent, Groups, Member};
 pub use local_registry::{AlreadyRegistered, Keys, LocalRegistry, Registered};
@@ -52,6 +54,7 @@ pub const MAX_CLOCK_DRIFT: Duration = clock::MAX_DRIFT;
 pub struct Coord {
     rpc: Rpc,
     clock: clock::Clock,
+    counters: counters::Counters,
     locks: Mutex<lock::Table>,
     held: Mutex<lock::Held>,
     registry: registry::State,
@@ -79,6 +82,7 @@ impl Coord {
         let coord = Arc::new(Self {
             rpc: rpc.clone(),
             clock: clock::Clock::default(),
+            counters: counters::Counters::default(),
             locks: Mutex::new(lock::Table::default()),
             held: Mutex::new(lock::Held::default()),
             registry: registry::State::new(),
@@ -135,6 +139,21 @@ impl Coord {
         options: &LockOptions,
     ) -> Result<LockGuard, LockError> {
         lock::acquire(self, resource, options).await
+    }
+
+    /// What coordination refused from peers, and what it lost.
+    pub fn counters(&self) -> CoordCounters {
+        self.counters.snapshot()
+    }
+
+    /// Moves the clock past `seen` from a peer (see [`clock::Clock::observe`]),
+    /// counting a refusal.
+    pub(crate) fn take_in(&self, seen: Hlc) -> Result<(), clock::Ahead> {
+        let taken = self.clock.observe(seen);
+        if taken.is_err() {
+            counters::count(&self.counters.clocks_refused);
+        }
+        taken
     }
 
     /// The mesh of this node.

@@ -400,7 +400,7 @@ async fn ask(
         .await
     {
         Ok(LockAnswer::Granted(clock)) => {
-            if let Err(ahead) = coord.clock.observe(Hlc::unpacked(clock)) {
+            if let Err(ahead) = coord.take_in(Hlc::unpacked(clock)) {
                 warn!(peer = %node, resource, "a lock grant's clock is {:?} ahead of this node's, more than the {:?} allowed: taken as refused; check the clocks", ahead.by, crate::clock::MAX_DRIFT);
                 return None;
             }
@@ -544,7 +544,7 @@ fn met(coord: &Arc<Coord>, from: &NodeName, locks: Vec<LockHeld>) {
             continue;
         }
         let token = Token::from_u128(held.token);
-        if let Err(ahead) = coord.clock.observe(token.time()) {
+        if let Err(ahead) = coord.take_in(token.time()) {
             warn!(peer = %from, resource = held.resource, "a held lock's token is {:?} ahead of this node's clock, more than allowed: ignored; check the clocks", ahead.by);
             continue;
         }
@@ -564,6 +564,7 @@ fn lose(coord: &Arc<Coord>, requester: &LockRequester, winner: &NodeName, token:
         return;
     };
     warn!(resource = live.resource, token = %live.token, winner = %winner, winning_token = %token, "lost a lock: another node was granted it while the two were apart");
+    crate::counters::count(&coord.counters.locks_lost);
     live.lost.send_replace(true);
     crate::election::lost(coord, &live.resource, live.token);
     let (coord, resource, requester) = (coord.clone(), live.resource, live.requester);
@@ -597,7 +598,11 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
                 return LockAnswer::Held;
             }
             let now = coord.clock.now().packed();
-            locked(&coord.locks).acquire(&req.resource, &req.requester, now)
+            let answer = locked(&coord.locks).acquire(&req.resource, &req.requester, now);
+            if answer == LockAnswer::TooMany {
+                crate::counters::count(&coord.counters.locks_refused);
+            }
+            answer
         },
     );
     crate::serve(
@@ -605,7 +610,7 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
         service::LOCK_CONFIRM,
         |coord, ctx: &CallContext, req: LockConfirm| {
             let time = Token::from_u128(req.token).time();
-            if from_requester(ctx, &req.requester) && coord.clock.observe(time).is_ok() {
+            if from_requester(ctx, &req.requester) && coord.take_in(time).is_ok() {
                 locked(&coord.locks).confirm(&req.resource, &req.requester, req.token);
             }
         },

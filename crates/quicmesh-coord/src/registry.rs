@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::MAX_DRIFT;
+use crate::counters::count;
 
 use quicmesh_rpc::{CallContext, RpcError};
 use quicmesh_wire::NodeName;
@@ -337,8 +338,10 @@ pub(crate) struct State {
 
 /// What taking in a claim came to.
 enum Taken {
-    /// Stored, waiting, or refused: nothing more to do.
+    /// Stored, or waiting: nothing more to do.
     Done,
+    /// Refused as forged (rule 2).
+    Refused,
     /// The claimant's share is full.
     Full,
     /// This node gave its registration up to the claim: tell every node.
@@ -420,7 +423,7 @@ impl State {
                 match decide(&mine, &claim, acked, &resolver) {
                     Decision::Refuse => {
                         warn!(name = %claim.name, claimant = %claim.owner, "refused a claim to a name this node holds: the claimant acknowledged this node's registration and claims an earlier one");
-                        (Taken::Done, None)
+                        (Taken::Refused, None)
                     }
                     Decision::Keep => {
                         if names.full(&claim.owner) {
@@ -828,7 +831,11 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
             let behind = MAX_DRIFT + coord.message_timeout();
             let now = coord.clock.now();
             let oldest = now.millis.saturating_sub(behind.as_millis() as u64);
-            if r.registered_at.millis < oldest || coord.clock.observe(r.registered_at).is_err() {
+            let too_old = r.registered_at.millis < oldest;
+            if too_old {
+                count(&coord.counters.clocks_refused);
+            }
+            if too_old || coord.take_in(r.registered_at).is_err() {
                 warn!(peer = %ctx.from, name = r.name, "refused a registration whose clock is too far from this node's; check the clocks");
                 return PutAnswer::BadClock;
             }
@@ -839,8 +846,12 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
                 return PutAnswer::Taken(stored.owner.clone());
             }
             match state.claim(coord.me(), r) {
-                Taken::Full => PutAnswer::Full,
-                Taken::Done | Taken::Yielded(_) => PutAnswer::Stored,
+                Taken::Full => {
+                    count(&coord.counters.names_refused);
+                    PutAnswer::Full
+                }
+                // A name free here, or already the owner's: never refused.
+                Taken::Done | Taken::Refused | Taken::Yielded(_) => PutAnswer::Stored,
             }
         },
     );
@@ -869,12 +880,15 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
                 if r.owner != ctx.from || !valid(&r) {
                     continue;
                 }
-                if let Err(ahead) = coord.clock.observe(r.registered_at) {
+                if let Err(ahead) = coord.take_in(r.registered_at) {
                     warn!(peer = %ctx.from, name = r.name, "ignored a registration whose clock is {:?} ahead of this node's, more than allowed; check the clocks", ahead.by);
                     continue;
                 }
-                if let Taken::Yielded(lost) = coord.registry.claim(coord.me(), r) {
-                    yielded.push(lost);
+                match coord.registry.claim(coord.me(), r) {
+                    Taken::Yielded(lost) => yielded.push(lost),
+                    Taken::Full => count(&coord.counters.names_refused),
+                    Taken::Refused => count(&coord.counters.claims_refused),
+                    Taken::Done => {}
                 }
             }
             for lost in yielded {
