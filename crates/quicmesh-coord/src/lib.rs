@@ -11,10 +11,14 @@
 //!
 //! There is no consensus here. Like `:global`, each operation involves the
 //! nodes connected at the time; on each side of a network partition the
-//! nodes go on alone, and when the partition heals, conflicting
-//! registrations are resolved by a deterministic rule (see [`Registry`]).
-//! Fencing tokens let a resource refuse a holder whose lock was given away
-//! meanwhile.
+//! nodes go on alone. When the sides meet again, conflicting registrations
+//! are resolved by deterministic rules (see [`Registry`]), and of two
+//! holders of one lock (or two leaders of one election) the larger token
+//! keeps it while the other's guard reports the loss ([`LockGuard::lost`]).
+//! Tokens ([`Token`]) are hybrid-logical-clock readings with the node as
+//! tie-break: unique, and larger for every later grant, across partitions,
+//! pauses and restarts of the whole cluster, so a resource can refuse a
+//! holder whose lock was given away meanwhile.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
