@@ -314,3 +314,40 @@ async fn a_second_node_with_a_live_nodes_name_is_refused_and_nothing_flaps() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_nodes_started_at_once_each_told_of_one_form_a_full_mesh() {
+    // Not timed: on a loaded machine handshakes fail and dials collide;
+    // the mesh must complete anyway.
+    bounded(async {
+        const N: usize = 24;
+        let mut nodes = Vec::with_capacity(N);
+        for i in 0..N {
+            nodes.push(node(&format!("m{i}"), COOKIE).await);
+        }
+        // Each is told of the first as a seed, all at once: more handshakes
+        // from one address than a node takes at once, so some are refused
+        // and tried again.
+        let first = nodes[0].addr();
+        for n in &nodes[1..] {
+            n.add_seed(first.clone());
+        }
+        let long = Duration::from_secs(60);
+        for n in &nodes {
+            if let Err(e) = n.wait_for_nodes(N - 1, long).await {
+                let status = n.status();
+                panic!("{} is missing peers: {e}; {status:?}", n.name());
+            }
+        }
+        for n in &nodes {
+            eventually("one connection per peer", || {
+                n.status().connections == N - 1
+            })
+            .await;
+        }
+        for n in &nodes {
+            n.shutdown().await;
+        }
+    })
+    .await;
+}

@@ -467,7 +467,10 @@ impl Inner {
                 hidden: hello.hidden,
             });
             if !hello.hidden {
-                let news = Control::Peers(vec![PeerInfo { name, addrs }]);
+                let news = Control::Peers(vec![PeerInfo {
+                    name: name.clone(),
+                    addrs,
+                }]);
                 for tx in others {
                     // A full queue means that peer is stuck; it learns the
                     // node from the next Hello instead.
@@ -475,7 +478,7 @@ impl Inner {
                 }
             }
         }
-        let _ = self.learn(hello.peers);
+        let _ = self.learn(&name, hello.peers);
         Ok(())
     }
 
@@ -509,26 +512,61 @@ impl Inner {
     }
 
     /// A link task ended: update the table and emit `NodeDown` if that
-    /// connection was the current one.
-    fn link_closed(&self, name: &NodeName, link_id: usize, reason: DownReason) {
-        let was_current =
-            self.update(|t| t.link_closed(name, link_id, reason.clone(), SystemTime::now()));
-        if was_current {
-            info!(peer = %name, %reason, "node down");
-            self.emit(NodeEvent::NodeDown {
-                node: name.clone(),
-                reason,
-            });
+    /// connection was the current one. Then the node vouches for nothing
+    /// any more, the other peers are told it is gone (unless it
+    /// restarted: its new incarnation is told of when it comes up), and it
+    /// is dialled again if a peer still vouches for it.
+    fn link_closed(self: &Arc<Self>, name: &NodeName, link_id: usize, reason: DownReason) {
+        let now = SystemTime::now();
+        let decided = self.update(|t| {
+            if !t.link_closed(name, link_id, reason.clone(), now) {
+                return None;
+            }
+            t.voucher_down(name);
+            let redial = t.redial_after_down(name, &reason);
+            let others: Vec<_> = t
+                .up()
+                .filter(|(_, u)| !u.hidden)
+                .map(|(_, u)| u.link.control().clone())
+                .collect();
+            let addrs = t.get(name).map(|p| p.addrs.clone()).unwrap_or_default();
+            Some((redial, others, addrs))
+        });
+        let Some((redial, others, addrs)) = decided else {
+            return;
+        };
+        info!(peer = %name, %reason, "node down");
+        self.emit(NodeEvent::NodeDown {
+            node: name.clone(),
+            reason: reason.clone(),
+        });
+        if !matches!(reason, DownReason::Restarted) {
+            let gone = Control::Gone(vec![name.clone()]);
+            for tx in others {
+                // A full queue means that peer is stuck; it may dial the
+                // node once more for nothing.
+                let _ = tx.try_send(gone.clone());
+            }
+        }
+        if redial {
+            let (inner, p) = (
+                self.clone(),
+                PeerInfo {
+                    name: name.clone(),
+                    addrs,
+                },
+            );
+            self.tasks.spawn(async move { inner.dial_learnt(p).await });
         }
     }
 
-    /// Dials the nodes a peer told us about that we do not know yet, at
-    /// most `max_dials` at once; past `max_peers` known peers, new names
-    /// are refused and counted. A name that could not be reached is
-    /// forgotten (it may be told of again). Hidden nodes never dial
-    /// transitively. `true` if any node told of was taken in (or the node
-    /// is stopping, and judges nothing).
-    fn learn(self: &Arc<Self>, peers: Vec<PeerInfo>) -> bool {
+    /// Dials the nodes peer `from` told us about that we are not connected
+    /// to, at most `max_dials` at once; past `max_peers` known peers, new
+    /// names are refused and counted. Each is dialled for as long as a
+    /// peer that told of it is up and has not said it is gone. Hidden
+    /// nodes never dial transitively. `true` if any node told of was taken
+    /// in (or the node is stopping, and judges nothing).
+    fn learn(self: &Arc<Self>, from: &NodeName, peers: Vec<PeerInfo>) -> bool {
         if self.tasks.is_cancelled() {
             return true;
         }
@@ -536,7 +574,7 @@ impl Inner {
             return false;
         }
         let max = self.config.max_peers;
-        let (to_dial, refused) = self.update(|t| t.learn(peers, max));
+        let (to_dial, refused) = self.update(|t| t.learn(from, peers, max));
         if refused > 0 {
             self.counters
                 .peers_refused
@@ -557,18 +595,32 @@ impl Inner {
         taught
     }
 
+    /// `from` says `names` went down there.
+    fn gone(&self, from: &NodeName, names: &[NodeName]) {
+        self.update(|t| t.gone(from, names));
+    }
+
     /// Dials a node a peer told of (queued in the table), when one of the
-    /// `max_dials` permits is free. A node that still hears a restarted
-    /// peer's old connection refuses the new one as a name in use for a
-    /// moment (until it goes quiet, or at the latest until it is declared
-    /// down): such a dial is queued again and tried every two heartbeat
-    /// intervals for one heartbeat timeout. Any other failure forgets the
-    /// name (it may be told of again).
+    /// `max_dials` permits is free, after a random wait of up to one
+    /// heartbeat interval (so nodes told of each other at once do not all
+    /// dial at once). A failed dial (the node unreachable, busy, or the
+    /// tie-break refusing a dial while the other side's did not arrive) is
+    /// tried again with the reconnection backoff, for as long as the node
+    /// is down and a peer vouches for it; then a name never up is
+    /// forgotten (it may be told of again).
     async fn dial_learnt(self: Arc<Self>, p: PeerInfo) {
-        let hb = self.config.heartbeat;
-        let pause = hb.interval * 2;
-        let mut retries = hb.timeout.as_millis() / pause.as_millis().max(1) + 1;
+        let spread = self.config.heartbeat.interval.mul_f64(fastrand::f64());
+        let mut attempt = 0u32;
+        let mut wait = spread;
         loop {
+            tokio::select! {
+                biased;
+                _ = self.tasks.cancelled() => {
+                    self.update(|t| t.unqueue(&p.name));
+                    return;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
             let permit = tokio::select! {
                 biased;
                 _ = self.tasks.cancelled() => None,
@@ -578,37 +630,42 @@ impl Inner {
                 self.update(|t| t.unqueue(&p.name));
                 return;
             };
-            if !self.update(|t| t.start_queued(&p.name)) {
-                return; // up meanwhile
+            let go = self.update(|t| t.wanted(&p.name) && t.start_queued(&p.name));
+            if !go {
+                self.update(|t| {
+                    t.unqueue(&p.name);
+                    t.forget_stranger(&p.name);
+                });
+                return;
             }
-            let result = self.dial_started(&p.name, &p.addrs).await;
+            let addrs = self.update(|t| {
+                t.get(&p.name)
+                    .map(|known| known.addrs.clone())
+                    .filter(|a| !a.is_empty())
+            });
+            let result = self
+                .dial_started(&p.name, addrs.as_deref().unwrap_or(&p.addrs))
+                .await;
             drop(permit);
             let e = match result {
                 Ok(()) => return,
-                Err(ConnectError::NameInUse { .. }) if retries > 0 => {
-                    retries -= 1;
-                    if !self.update(|t| t.requeue(&p.name)) {
-                        return;
-                    }
-                    tokio::select! {
-                        biased;
-                        _ = self.tasks.cancelled() => {
-                            self.update(|t| t.unqueue(&p.name));
-                            return;
-                        }
-                        _ = tokio::time::sleep(pause) => continue,
-                    }
-                }
                 Err(e) => e,
             };
-            self.update(|t| t.forget_stranger(&p.name));
-            if !self.tasks.is_cancelled()
+            if self.tasks.is_cancelled() {
+                return;
+            }
+            if !matches!(e, ConnectError::NameInUse { .. })
                 && let Some(earlier) = self.dial_failures_logged.allow()
             {
                 let (peer, more) = (&p.name, earlier.since_last());
-                warn!(%peer, "could not connect to a node a peer knows: {e}{more}");
+                warn!(%peer, "could not connect to a node a peer knows (trying again while a peer vouches for it): {e}{more}");
             }
-            return;
+            if !self.update(|t| t.wanted(&p.name) && t.requeue(&p.name)) {
+                self.update(|t| t.forget_stranger(&p.name));
+                return;
+            }
+            wait = self.config.reconnect.delay(attempt, fastrand::f64());
+            attempt = attempt.saturating_add(1);
         }
     }
 

@@ -22,8 +22,12 @@ pub enum Control {
     /// The listener refuses this connection.
     Refuse(Refusal),
     /// Nodes the sender has connected to since its last message; the
-    /// receiver dials those it does not know.
+    /// receiver dials those it is not connected to, for as long as a peer
+    /// that told of them stays up and does not say they are gone.
     Peers(Vec<PeerInfo>),
+    /// Nodes that went down at the sender (not restarts): the receiver no
+    /// longer dials them on the sender's word.
+    Gone(Vec<NodeName>),
 }
 
 /// A node's introduction.
@@ -127,6 +131,7 @@ mod tests {
                 live: vec!["127.0.0.1:4370".parse().unwrap()],
             }),
             Control::Peers(vec![]),
+            Control::Gone(vec!["c@h".parse().unwrap()]),
         ];
         for m in msgs {
             let f = frame::encode(&m, 1 << 16).unwrap();
@@ -150,6 +155,9 @@ mod tests {
         // Appended after `SelfConnect`: variant 4.
         let f = frame::encode(&Control::Refuse(Refusal::NameInUse { live: vec![] }), 64).unwrap();
         assert_eq!(f, [0, 0, 0, 3, 2, 4, 0]);
+        // Appended after `Peers`: variant 4.
+        let f = frame::encode(&Control::Gone(vec![]), 64).unwrap();
+        assert_eq!(f, [0, 0, 0, 2, 4, 0]);
     }
 
     #[test]

@@ -738,3 +738,53 @@ async fn after_a_whole_cluster_restart_a_lock_has_a_larger_token_than_any_before
     assert!(lock > before[0], "a token after the restart is larger");
     assert!(term > before[1], "a term after the restart is larger");
 }
+
+impl HostNode {
+    /// How many lines containing `part` it printed so far.
+    fn count_printed(&mut self, part: &str) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push((Instant::now(), line));
+        }
+        self.seen.iter().filter(|(_, l)| l.contains(part)).count()
+    }
+
+    /// Waits until it printed `n` lines containing `part`.
+    async fn expect_times(&mut self, part: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.count_printed(part) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} printed {part:?} fewer than {n} times",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_that_met_through_a_third_connect_again_after_their_link_failed() {
+    if !in_lab("two_nodes_that_met_through_a_third_connect_again_after_their_link_failed") {
+        return;
+    }
+    make_hosts(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    // h2 and h3 know only h1, and meet through it.
+    let seed = "seeds = [\"app@10.77.0.1:4370\"]\n[reconnect]\ninitial = \"50ms\"\nmax = \"300ms\"";
+    let mut h1 = HostNode::start_with(dir.path(), 1, COOKIE, seed, &[]);
+    let mut h2 = HostNode::start_with(dir.path(), 2, COOKIE, seed, &[]);
+    let mut h3 = HostNode::start_with(dir.path(), 3, COOKIE, seed, &[]);
+    h2.expect(&["up app@10.77.0.3"]).await;
+    h3.expect(&["up app@10.77.0.2"]).await;
+    // Their link fails (h1 still reaches both): each sees the other go.
+    partition(&[2], &[3]);
+    h2.expect(&["down app@10.77.0.3 heartbeat timeout"]).await;
+    h3.expect(&["down app@10.77.0.2 heartbeat timeout"]).await;
+    let healed = Instant::now();
+    heal();
+    // h1 still has both up: on its word they dial each other again.
+    h2.expect_times("up app@10.77.0.3", 2).await;
+    h3.expect_times("up app@10.77.0.2", 2).await;
+    println!("link h2-h3 back {} ms after the heal", ms(healed.elapsed()));
+    assert_eq!(h1.count_printed("down "), 0, "h1 lost nobody");
+}

@@ -142,8 +142,9 @@ async fn read_control(inner: Arc<Inner>, peer: Peer, mut recv: RecvStream) {
     let mut useless = UselessPeers::new(inner.config.max_peers);
     loop {
         match io::read_frame::<Control>(&mut recv, inner.config.max_frame).await {
+            Ok(Some(Control::Gone(names))) => inner.gone(peer.name(), &names),
             Ok(Some(Control::Peers(peers))) => {
-                let taught = inner.learn(peers);
+                let taught = inner.learn(peer.name(), peers);
                 if let Err(TooManyUseless { sent, allowed }) =
                     useless.note(taught, Instant::now().into_std())
                 {

@@ -38,6 +38,9 @@ pub(crate) struct Peer<L> {
     pub(crate) addrs: Vec<SocketAddr>,
     /// Set when it came from configuration or discovery: re-dialled while down.
     pub(crate) seed: Option<NodeAddr>,
+    /// Up peers that told of it (at most [`MAX_VOUCHERS`]): while it is
+    /// down and one of them vouches for it, it is dialled.
+    pub(crate) vouchers: Vec<NodeName>,
     pub(crate) incarnation: Option<u64>,
     pub(crate) last_down: Option<(DownReason, SystemTime)>,
     pub(crate) last_dial_error: Option<String>,
@@ -51,6 +54,7 @@ impl<L> Default for Peer<L> {
             queued: false,
             addrs: Vec::new(),
             seed: None,
+            vouchers: Vec::new(),
             incarnation: None,
             last_down: None,
             last_dial_error: None,
@@ -73,6 +77,9 @@ pub(crate) enum Installed<L> {
 
 /// Most addresses kept of a peer someone told of.
 pub(crate) const MAX_ADDRS: usize = 4;
+
+/// Most peers remembered as having told of one node.
+pub(crate) const MAX_VOUCHERS: usize = 4;
 
 /// The peer table of one node.
 #[derive(Debug)]
@@ -101,6 +108,7 @@ impl<L: Link + Clone> PeerTable<L> {
         self.peers.get(name).is_some_and(|p| p.up.is_some())
     }
 
+    #[cfg(test)]
     pub(crate) fn is_known(&self, name: &NodeName) -> bool {
         self.peers
             .get(name)
@@ -250,19 +258,26 @@ impl<L: Link + Clone> PeerTable<L> {
         true
     }
 
-    /// Takes in what a peer said it knows, up to `max` entries in the
+    /// Takes in what peer `from` said it knows, up to `max` entries in the
     /// whole table: the ones to dial (queued: see [`Self::start_queued`])
-    /// and how many new names did not fit. Names already known, this
-    /// node's own and entries without an address are passed over; at most
-    /// [`MAX_ADDRS`] addresses of each are kept. When the table is full,
-    /// room is made by forgetting peers that are down and tie this node to
-    /// nothing (no seed, no dial), those down longest first.
-    pub(crate) fn learn(&mut self, told: Vec<PeerInfo>, max: usize) -> (Vec<PeerInfo>, u64) {
+    /// and how many new names did not fit. `from` vouches for every name
+    /// it told of; a name known and down, not dialled already and no seed
+    /// is dialled again. Names up, this node's own and entries without an
+    /// address are passed over; at most [`MAX_ADDRS`] addresses of each are
+    /// kept. When the table is full, room is made by forgetting peers that
+    /// are down and tie this node to nothing (no seed, no dial, no
+    /// voucher), those down longest first.
+    pub(crate) fn learn(
+        &mut self,
+        from: &NodeName,
+        told: Vec<PeerInfo>,
+        max: usize,
+    ) -> (Vec<PeerInfo>, u64) {
         let mut to_dial = Vec::new();
         let mut refused = 0u64;
         let mut evictable: Option<Vec<NodeName>> = None;
         for mut p in told {
-            if p.name == self.me || p.addrs.is_empty() || self.is_known(&p.name) {
+            if p.name == self.me || p.addrs.is_empty() {
                 continue;
             }
             if !self.peers.contains_key(&p.name) && self.peers.len() >= max {
@@ -278,10 +293,79 @@ impl<L: Link + Clone> PeerTable<L> {
                 }
             }
             p.addrs.truncate(MAX_ADDRS);
-            self.peers.entry(p.name.clone()).or_default().queued = true;
+            let peer = self.peers.entry(p.name.clone()).or_default();
+            if !peer.vouchers.contains(from) && peer.vouchers.len() < MAX_VOUCHERS {
+                peer.vouchers.push(from.clone());
+            }
+            if peer.up.is_some() || peer.dialing > 0 || peer.queued || peer.seed.is_some() {
+                continue;
+            }
+            peer.queued = true;
+            if peer.addrs.is_empty() {
+                peer.addrs = p.addrs.clone();
+            }
             to_dial.push(p);
         }
         (to_dial, refused)
+    }
+
+    /// Whether a dial to `name` on a peer's word should go on: it is down,
+    /// no seed (seeds have their own dialler), and an up peer vouches for
+    /// it.
+    pub(crate) fn wanted(&self, name: &NodeName) -> bool {
+        self.peers
+            .get(name)
+            .is_some_and(|p| p.up.is_none() && p.seed.is_none() && !p.vouchers.is_empty())
+    }
+
+    /// `from` says `names` went down there: it no longer vouches for them.
+    pub(crate) fn gone(&mut self, from: &NodeName, names: &[NodeName]) {
+        for name in names {
+            if let Some(p) = self.peers.get_mut(name) {
+                p.vouchers.retain(|v| v != from);
+            }
+        }
+    }
+
+    /// `node` went down: it vouches for nothing any more. Names that no
+    /// one vouches for and that were never up, are no seed and have no
+    /// dial in progress or queued are forgotten.
+    pub(crate) fn voucher_down(&mut self, node: &NodeName) {
+        for p in self.peers.values_mut() {
+            p.vouchers.retain(|v| v != node);
+        }
+        self.peers.retain(|_, p| {
+            !(p.up.is_none()
+                && p.incarnation.is_none()
+                && p.seed.is_none()
+                && p.vouchers.is_empty()
+                && p.dialing == 0
+                && !p.queued)
+        });
+    }
+
+    /// `name` went down (`reason`): `true` if it is to be dialled again on
+    /// its vouchers' word (queued). Only when the link failed (heartbeat
+    /// timeout, connection lost); after a decision of either side (a
+    /// disconnect, a shutdown, a violation, a refusal) its vouchers are
+    /// dropped instead, and a restart is told of when it comes up again.
+    pub(crate) fn redial_after_down(&mut self, name: &NodeName, reason: &DownReason) -> bool {
+        let Some(p) = self.peers.get_mut(name) else {
+            return false;
+        };
+        if !matches!(
+            reason,
+            DownReason::HeartbeatTimeout | DownReason::ConnectionLost { .. }
+        ) {
+            p.vouchers.clear();
+            return false;
+        }
+        if p.up.is_some() || p.dialing > 0 || p.queued || p.seed.is_some() || p.vouchers.is_empty()
+        {
+            return false;
+        }
+        p.queued = true;
+        true
     }
 
     /// Peers that are down and tie this node to nothing, those down the
@@ -290,7 +374,13 @@ impl<L: Link + Clone> PeerTable<L> {
         let mut down: Vec<_> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.up.is_none() && p.dialing == 0 && !p.queued && p.seed.is_none())
+            .filter(|(_, p)| {
+                p.up.is_none()
+                    && p.dialing == 0
+                    && !p.queued
+                    && p.seed.is_none()
+                    && p.vouchers.is_empty()
+            })
             .map(|(n, p)| (p.last_down.as_ref().map(|(_, at)| *at), n.clone()))
             .collect();
         down.sort_unstable_by(|a, b| b.cmp(a));
@@ -332,13 +422,14 @@ impl<L: Link + Clone> PeerTable<L> {
     }
 
     /// Forgets `name` if nothing ties this node to it: it was never up,
-    /// is no seed and no dial to it is in progress or queued (a name a
-    /// peer told of that could not be reached). `true` if it was forgotten.
+    /// is no seed, no peer vouches for it and no dial to it is in progress
+    /// or queued. `true` if it was forgotten.
     pub(crate) fn forget_stranger(&mut self, name: &NodeName) -> bool {
         let stranger = self.peers.get(name).is_some_and(|p| {
             p.up.is_none()
                 && p.incarnation.is_none()
                 && p.seed.is_none()
+                && p.vouchers.is_empty()
                 && p.dialing == 0
                 && !p.queued
         });
@@ -427,7 +518,7 @@ mod tests {
             addrs: Vec::new(),
         });
         list[1].addrs = vec!["127.0.0.1:1".parse().unwrap(); 100];
-        let (dial, refused) = t.learn(list, 3);
+        let (dial, refused) = t.learn(&n("v@h"), list, 3);
         let names: Vec<_> = dial.iter().map(|p| p.name.to_string()).collect();
         assert_eq!(
             names,
@@ -441,7 +532,7 @@ mod tests {
         );
         assert_eq!(refused, 2, "d and e do not fit: the seed and b, c fill 3");
         assert_eq!(t.iter().count(), 3);
-        let (again, refused) = t.learn(told(&["b@h", "c@h"]), 3);
+        let (again, refused) = t.learn(&n("v@h"), told(&["b@h", "c@h"]), 3);
         assert!(again.is_empty(), "queued names are not queued twice");
         assert_eq!(refused, 0);
     }
@@ -450,7 +541,7 @@ mod tests {
     fn a_queued_dial_is_no_dial_in_progress_for_the_tie_break() {
         // a < b: b's connection is refused while a has its own dial out.
         let mut b = PeerTable::<L>::new(n("b@h"));
-        b.learn(told(&["c@h"]), 10);
+        b.learn(&n("v@h"), told(&["c@h"]), 10);
         assert!(b.is_known(&n("c@h")));
         assert!(
             b.should_accept(&n("c@h"), 1),
@@ -476,21 +567,21 @@ mod tests {
         }
         t.add_seed("s@h:1".parse().unwrap());
         // Full at 4: b (down longest ago... at 10), c (9), d (8), the seed s.
-        let (dial, refused) = t.learn(told(&["e@h", "f@h"]), 4);
+        let (dial, refused) = t.learn(&n("v@h"), told(&["e@h", "f@h"]), 4);
         assert_eq!(dial.len(), 2);
         assert_eq!(refused, 0);
         assert!(t.get(&n("d@h")).is_none(), "d went down first: it went");
         assert!(t.get(&n("c@h")).is_none());
         assert!(t.get(&n("b@h")).is_some());
         assert!(t.is_seed(&n("s@h")), "seeds are never made room for");
-        let (dial, refused) = t.learn(told(&["g@h", "h@h"]), 4);
+        let (dial, refused) = t.learn(&n("v@h"), told(&["g@h", "h@h"]), 4);
         assert_eq!((dial.len(), refused), (1, 1), "b made room once; then full");
     }
 
     #[test]
     fn strangers_that_could_not_be_reached_are_forgotten_and_nobody_else() {
         let mut t = PeerTable::<L>::new(n("a@h"));
-        let (dial, _) = t.learn(told(&["b@h", "c@h", "s@h"]), 10);
+        let (dial, _) = t.learn(&n("v@h"), told(&["b@h", "c@h", "s@h"]), 10);
         assert_eq!(dial.len(), 3);
         t.add_seed("s@h:1".parse().unwrap());
         assert!(!t.forget_stranger(&n("b@h")), "its dial is still queued");
@@ -508,17 +599,54 @@ mod tests {
             DownReason::HeartbeatTimeout,
             SystemTime::UNIX_EPOCH,
         );
-        assert!(t.forget_stranger(&n("b@h")));
         assert!(
-            !t.forget_stranger(&n("c@h")),
+            !t.forget_stranger(&n("b@h")),
+            "v, which told of it, still vouches for it"
+        );
+        t.voucher_down(&n("v@h"));
+        assert!(t.get(&n("b@h")).is_none(), "nobody vouches for b now");
+        assert!(
+            t.get(&n("c@h")).is_some(),
             "it was up once: its history stays"
         );
-        assert!(!t.forget_stranger(&n("s@h")), "a seed stays");
+        assert!(t.is_seed(&n("s@h")), "a seed stays");
         assert_eq!(t.iter().count(), 2);
         assert!(
-            t.learn(told(&["b@h"]), 10).0.len() == 1,
+            t.learn(&n("v@h"), told(&["b@h"]), 10).0.len() == 1,
             "b may be told of again"
         );
+    }
+
+    #[test]
+    fn a_node_is_dialled_while_a_peer_vouches_for_it() {
+        let mut t = PeerTable::<L>::new(n("a@h"));
+        let (v, w) = (n("v@h"), n("w@h"));
+        let (dial, _) = t.learn(&v, told(&["c@h"]), 10);
+        assert_eq!(dial.len(), 1);
+        t.learn(&w, told(&["c@h"]), 10);
+        assert!(t.wanted(&n("c@h")));
+        t.gone(&v, &[n("c@h")]);
+        assert!(t.wanted(&n("c@h")), "w still vouches");
+        t.voucher_down(&w);
+        assert!(!t.wanted(&n("c@h")), "nobody vouches: the dial stops");
+        // Up once, then down: dialled again on a voucher's word, but not
+        // after this node disconnected it or it shut down.
+        t.learn(&v, told(&["d@h"]), 10);
+        assert!(t.start_queued(&n("d@h")));
+        t.install(&n("d@h"), up(3, 1), vec![]);
+        t.end_dial(&n("d@h"), None);
+        let reason = DownReason::HeartbeatTimeout;
+        t.link_closed(&n("d@h"), 3, reason.clone(), SystemTime::UNIX_EPOCH);
+        assert!(t.redial_after_down(&n("d@h"), &reason));
+        assert!(!t.redial_after_down(&n("d@h"), &reason), "queued already");
+        assert!(t.start_queued(&n("d@h")));
+        t.install(&n("d@h"), up(4, 1), vec![]);
+        t.end_dial(&n("d@h"), None);
+        t.link_closed(&n("d@h"), 4, DownReason::Shutdown, SystemTime::UNIX_EPOCH);
+        assert!(!t.redial_after_down(&n("d@h"), &DownReason::Shutdown));
+        assert!(!t.wanted(&n("d@h")), "its vouchers went with the shutdown");
+        // Told of again while down: dialled again.
+        assert_eq!(t.learn(&v, told(&["d@h"]), 10).0.len(), 1);
     }
 
     #[test]
