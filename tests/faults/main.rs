@@ -1,15 +1,22 @@
 //! Bad input never kills a node: garbage datagrams, malformed frames from
 //! an authenticated peer, unknown stream kinds. The offending peer (only)
-//! is dropped with a named error; everyone else keeps being served.
+//! is dropped with a named error; everyone else keeps being served. A peer
+//! flooding the coordination services (names, locks, groups) is held to
+//! its caps, and what it held goes when it goes.
 
 #[path = "../support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quicmesh::identity::{Cookie, Identity};
 use quicmesh::{DownReason, EventStream, Node, RpcError};
+use quicmesh_wire::coord::{
+    GroupChange, GroupJoins, Hlc, LockAcquire, LockAnswer, LockRequester, PutAnswer, Registration,
+    service,
+};
 use quicmesh_wire::{
     CloseCode, Control, Hello, LANE_MAX_FRAME, LaneReply, LaneRequest, PROTOCOL_MAJOR,
     PROTOCOL_MINOR, RpcMode, RpcStatus, StreamKind, frame,
@@ -569,6 +576,11 @@ async fn authenticated_peer_that_never_says_hello_is_dropped_after_the_handshake
     .await;
 }
 
+/// Held by each test that measures [`rss_kib`] for its whole run: the
+/// figure is the process's, so two of them at once would each count the
+/// other's memory.
+static RSS_MEASURED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -581,6 +593,7 @@ fn rss_kib() -> u64 {
 
 #[tokio::test]
 async fn a_peers_flood_from_one_peer_is_capped_and_the_others_stay_up() {
+    let _rss = RSS_MEASURED.lock().await;
     bounded(async {
         // An aggressive detector, so a node too busy to answer would be
         // declared down within the test.
@@ -1005,6 +1018,7 @@ async fn one_address_holding_handshakes_is_capped_and_a_node_at_another_still_jo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_finished_request_bodies_are_bounded_and_paid_back() {
+    let _rss = RSS_MEASURED.lock().await;
     bounded(async {
         const MIB: usize = 1 << 20;
         let a = builder("a", COOKIE)
@@ -1092,6 +1106,664 @@ async fn never_finished_request_bodies_are_bounded_and_paid_back() {
         assert!(grown < 100 * 1024, "RSS grew {grown} KiB");
         b.shutdown().await;
         a.shutdown().await;
+    })
+    .await;
+}
+
+// Hostile floods of the coordination services. The hostile node is a real
+// node whose test code calls the reserved services (`quicmesh.registry.*`,
+// `quicmesh.lock.*`, `quicmesh.groups.*`) itself, with messages of the
+// wire types, as a node that runs other code would.
+
+/// Names and waiting claims one owner may have on a node
+/// (`MAX_PER_OWNER`, crates/quicmesh-coord/src/registry.rs).
+const NAMES_PER_OWNER: usize = 65_536;
+/// Locks one node may hold on another (`MAX_PER_NODE`,
+/// crates/quicmesh-coord/src/lock/table.rs).
+const LOCKS_PER_NODE: usize = 65_536;
+/// (group, service) pairs per node (`MAX_SYNC`,
+/// crates/quicmesh-coord/src/groups.rs).
+const GROUP_PAIRS_PER_NODE: usize = 65_536;
+/// Joins of one (group, service) pair per node (`MAX_JOINS`, same file).
+const JOINS_PER_PAIR: usize = 1024;
+/// Calls a flooding node keeps in flight (the victim serves at most 256 of
+/// one peer's at once, `rpc.max_inbound_per_peer`).
+const FLOOD_WIDTH: usize = 64;
+/// Small calls a legitimate node makes, before and during a flood.
+const LEGIT_CALLS: usize = 200;
+
+/// This machine's wall clock as a clock reading: what a node's own clock
+/// says now (readings far from it are refused).
+fn wall_clock() -> Hlc {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    Hlc {
+        millis: u64::try_from(millis).expect("millis fit"),
+        counter: 0,
+    }
+}
+
+/// A victim serving `echo`, a legitimate node and a hostile node, both
+/// connected to it.
+struct Flooded {
+    victim: Node,
+    legit: Node,
+    hostile: Node,
+}
+
+impl Flooded {
+    async fn new(tag: &str) -> Self {
+        let victim = node(&format!("{tag}-victim"), COOKIE).await;
+        victim
+            .register("echo", |_, x: u64| async move { Ok::<_, String>(x) })
+            .expect("register echo");
+        let legit = node(&format!("{tag}-legit"), COOKIE).await;
+        legit.connect(&victim.addr()).await.expect("legit connects");
+        let hostile = hostile_node(&victim, tag).await;
+        eventually("the victim holds both up", || {
+            let up = victim.nodes();
+            up.contains(legit.name()) && up.contains(hostile.name())
+        })
+        .await;
+        Self {
+            victim,
+            legit,
+            hostile,
+        }
+    }
+}
+
+/// A (new) hostile node `{tag}-hostile`, connected to `victim`.
+async fn hostile_node(victim: &Node, tag: &str) -> Node {
+    let hostile = node(&format!("{tag}-hostile"), COOKIE).await;
+    hostile
+        .connect(&victim.addr())
+        .await
+        .expect("hostile connects");
+    hostile
+}
+
+/// Latencies of small calls, sorted.
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn percentile(&self, p: usize) -> Duration {
+        let i = (self.0.len() * p).div_ceil(100).saturating_sub(1);
+        self.0[i]
+    }
+}
+
+impl std::fmt::Display for Latencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:?}, p99 {:?}, max {:?}",
+            self.percentile(50),
+            self.percentile(99),
+            self.percentile(100)
+        )
+    }
+}
+
+/// [`LEGIT_CALLS`] calls of `echo` on `to` from `from`, one after another;
+/// each must be answered. Samples the RSS into `peak` after each.
+async fn legit_calls(from: &Node, to: &quicmesh::NodeName, peak: &mut u64) -> Latencies {
+    let mut took = Vec::with_capacity(LEGIT_CALLS);
+    for i in 0..LEGIT_CALLS as u64 {
+        let started = tokio::time::Instant::now();
+        let back: u64 = from
+            .call(to, "echo", &i)
+            .await
+            .expect("a legitimate call is answered during the flood");
+        took.push(started.elapsed());
+        assert_eq!(back, i);
+        *peak = (*peak).max(rss_kib());
+    }
+    took.sort();
+    Latencies(took)
+}
+
+/// Calls `service` on `to` from `from` with every request, [`FLOOD_WIDTH`]
+/// at a time; each answer with its request's index, in no particular
+/// order. Samples the RSS into `peak` now and then.
+async fn call_all<Req, Resp>(
+    from: &Node,
+    to: &quicmesh::NodeName,
+    service: &'static str,
+    requests: impl IntoIterator<Item = Req>,
+    peak: &mut u64,
+) -> Vec<(usize, Resp)>
+where
+    Req: serde::Serialize + Send + Sync + 'static,
+    Resp: serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut calls = tokio::task::JoinSet::new();
+    let mut answers = Vec::new();
+    for (i, request) in requests.into_iter().enumerate() {
+        while calls.len() >= FLOOD_WIDTH {
+            let answer = calls.join_next().await.expect("calls in flight");
+            answers.push(answer.expect("call task"));
+        }
+        if i % 4096 == 0 {
+            *peak = (*peak).max(rss_kib());
+        }
+        let (from, to) = (from.clone(), to.clone());
+        calls.spawn(async move {
+            let answer = from
+                .call::<_, Resp>(&to, service, &request)
+                .await
+                .unwrap_or_else(|e| panic!("{service} answered: {e}"));
+            (i, answer)
+        });
+    }
+    while let Some(answer) = calls.join_next().await {
+        answers.push(answer.expect("call task"));
+    }
+    *peak = (*peak).max(rss_kib());
+    answers
+}
+
+/// The `i`th name of a registry flood: 200 bytes, with a service name of
+/// 255 (the longest a service may have), so each costs the victim what a
+/// name can.
+fn flood_registration(owner: &Node, i: usize) -> Registration {
+    Registration {
+        name: format!("flood/{i:0>194}"),
+        owner: owner.name().clone(),
+        service: "s".repeat(255),
+        registered_at: wall_clock(),
+        supersedes: None,
+    }
+}
+
+/// Sends `victim` the hostile node's names `from..to` in syncs of 5000.
+async fn sync_names(hostile: &Node, victim: &quicmesh::NodeName, from: usize, to: usize) {
+    const BATCH: usize = 5000;
+    for start in (from..to).step_by(BATCH) {
+        let batch: Vec<Registration> = (start..(start + BATCH).min(to))
+            .map(|i| flood_registration(hostile, i))
+            .collect();
+        hostile
+            .call::<_, ()>(victim, service::REGISTRY_SYNC, &batch)
+            .await
+            .expect("the victim takes the sync");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_flood_is_capped_per_owner_and_goes_with_its_node() {
+    let _rss = RSS_MEASURED.lock().await;
+    bounded(async {
+        let Flooded {
+            victim,
+            legit,
+            hostile,
+        } = Flooded::new("reg").await;
+        let at = victim.name().clone();
+        let before = rss_kib();
+        let mut peak = before;
+        let quiet = legit_calls(&legit, &at, &mut peak).await;
+
+        // A service name longer than any service can have is no name: a
+        // registration carrying 1 MiB of it is neither stored nor synced.
+        let long = |i: usize| Registration {
+            service: "s".repeat(1 << 20),
+            name: format!("long-service-{i}"),
+            ..flood_registration(&hostile, 0)
+        };
+        let answer: PutAnswer = hostile
+            .call(&at, service::REGISTRY_PUT, &long(0))
+            .await
+            .expect("answered");
+        assert_ne!(answer, PutAnswer::Stored, "a 1 MiB service name stored");
+        let longs: Vec<Registration> = (1..9).map(long).collect();
+        hostile
+            .call::<_, ()>(&at, service::REGISTRY_SYNC, &longs)
+            .await
+            .expect("answered");
+        assert!(
+            victim.registry().registered_names().is_empty(),
+            "registrations with 1 MiB service names taken"
+        );
+
+        // The flood: 300,000 distinct names of the hostile node's, in
+        // syncs, going on until the legitimate node has made its calls.
+        const FLOOD: usize = 300_000;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = {
+            let (hostile, at, stop) = (hostile.clone(), at.clone(), stop.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let mut sent = 0;
+                while sent < FLOOD || !stop.load(Ordering::Relaxed) {
+                    sync_names(&hostile, &at, sent, sent + 10_000).await;
+                    sent += 10_000;
+                }
+                (sent, started.elapsed())
+            })
+        };
+        let busy = legit_calls(&legit, &at, &mut peak).await;
+        stop.store(true, Ordering::Relaxed);
+        let (sent, flooded_for) = flood.await.expect("flood task");
+        peak = peak.max(rss_kib());
+        let stored = victim.registry().registered_names().len();
+        // Past the cap, a put is refused as such.
+        let one_more = flood_registration(&hostile, sent);
+        let answer: PutAnswer = hostile
+            .call(&at, service::REGISTRY_PUT, &one_more)
+            .await
+            .expect("answered");
+        let held = rss_kib();
+
+        // The hostile node goes: its names go with it. Then three times a
+        // new node of its name fills its share again (so the share came
+        // back whole) and goes.
+        hostile.shutdown().await;
+        eventually("the hostile node's names go with it", || {
+            victim.registry().registered_names().is_empty()
+        })
+        .await;
+        let after = rss_kib();
+        let mut again = Vec::new();
+        for _ in 0..3 {
+            let hostile = hostile_node(&victim, "reg").await;
+            sync_names(&hostile, &at, 0, NAMES_PER_OWNER + 5000).await;
+            again.push(victim.registry().registered_names().len());
+            hostile.shutdown().await;
+            eventually("the next hostile node's names go with it", || {
+                victim.registry().registered_names().is_empty()
+            })
+            .await;
+        }
+        let after_again = rss_kib();
+        legit
+            .call::<_, u64>(&at, "echo", &1)
+            .await
+            .expect("still served");
+
+        let grown = peak.saturating_sub(before);
+        let kept = after_again.saturating_sub(after);
+        println!(
+            "registry flood: {sent} names sent in {flooded_for:?}, {stored} stored (cap \
+             {NAMES_PER_OWNER}), a put past the cap answered {answer:?}; RSS before {before} KiB, \
+             peak {peak} (+{grown}), holding the names {held}, after the node went {after}; three \
+             more nodes of its name stored {again:?} each and went: RSS {after_again} \
+             (+{kept}); legit calls before the flood: {quiet}; during: {busy}"
+        );
+        assert_eq!(stored, NAMES_PER_OWNER, "names stored for one owner");
+        assert_eq!(answer, PutAnswer::Full);
+        assert_eq!(again, [NAMES_PER_OWNER; 3], "the share came back");
+        // Capped, the flood grows the process by about 90 MiB; uncapped,
+        // by about 300 MiB.
+        assert!(grown < 160 * 1024, "RSS grew {grown} KiB during the flood");
+        // Each share left behind would keep 60 MiB or more; the allocator
+        // keeps some of what was freed, which later rounds reuse.
+        assert!(
+            kept < 64 * 1024,
+            "RSS grew {kept} KiB over three rounds after the first"
+        );
+        legit.shutdown().await;
+        victim.shutdown().await;
+    })
+    .await;
+}
+
+/// The `i`th resource of a lock flood: 512 bytes (at most 1024 are taken).
+fn flood_resource(i: usize) -> String {
+    format!("flood/{i:0>506}")
+}
+
+/// Asks `victim` from `hostile` for resources `from..to`, one request
+/// each; the answers by resource number, and the RSS peak seen.
+async fn acquire_all(
+    hostile: &Node,
+    victim: &quicmesh::NodeName,
+    from: usize,
+    to: usize,
+    peak: &mut u64,
+) -> Vec<(usize, LockAnswer)> {
+    let requests = (from..to).map(|i| LockAcquire {
+        resource: flood_resource(i),
+        requester: LockRequester {
+            node: hostile.name().clone(),
+            incarnation: hostile.incarnation(),
+            id: i as u64 + 1,
+        },
+    });
+    call_all(hostile, victim, service::LOCK_ACQUIRE, requests, peak)
+        .await
+        .into_iter()
+        .map(|(i, answer)| (from + i, answer))
+        .collect()
+}
+
+/// Takes `resource` on `node` and `on` only, trying once.
+async fn lock_once(
+    node: &Node,
+    resource: &str,
+    on: &[quicmesh::NodeName],
+) -> Result<quicmesh::LockGuard, quicmesh::LockError> {
+    let options = quicmesh::LockOptions::default()
+        .nodes(on.to_vec())
+        .retries(0)
+        .timeout(Duration::from_secs(2));
+    node.lock_with(resource, &options).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_flood_is_refused_past_the_cap_and_freed_when_its_node_goes() {
+    let _rss = RSS_MEASURED.lock().await;
+    bounded(async {
+        let Flooded {
+            victim,
+            legit,
+            hostile,
+        } = Flooded::new("lock").await;
+        let at = victim.name().clone();
+        let before = rss_kib();
+        let mut peak = before;
+        let quiet = legit_calls(&legit, &at, &mut peak).await;
+
+        // 150,000 distinct resources or more: the hostile node asks for
+        // each, for itself, until the legitimate node has made its calls.
+        const FLOOD: usize = 150_000;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = {
+            let (hostile, at, stop) = (hostile.clone(), at.clone(), stop.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let (mut answers, mut peak) = (Vec::new(), 0);
+                while answers.len() < FLOOD || !stop.load(Ordering::Relaxed) {
+                    let from = answers.len();
+                    answers
+                        .extend(acquire_all(&hostile, &at, from, from + 10_000, &mut peak).await);
+                }
+                (answers, peak, started.elapsed())
+            })
+        };
+        let busy = legit_calls(&legit, &at, &mut peak).await;
+        stop.store(true, Ordering::Relaxed);
+        let (answers, flood_peak, flooded_for) = flood.await.expect("flood task");
+        peak = peak.max(flood_peak).max(rss_kib());
+        let granted: Vec<usize> = answers
+            .iter()
+            .filter(|(_, a)| matches!(a, LockAnswer::Granted(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        let too_many = answers
+            .iter()
+            .filter(|(_, a)| *a == LockAnswer::TooMany)
+            .count();
+        let held = rss_kib();
+        // One more is refused as such; a held one is still the holder's.
+        let one_more =
+            acquire_all(&hostile, &at, answers.len(), answers.len() + 1, &mut peak).await;
+        let mine = granted[0];
+        let again = acquire_all(&hostile, &at, mine, mine + 1, &mut peak).await;
+        assert!(
+            lock_once(&legit, &flood_resource(mine), std::slice::from_ref(&at))
+                .await
+                .is_err(),
+            "the hostile node holds it on the victim"
+        );
+
+        // The hostile node goes: everything it held on the victim is free,
+        // at once, to a legitimate node.
+        hostile.shutdown().await;
+        eventually("the victim sees the hostile node go", || {
+            !victim
+                .nodes()
+                .iter()
+                .any(|n| n.to_string().contains("hostile"))
+        })
+        .await;
+        let freed_at = tokio::time::Instant::now();
+        loop {
+            match lock_once(&legit, &flood_resource(mine), std::slice::from_ref(&at)).await {
+                Ok(guard) => break guard.release().await,
+                Err(e) => assert!(freed_at.elapsed() < WAIT, "never freed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let freed_after = freed_at.elapsed();
+        // Every resource it held is free on the victim (which locks on
+        // itself alone: its own table).
+        for i in &granted {
+            let guard = lock_once(&victim, &flood_resource(*i), &[])
+                .await
+                .unwrap_or_else(|e| panic!("resource {i} still held on the victim: {e}"));
+            drop(guard);
+        }
+        // And a new node of its name starts with nothing held there.
+        let next = hostile_node(&victim, "lock").await;
+        let fresh = acquire_all(&next, &at, 0, 1, &mut peak).await;
+        next.shutdown().await;
+        let after = rss_kib();
+        let grown = peak.saturating_sub(before);
+        println!(
+            "lock flood: {} acquires in {flooded_for:?}: {} granted (cap {LOCKS_PER_NODE}), \
+             {too_many} TooMany; one more: {:?}, a held one again: {:?}; after the node went its \
+             locks were free in {freed_after:?}, all {} of them, and a new node of its name was \
+             answered {:?}; RSS before {before} KiB, peak {peak} (+{grown}), holding {held}, \
+             after {after}; legit calls before the flood: {quiet}; during: {busy}",
+            answers.len(),
+            granted.len(),
+            one_more[0].1,
+            again[0].1,
+            granted.len(),
+            fresh[0].1,
+        );
+        assert!(answers.len() >= FLOOD);
+        assert_eq!(granted.len(), LOCKS_PER_NODE, "locks granted to one node");
+        assert_eq!(too_many, answers.len() - LOCKS_PER_NODE, "the rest refused");
+        assert_eq!(one_more[0].1, LockAnswer::TooMany);
+        assert!(
+            matches!(again[0].1, LockAnswer::Granted(_)),
+            "{:?}",
+            again[0].1
+        );
+        assert!(
+            matches!(fresh[0].1, LockAnswer::Granted(_)),
+            "{:?}",
+            fresh[0].1
+        );
+        // Capped, the flood grows the process by about 64 MiB; uncapped,
+        // by about 127 MiB.
+        assert!(grown < 100 * 1024, "RSS grew {grown} KiB during the flood");
+        legit.shutdown().await;
+        victim.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_locks_taken_and_released_than_a_node_may_hold_leave_nothing_behind() {
+    let _rss = RSS_MEASURED.lock().await;
+    bounded(async {
+        let victim = node("churn-victim", COOKIE).await;
+        let legit = node("churn-legit", COOKIE).await;
+        legit.connect(&victim.addr()).await.expect("connect");
+        eventually("up", || victim.nodes().contains(legit.name())).await;
+        let before = rss_kib();
+        let mut peak = before;
+        // More locks than a node may hold on another: taken on both nodes
+        // and released, FLOOD_WIDTH at a time. A lock a release left
+        // counted would make the later ones TooMany. (70,000 rather than
+        // 100,000: each costs three calls, and a debug build on two cores
+        // takes about 20 s for 100,000.)
+        const LOCKS: usize = 70_000;
+        let started = tokio::time::Instant::now();
+        let on = vec![victim.name().clone()];
+        let mut locks = tokio::task::JoinSet::new();
+        for i in 0..LOCKS {
+            while locks.len() >= FLOOD_WIDTH {
+                locks
+                    .join_next()
+                    .await
+                    .expect("in flight")
+                    .expect("lock task");
+            }
+            if i % 4096 == 0 {
+                peak = peak.max(rss_kib());
+            }
+            let (legit, on) = (legit.clone(), on.clone());
+            locks.spawn(async move {
+                let options = quicmesh::LockOptions::default()
+                    .nodes(on)
+                    .timeout(Duration::from_secs(10));
+                let guard = legit
+                    .lock_with(&flood_resource(i), &options)
+                    .await
+                    .unwrap_or_else(|e| panic!("lock {i}: {e}"));
+                guard.release().await;
+            });
+        }
+        while let Some(done) = locks.join_next().await {
+            done.expect("lock task");
+        }
+        let took = started.elapsed();
+        peak = peak.max(rss_kib());
+        // Nothing is left held on either node: each takes every resource
+        // alone, at once.
+        for i in 0..LOCKS {
+            for n in [&victim, &legit] {
+                let guard = lock_once(n, &flood_resource(i), &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("resource {i} still held on {}: {e}", n.name()));
+                drop(guard);
+            }
+        }
+        let after = rss_kib();
+        let grown = after.saturating_sub(before);
+        println!(
+            "lock churn: {LOCKS} locks on 2 nodes taken and released in {took:?}, then all free \
+             on both; RSS before {before} KiB, peak {peak} (+{}), after {after} (+{grown})",
+            peak.saturating_sub(before)
+        );
+        // Each entry left behind would keep about 600 bytes on each node:
+        // about 80 MiB for all.
+        assert!(grown < 32 * 1024, "RSS grew {grown} KiB");
+        legit.shutdown().await;
+        victim.shutdown().await;
+    })
+    .await;
+}
+
+/// A sync of `pairs` (group, service) pairs named `{prefix}{i}`, each
+/// joined `count` times.
+fn group_sync(prefix: &str, pairs: usize, count: u32) -> Vec<GroupJoins> {
+    (0..pairs)
+        .map(|i| GroupJoins {
+            group: format!("{prefix}{i:0>64}"),
+            service: "svc".to_owned(),
+            count,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_flood_is_capped_and_goes_with_its_node() {
+    let _rss = RSS_MEASURED.lock().await;
+    bounded(async {
+        let Flooded {
+            victim,
+            legit,
+            hostile,
+        } = Flooded::new("groups").await;
+        let at = victim.name().clone();
+        let before = rss_kib();
+        let mut peak = before;
+        let quiet = legit_calls(&legit, &at, &mut peak).await;
+        let groups = victim.groups();
+
+        // Joins of one pair past the cap are refused.
+        let join = |group: &str| GroupChange {
+            group: group.to_owned(),
+            service: "svc".to_owned(),
+            joined: true,
+        };
+        let joins = (0..JOINS_PER_PAIR + 100).map(|_| join("one"));
+        call_all::<_, ()>(&hostile, &at, service::GROUPS_CHANGE, joins, &mut peak).await;
+        let one = groups.members("one").len();
+
+        // A sync of 100,000 pairs (and "one" joined 5000 times) is taken
+        // up to the caps; a join of one more pair is refused.
+        const PAIRS: usize = 100_000;
+        let mut sync = vec![GroupJoins {
+            group: "one".to_owned(),
+            service: "svc".to_owned(),
+            count: 5000,
+        }];
+        sync.extend(group_sync("g/", PAIRS, 1));
+        hostile
+            .call::<_, ()>(&at, service::GROUPS_SYNC, &sync)
+            .await
+            .expect("the victim takes the sync");
+        let synced = groups.which_groups().len();
+        let one_synced = groups.members("one").len();
+        hostile
+            .call::<_, ()>(&at, service::GROUPS_CHANGE, &join("extra"))
+            .await
+            .expect("answered");
+        let extra = groups.members("extra").len();
+
+        // The flood: 20 syncs or more of 100,000 other pairs each, going on
+        // until the legitimate node has made its calls.
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = {
+            let (hostile, at, stop) = (hostile.clone(), at.clone(), stop.clone());
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let mut syncs = 0;
+                while syncs < 20 || !stop.load(Ordering::Relaxed) {
+                    let sync = group_sync(&format!("f{syncs}/"), PAIRS, 1);
+                    hostile
+                        .call::<_, ()>(&at, service::GROUPS_SYNC, &sync)
+                        .await
+                        .expect("the victim takes the sync");
+                    syncs += 1;
+                }
+                (syncs, started.elapsed())
+            })
+        };
+        let busy = legit_calls(&legit, &at, &mut peak).await;
+        stop.store(true, Ordering::Relaxed);
+        let (syncs, flooded_for) = flood.await.expect("flood task");
+        peak = peak.max(rss_kib());
+        let flooded = groups.which_groups().len();
+        let held = rss_kib();
+
+        hostile.shutdown().await;
+        eventually("the hostile node's memberships go with it", || {
+            groups.which_groups().is_empty()
+        })
+        .await;
+        let after = rss_kib();
+        let grown = peak.saturating_sub(before);
+        println!(
+            "group flood: {} joins of one pair: {one} taken (cap {JOINS_PER_PAIR}); a sync of \
+             {} pairs: {synced} groups taken (cap {GROUP_PAIRS_PER_NODE}), \"one\" {one_synced} \
+             times; a join of one more pair: {extra} members; {syncs} syncs of {PAIRS} pairs in \
+             {flooded_for:?}: {flooded} groups held; none after the node went; RSS before \
+             {before} KiB, peak {peak} (+{grown}), holding {held}, after {after}; legit calls \
+             before the flood: {quiet}; during: {busy}",
+            JOINS_PER_PAIR + 100,
+            PAIRS + 1,
+        );
+        assert_eq!(one, JOINS_PER_PAIR, "joins of one pair");
+        assert_eq!(synced, GROUP_PAIRS_PER_NODE, "pairs of one node");
+        assert_eq!(one_synced, JOINS_PER_PAIR, "a sync's count is capped too");
+        assert_eq!(extra, 0, "a join past the pairs cap");
+        assert_eq!(flooded, GROUP_PAIRS_PER_NODE, "pairs of one node");
+        assert!(groups.members("one").is_empty(), "gone with its node");
+        // What one sync costs to take in (its bytes, decoded, the pairs
+        // kept and the ones replaced) is given back: kept for each sync,
+        // it would pass this within the 20.
+        assert!(grown < 200 * 1024, "RSS grew {grown} KiB during the flood");
+        legit.shutdown().await;
+        victim.shutdown().await;
     })
     .await;
 }

@@ -49,7 +49,8 @@ use tracing::{info, warn};
 use crate::lock::{LockError, LockOptions, join_all};
 use crate::{Coord, locked};
 
-/// Longest registered name, in bytes.
+/// Longest registered name, in bytes; and longest service a name stands
+/// for (as long as an RPC service name may be).
 const MAX_NAME: usize = 255;
 /// At most this many names per owner: what a peer's sync carries past it
 /// is not taken, a registration past it is refused.
@@ -123,7 +124,8 @@ pub enum RegistryError {
     /// Nobody has registered it.
     #[error("no node has registered {0:?}")]
     NotRegistered(String),
-    /// The name is empty or longer than 255 bytes.
+    /// The name is empty or longer than 255 bytes, or the service is
+    /// longer than 255 bytes.
     #[error("bad name {0:?}: 1 to 255 bytes")]
     BadName(String),
     /// This node has as many names as a node may have: unregister some.
@@ -614,6 +616,9 @@ impl Registry {
         if name.is_empty() || name.len() > MAX_NAME {
             return Err(RegistryError::BadName(name.to_owned()));
         }
+        if service.len() > MAX_NAME {
+            return Err(RegistryError::BadName(service.to_owned()));
+        }
         let taken = |owner: NodeName| RegistryError::AlreadyRegistered {
             name: name.to_owned(),
             owner,
@@ -811,9 +816,10 @@ pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
     coord.registry.owner_down(node);
 }
 
-/// Whether a registration's name is one a node may register.
+/// Whether a registration's name is one a node may register, for a
+/// service that can exist (so a peer's names cost at most so much each).
 fn valid(r: &Registration) -> bool {
-    !r.name.is_empty() && r.name.len() <= MAX_NAME
+    !r.name.is_empty() && r.name.len() <= MAX_NAME && r.service.len() <= MAX_NAME
 }
 
 pub(crate) fn serve(coord: &Arc<Coord>) {
