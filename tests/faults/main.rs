@@ -106,7 +106,7 @@ impl RawPeer {
     }
 }
 
-/// Round trips a well-behaved peer saw, summarised.
+/// Round trips (pings or small calls) a well-behaved peer saw.
 struct Latencies(Vec<Duration>);
 
 impl Latencies {
@@ -122,7 +122,7 @@ impl std::fmt::Display for Latencies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} pings, p50 {:?}, p99 {:?}, max {:?}",
+            "{} round trips, p50 {:?}, p99 {:?}, max {:?}",
             self.0.len(),
             self.quantile(0.5),
             self.quantile(0.99),
@@ -1121,9 +1121,9 @@ const NAMES_PER_OWNER: usize = 65_536;
 /// Locks one node may hold on another (`MAX_PER_NODE`,
 /// crates/quicmesh-coord/src/lock/table.rs).
 const LOCKS_PER_NODE: usize = 65_536;
-/// (group, service) pairs per node (`MAX_SYNC`,
-/// crates/quicmesh-coord/src/groups.rs).
-const GROUP_PAIRS_PER_NODE: usize = 65_536;
+/// Joins per node, of all its (group, service) pairs (`MAX_NODE_JOINS`,
+/// crates/quicmesh-coord/src/groups.rs); so also its pairs at most.
+const JOINS_PER_NODE: usize = 65_536;
 /// Joins of one (group, service) pair per node (`MAX_JOINS`, same file).
 const JOINS_PER_PAIR: usize = 1024;
 /// Calls a flooding node keeps in flight (the victim serves at most 256 of
@@ -1183,28 +1183,6 @@ async fn hostile_node(victim: &Node, tag: &str) -> Node {
         .await
         .expect("hostile connects");
     hostile
-}
-
-/// Latencies of small calls, sorted.
-struct Latencies(Vec<Duration>);
-
-impl Latencies {
-    fn percentile(&self, p: usize) -> Duration {
-        let i = (self.0.len() * p).div_ceil(100).saturating_sub(1);
-        self.0[i]
-    }
-}
-
-impl std::fmt::Display for Latencies {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "p50 {:?}, p99 {:?}, max {:?}",
-            self.percentile(50),
-            self.percentile(99),
-            self.percentile(100)
-        )
-    }
 }
 
 /// [`LEGIT_CALLS`] calls of `echo` on `to` from `from`, one after another;
@@ -1689,7 +1667,8 @@ async fn a_group_flood_is_capped_and_goes_with_its_node() {
         let one = groups.members("one").len();
 
         // A sync of 100,000 pairs (and "one" joined 5000 times) is taken
-        // up to the caps; a join of one more pair is refused.
+        // up to the caps (1024 of one pair, 65,536 joins in all, in the
+        // order sent); a join of one more pair is refused.
         const PAIRS: usize = 100_000;
         let mut sync = vec![GroupJoins {
             group: "one".to_owned(),
@@ -1744,7 +1723,7 @@ async fn a_group_flood_is_capped_and_goes_with_its_node() {
         let grown = peak.saturating_sub(before);
         println!(
             "group flood: {} joins of one pair: {one} taken (cap {JOINS_PER_PAIR}); a sync of \
-             {} pairs: {synced} groups taken (cap {GROUP_PAIRS_PER_NODE}), \"one\" {one_synced} \
+             {} pairs: {synced} groups taken (cap {JOINS_PER_NODE} joins), \"one\" {one_synced} \
              times; a join of one more pair: {extra} members; {syncs} syncs of {PAIRS} pairs in \
              {flooded_for:?}: {flooded} groups held; none after the node went; RSS before \
              {before} KiB, peak {peak} (+{grown}), holding {held}, after {after}; legit calls \
@@ -1753,10 +1732,14 @@ async fn a_group_flood_is_capped_and_goes_with_its_node() {
             PAIRS + 1,
         );
         assert_eq!(one, JOINS_PER_PAIR, "joins of one pair");
-        assert_eq!(synced, GROUP_PAIRS_PER_NODE, "pairs of one node");
+        assert_eq!(
+            synced,
+            1 + JOINS_PER_NODE - JOINS_PER_PAIR,
+            "\"one\" and single joins up to the node's joins"
+        );
         assert_eq!(one_synced, JOINS_PER_PAIR, "a sync's count is capped too");
-        assert_eq!(extra, 0, "a join past the pairs cap");
-        assert_eq!(flooded, GROUP_PAIRS_PER_NODE, "pairs of one node");
+        assert_eq!(extra, 0, "a join past the node's joins");
+        assert_eq!(flooded, JOINS_PER_NODE, "pairs of one node");
         assert!(groups.members("one").is_empty(), "gone with its node");
         // What one sync costs to take in (its bytes, decoded, the pairs
         // kept and the ones replaced) is given back: kept for each sync,

@@ -19,9 +19,11 @@ use crate::{Coord, locked};
 
 /// Longest group or service name, in bytes.
 const MAX_NAME: usize = 255;
-/// At most this many (group, service) pairs per node: what a peer's sync
-/// carries past it is not taken, a join past it is refused.
-const MAX_SYNC: usize = 65_536;
+/// At most this many joins per node, of all its (group, service) pairs
+/// together: what a peer's sync carries past it is not taken, a join past
+/// it is refused. (So a node has at most this many pairs, and the members
+/// a group lists are bounded by it times the nodes.)
+const MAX_NODE_JOINS: u32 = 65_536;
 /// At most this many joins of one (group, service) pair per node.
 const MAX_JOINS: u32 = 1024;
 
@@ -57,8 +59,34 @@ pub enum GroupEvent {
 /// `(group, service) → how many times joined`, per node.
 type Joins = BTreeMap<(String, String), u32>;
 
+/// One node's joins, with their total.
+#[derive(Debug, Default)]
+struct NodeJoins {
+    pairs: Joins,
+    total: u32,
+}
+
+impl NodeJoins {
+    /// Takes `all` up to the limits ([`MAX_JOINS`] of one pair,
+    /// [`MAX_NODE_JOINS`] in all, in the order given).
+    fn capped(all: impl IntoIterator<Item = ((String, String), u32)>) -> Self {
+        let mut joins = Self::default();
+        for (pair, count) in all {
+            let room = MAX_NODE_JOINS - joins.total;
+            let had = joins.pairs.get(&pair).copied().unwrap_or(0);
+            let count = count.min(MAX_JOINS - had.min(MAX_JOINS)).min(room);
+            if count == 0 {
+                continue;
+            }
+            *joins.pairs.entry(pair).or_insert(0) += count;
+            joins.total += count;
+        }
+        joins
+    }
+}
+
 pub(crate) struct State {
-    by_node: Mutex<HashMap<NodeName, Joins>>,
+    by_node: Mutex<HashMap<NodeName, NodeJoins>>,
     events: broadcast::Sender<GroupEvent>,
 }
 
@@ -71,8 +99,8 @@ impl State {
     }
 
     /// Applies one join or leave of `node`'s; `false` if a leave found
-    /// nothing to leave, or a join is past the node's limits ([`MAX_SYNC`]
-    /// pairs, [`MAX_JOINS`] joins of one pair).
+    /// nothing to leave, or a join is past the node's limits
+    /// ([`MAX_NODE_JOINS`] in all, [`MAX_JOINS`] of one pair).
     fn apply(&self, node: &NodeName, group: &str, service: &str, joined: bool) -> bool {
         let member = Member {
             node: node.clone(),
@@ -83,21 +111,26 @@ impl State {
             let joins = by_node.entry(node.clone()).or_default();
             let key = (group.to_owned(), service.to_owned());
             if joined {
-                if !joins.contains_key(&key) && joins.len() >= MAX_SYNC {
+                if joins.total >= MAX_NODE_JOINS {
                     return false;
                 }
-                let n = joins.entry(key).or_insert(0);
+                let n = joins.pairs.entry(key).or_insert(0);
                 if *n >= MAX_JOINS {
                     return false;
                 }
                 *n += 1;
+                joins.total += 1;
             } else {
-                match joins.get_mut(&key) {
+                match joins.pairs.get_mut(&key) {
                     None => return false,
                     Some(1) => {
-                        joins.remove(&key);
+                        joins.pairs.remove(&key);
                     }
                     Some(n) => *n -= 1,
+                }
+                joins.total -= 1;
+                if joins.total == 0 {
+                    by_node.remove(node);
                 }
             }
         }
@@ -111,16 +144,19 @@ impl State {
     }
 
     /// Replaces everything `node` is in with `joins` (none: forgets it).
-    fn replace(&self, node: &NodeName, joins: Joins) {
+    fn replace(&self, node: &NodeName, joins: NodeJoins) {
+        let joins_copy = joins.pairs.clone();
         let old = {
             let mut by_node = locked(&self.by_node);
-            if joins.is_empty() {
+            if joins.pairs.is_empty() {
                 by_node.remove(node)
             } else {
-                by_node.insert(node.clone(), joins.clone())
+                by_node.insert(node.clone(), joins)
             }
         }
+        .map(|old| old.pairs)
         .unwrap_or_default();
+        let joins = joins_copy;
         let member = |service: &str| Member {
             node: node.clone(),
             service: service.to_owned(),
@@ -179,8 +215,8 @@ impl Groups {
 
     /// Adds this node's `service` to `group` (once more, if it is in it)
     /// and tells the connected nodes. `false` if a name is empty or over
-    /// 255 bytes, or past this node's limits (65,536 group and service
-    /// pairs, 1024 joins of one pair).
+    /// 255 bytes, or past this node's limits (65,536 joins in all, 1024
+    /// of one group and service pair).
     pub async fn join(&self, group: &str, service: &str) -> bool {
         self.change(group, service, true).await
     }
@@ -192,8 +228,7 @@ impl Groups {
     }
 
     async fn change(&self, group: &str, service: &str, joined: bool) -> bool {
-        let bad = |s: &str| s.is_empty() || s.len() > MAX_NAME;
-        if bad(group) || bad(service) {
+        if !valid(group) || !valid(service) {
             return false;
         }
         let me = self.coord.me().clone();
@@ -224,6 +259,7 @@ impl Groups {
             .iter()
             .flat_map(|(node, joins)| {
                 joins
+                    .pairs
                     .iter()
                     .filter(|((g, _), _)| g == group)
                     .flat_map(move |((_, service), n)| {
@@ -252,7 +288,7 @@ impl Groups {
         let by_node = locked(&self.state().by_node);
         let mut groups: Vec<String> = by_node
             .values()
-            .flat_map(|joins| joins.keys().map(|(g, _)| g.clone()))
+            .flat_map(|joins| joins.pairs.keys().map(|(g, _)| g.clone()))
             .collect();
         groups.sort();
         groups.dedup();
@@ -271,6 +307,7 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
         .get(coord.me())
         .map(|joins| {
             joins
+                .pairs
                 .iter()
                 .map(|((group, service), count)| GroupJoins {
                     group: group.clone(),
@@ -295,7 +332,12 @@ pub(crate) fn nodes(coord: &Coord) -> Vec<NodeName> {
 
 /// The members of a node that went down leave every group.
 pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
-    coord.groups.replace(node, Joins::new());
+    coord.groups.replace(node, NodeJoins::default());
+}
+
+/// Whether a group or service name is one a node may use.
+fn valid(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME
 }
 
 pub(crate) fn serve(coord: &Arc<Coord>) {
@@ -303,7 +345,7 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
         coord,
         service::GROUPS_CHANGE,
         |coord, ctx: &CallContext, c: GroupChange| {
-            if !c.group.is_empty() && c.group.len() <= MAX_NAME && c.service.len() <= MAX_NAME {
+            if valid(&c.group) && valid(&c.service) {
                 coord
                     .groups
                     .apply(&ctx.from, &c.group, &c.service, c.joined);
@@ -314,15 +356,11 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
         coord,
         service::GROUPS_SYNC,
         |coord, ctx: &CallContext, all: Vec<GroupJoins>| {
-            let joins: Joins = all
-                .into_iter()
-                .take(MAX_SYNC)
-                .filter(|j| {
-                    let (g, s) = (&j.group, &j.service);
-                    !g.is_empty() && g.len() <= MAX_NAME && s.len() <= MAX_NAME && j.count > 0
-                })
-                .map(|j| ((j.group, j.service), j.count.min(1024)))
-                .collect();
+            let joins = NodeJoins::capped(
+                all.into_iter()
+                    .filter(|j| valid(&j.group) && valid(&j.service))
+                    .map(|j| ((j.group, j.service), j.count)),
+            );
             coord.groups.replace(&ctx.from, joins);
         },
     );
@@ -343,20 +381,38 @@ mod tests {
             !state.apply(&node, "g", "s", true),
             "joins of one pair are capped"
         );
-        for i in 1..MAX_SYNC {
+        for i in MAX_JOINS..MAX_NODE_JOINS {
             assert!(state.apply(&node, &format!("g{i}"), "s", true));
         }
         assert!(
             !state.apply(&node, "one-too-many", "s", true),
-            "pairs are capped"
+            "joins in all are capped"
         );
         assert!(state.apply(&node, "g", "s", false), "leaving still works");
+        assert!(state.apply(&node, "one-more", "s", true), "and makes room");
         let other: NodeName = "b@h".parse().unwrap();
         assert!(
             state.apply(&other, "g", "s", true),
             "the limits are per node"
         );
-        let pairs = locked(&state.by_node).get(&node).map(BTreeMap::len);
-        assert_eq!(pairs, Some(MAX_SYNC));
+        let total = locked(&state.by_node).get(&node).map(|j| j.total);
+        assert_eq!(total, Some(MAX_NODE_JOINS));
+    }
+
+    #[test]
+    fn a_sync_is_taken_up_to_the_limits_in_its_order() {
+        let pair = |g: &str| (g.to_owned(), "s".to_owned());
+        let mut all = vec![(pair("big"), 5000), (pair("big"), 5000)];
+        all.extend((0..MAX_NODE_JOINS).map(|i| (pair(&format!("g{i}")), 1)));
+        all.push((pair("huge"), u32::MAX));
+        let joins = NodeJoins::capped(all);
+        assert_eq!(
+            joins.pairs[&pair("big")],
+            MAX_JOINS,
+            "one pair's cap holds twice told"
+        );
+        assert_eq!(joins.total, MAX_NODE_JOINS);
+        assert_eq!(joins.pairs.len() as u32, 1 + MAX_NODE_JOINS - MAX_JOINS);
+        assert!(!joins.pairs.contains_key(&pair("huge")));
     }
 }

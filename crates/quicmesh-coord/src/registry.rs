@@ -57,7 +57,8 @@ const MAX_NAME: usize = 255;
 const MAX_PER_OWNER: usize = 65_536;
 
 /// At most this many dropped registrations remembered (the evidence of
-/// rule 1 in the module docs).
+/// rule 1 in the module docs), and as many given up in conflicts: past
+/// it, the oldest are forgotten first.
 const MAX_DROPPED: usize = 65_536;
 /// At most this many peers' acknowledgements remembered (rule 2).
 const MAX_ACKED: usize = 4096;
@@ -162,10 +163,69 @@ struct Names {
     per_owner: HashMap<NodeName, usize>,
     /// Per name: the latest registration of it dropped because its owner
     /// went down.
-    dropped: HashMap<String, Hlc>,
+    dropped: Recent<Hlc>,
     /// Registrations given up in a conflict before the winner's claim
     /// came here: when it comes, it is the conflict's event.
-    yielded: HashMap<String, Registration>,
+    yielded: Recent<Registration>,
+}
+
+/// Entries by name, at most [`MAX_DROPPED`]: a new one past that makes
+/// the oldest go, so a peer that fills it once cannot keep later ones out.
+#[derive(Debug)]
+struct Recent<V> {
+    by_name: HashMap<String, V>,
+    /// Names in the order first inserted (some may have been removed).
+    order: std::collections::VecDeque<String>,
+}
+
+impl<V> Default for Recent<V> {
+    fn default() -> Self {
+        Self {
+            by_name: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<V> Recent<V> {
+    fn get(&self, name: &str) -> Option<&V> {
+        self.by_name.get(name)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut V> {
+        self.by_name.get_mut(name)
+    }
+
+    fn remove(&mut self, name: &str) -> Option<V> {
+        self.by_name.remove(name)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    fn insert(&mut self, name: &str, value: V) {
+        if let Some(v) = self.by_name.get_mut(name) {
+            *v = value;
+            return;
+        }
+        while self.by_name.len() >= MAX_DROPPED {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.by_name.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        if self.order.len() >= 2 * MAX_DROPPED {
+            // Names removed since: keep the order of those still here.
+            let by_name = &self.by_name;
+            self.order.retain(|n| by_name.contains_key(n));
+        }
+        self.order.push_back(name.to_owned());
+        self.by_name.insert(name.to_owned(), value);
+    }
 }
 
 impl Names {
@@ -259,10 +319,9 @@ impl Names {
     /// Remembers that a registration of `name` from `at` was dropped with
     /// its owner.
     fn dropped_with_owner(&mut self, name: &str, at: Hlc) {
-        if let Some(t) = self.dropped.get_mut(name) {
-            *t = (*t).max(at);
-        } else if self.dropped.len() < MAX_DROPPED {
-            self.dropped.insert(name.to_owned(), at);
+        match self.dropped.get_mut(name) {
+            Some(t) => *t = (*t).max(at),
+            None => self.dropped.insert(name, at),
         }
     }
 }
@@ -533,9 +592,7 @@ impl State {
                 } else {
                     // The winner's claim has not come yet: its coming is
                     // the conflict's event.
-                    if names.yielded.len() < MAX_DROPPED {
-                        names.yielded.insert(left.name.clone(), left.clone());
-                    }
+                    names.yielded.insert(&left.name, left.clone());
                     vec![RegistryEvent::Unregistered {
                         registration: left,
                         owner_down: false,
@@ -1045,12 +1102,33 @@ mod tests {
             ..registration("x", "me@h", 20)
         }));
         assert!(
-            locked(&state.names).dropped.is_empty(),
+            locked(&state.names).dropped.get("x").is_none(),
             "the evidence travels in the registration now"
         );
         // a comes back with its old registration: this node keeps x.
         state.claim(&me, registration("x", "a@h", 5));
         assert_eq!(owner_of(&state, "x"), Some(me));
+    }
+
+    #[test]
+    fn dropped_registrations_past_the_cap_make_the_oldest_go() {
+        let mut recent = Recent::default();
+        for i in 0..MAX_DROPPED {
+            recent.insert(&format!("flood{i}"), at(1));
+        }
+        recent.insert("later", at(2));
+        assert_eq!(recent.len(), MAX_DROPPED);
+        assert!(recent.get("flood0").is_none(), "the oldest went");
+        assert_eq!(recent.get("later"), Some(&at(2)));
+        for i in 0..3 * MAX_DROPPED {
+            recent.insert("churn", at(3));
+            recent.remove("churn");
+            recent.insert(&format!("n{}", i % 8), at(4));
+        }
+        assert!(
+            recent.order.len() <= 2 * MAX_DROPPED + 1,
+            "the order is compacted"
+        );
     }
 
     #[test]
