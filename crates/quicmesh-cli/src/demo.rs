@@ -4,6 +4,9 @@
 //!
 //! Node a runs in this process; b and c are `quicmesh node` child
 //! processes told only about a, whose event lines are shown as `[b] …`.
+//! Each node is introduced before its first line, the status table's CA
+//! fingerprint is explained, and the demo ends with the commands to start
+//! a cluster by hand.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -34,10 +37,16 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         a.local_addr()
     );
 
+    // Each node is introduced before anything it prints: its lines can
+    // only come once it is started.
     let (lines_tx, mut lines) = mpsc::channel(64);
+    println!(
+        "b@127.0.0.1 starts as a `quicmesh node` child process told only about a; \
+         its event lines are shown as [b] ..."
+    );
     let b = spawn_node("b", &a, &cookie_text, lines_tx.clone()).await?;
+    println!("c@127.0.0.1 starts the same way, also told only about a: [c] ...");
     let c = spawn_node("c", &a, &cookie_text, lines_tx).await?;
-    println!("b and c run as `quicmesh node` processes, each told only about a\n");
 
     // Full mesh: a sees b and c, and b and c found each other through a.
     a.wait_for_nodes(2, DEADLINE)
@@ -53,6 +62,11 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         println!("a pings {n}: {:.2} ms", rtt.as_secs_f64() * 1e3);
     }
     println!("\n{}", a.status());
+    println!(
+        "(CA {} is the fingerprint of the cluster CA each node derives from the cookie: \
+         the same on every node with the same cookie)\n",
+        a.ca_fingerprint()
+    );
 
     let c_name: NodeName = "c@127.0.0.1".parse()?;
     println!("killing c with SIGKILL (no goodbye: the failure detector must notice)...");
@@ -82,9 +96,20 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 
     println!("\n{}", a.status());
     a.shutdown().await;
-    println!("demo done");
+    println!("demo done\n");
+    for line in NEXT {
+        println!("{line}");
+    }
     Ok(())
 }
+
+/// What the demo ends with: how to run a cluster of one's own.
+const NEXT: [&str; 4] = [
+    "next: a cluster of your own, one node per terminal (sharing ~/.quicmesh.cookie, made on first use):",
+    "  quicmesh node --name a@127.0.0.1:4370",
+    "  quicmesh node --name b@127.0.0.1:4371 --connect a@127.0.0.1:4370",
+    "  quicmesh node --name c@127.0.0.1:4372 --connect a@127.0.0.1:4370",
+];
 
 /// Starts `quicmesh node` as `<short>@127.0.0.1` on a free port, seeded
 /// with `seed`; its event lines go to `lines` as `[<short>] <line>`.

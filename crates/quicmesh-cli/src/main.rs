@@ -1,4 +1,5 @@
-//! `quicmesh`: run a node, issue certificates, run the demo cluster.
+//! `quicmesh`: run a node, issue certificates, run the demo cluster, print
+//! shell completions.
 
 mod bench;
 mod certs;
@@ -7,7 +8,7 @@ mod node;
 
 use std::io::IsTerminal;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// quicmesh: named nodes in a mutually authenticated QUIC mesh.
@@ -30,6 +31,17 @@ enum Command {
     /// Benchmark RPC between two processes against a raw quinn baseline.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a shell completion script to stdout.
+    ///
+    /// bash: `quicmesh completions bash > ~/.local/share/bash-completion/completions/quicmesh`
+    ///
+    /// zsh: `quicmesh completions zsh > ~/.zfunc/_quicmesh` (with `~/.zfunc` in `fpath`)
+    ///
+    /// fish: `quicmesh completions fish > ~/.config/fish/completions/quicmesh.fish`
+    Completions {
+        /// The shell to write the script for.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Node(args) => runtime().and_then(|rt| rt.block_on(node::run(args))),
         Command::Demo => runtime().and_then(|rt| rt.block_on(demo::run())),
         Command::Bench(cmd) => runtime().and_then(|rt| rt.block_on(bench::run(cmd))),
+        Command::Completions { shell } => completions(shell),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -59,6 +72,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {}", cause_chain(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints the completion script for `shell`. A reader that stops early
+/// (`| head`) is no error.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "quicmesh", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Real `quicmesh` processes: killed, terminated, issuing certificates,
-//! reading a config file, and the demo.
+//! reading a config file, the demo, and shell completions.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -428,6 +428,100 @@ fn demo_runs_and_shows_both_kinds_of_node_down() {
     assert!(text.contains("full mesh of 3 nodes formed"), "{text}");
     assert!(text.contains("reason: HeartbeatTimeout"), "{text}");
     assert!(text.contains("reason: Shutdown"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let first = |what: &dyn Fn(&str) -> bool, which: &str| {
+        lines
+            .iter()
+            .position(|l| what(l))
+            .unwrap_or_else(|| panic!("no {which} line in:\n{text}"))
+    };
+    // Each child node is introduced before the first line it prints.
+    for short in ["b", "c"] {
+        let intro = first(
+            &|l| l.starts_with(&format!("{short}@127.0.0.1 starts")),
+            "intro",
+        );
+        let own = first(&|l| l.starts_with(&format!("[{short}] ")), "event");
+        assert!(
+            intro < own,
+            "{short} is introduced after its events:\n{text}"
+        );
+    }
+    // The status table's CA is explained, with the fingerprint it shows.
+    let table = first(
+        &|l| l.starts_with("node a@127.0.0.1 (listening on"),
+        "status",
+    );
+    let ca = lines[table]
+        .split("CA ")
+        .nth(1)
+        .and_then(|rest| rest.split([')', ',']).next())
+        .unwrap_or_else(|| panic!("no CA in {:?}", lines[table]));
+    let explained = first(
+        &|l| l.contains("fingerprint of the cluster CA"),
+        "CA explanation",
+    );
+    assert!(lines[explained].contains(&format!("CA {ca} ")), "{text}");
+    assert!(explained > table, "{text}");
+    // It ends with what to try next: the three-node commands.
+    let done = first(&|l| l == "demo done", "demo done");
+    let next = &lines[done + 1..];
+    assert!(next.iter().any(|l| l.starts_with("next: ")), "{text}");
+    for node in ["a@127.0.0.1:4370", "b@127.0.0.1:4371", "c@127.0.0.1:4372"] {
+        assert!(
+            next.iter().any(|l| l
+                .trim_start()
+                .starts_with(&format!("quicmesh node --name {node}"))),
+            "no command for {node} after the demo:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = quicmesh(&["completions", shell]);
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8(out.stdout).expect("a script in UTF-8");
+        assert!(!script.trim().is_empty(), "{shell}: empty script");
+        for subcommand in ["node", "certs", "demo", "completions"] {
+            assert!(
+                script.contains(subcommand),
+                "{shell}: the script does not mention {subcommand}"
+            );
+        }
+        if shell == "bash" {
+            check_bash_syntax(&script);
+        }
+    }
+    let out = quicmesh(&["completions", "tcsh"]);
+    assert!(!out.status.success(), "an unknown shell is refused");
+}
+
+/// `bash -n` on the script, when bash is installed.
+fn check_bash_syntax(script: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("quicmesh.bash");
+    std::fs::write(&path, script).expect("write the script");
+    match std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "bash -n refuses the script: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("bash is not installed: the bash script's syntax is not checked");
+        }
+        Err(e) => panic!("running bash: {e}"),
+    }
 }
 
 #[test]
