@@ -626,10 +626,8 @@ async fn locks_and_leaders_of_both_sides_of_a_partition_meet_and_the_older_is_to
         !winner.has_printed("lost lock") && !winner.has_printed("lost leadership"),
         "the newer holder keeps both"
     );
-    assert!(
-        h3.has_printed("up app@10.77.0.1"),
-        "h3 met h1 after the heal"
-    );
+    // h3 meets h1 too (it may come after h1 met h2).
+    h3.expect(&["up app@10.77.0.1"]).await;
 }
 
 #[tokio::test]
