@@ -9,6 +9,7 @@
 //! 1 MiB calls stream alongside). It prints a table and the ratios the
 //! targets are stated in.
 
+mod mesh;
 mod raw;
 mod stats;
 
@@ -47,6 +48,9 @@ pub(crate) enum BenchCommand {
     Serve(ServeArgs),
     /// Measure RPC against a `bench serve` process.
     Rpc(RpcArgs),
+    /// Measure what a full mesh of N nodes costs (cold start, rest,
+    /// failure detection, rejoin).
+    Mesh(mesh::MeshArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +132,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Serve(args) => serve(args).await,
         BenchCommand::Rpc(args) => client(args).await,
+        BenchCommand::Mesh(args) => mesh::run(args).await,
     }
 }
 

@@ -7,9 +7,15 @@ use serde::Serialize;
 
 /// CPU time (user + system, all threads) this process has used, in µs.
 pub(crate) fn process_cpu_us() -> u64 {
-    // Fields 14 and 15 of /proc/self/stat, after the parenthesised name,
+    cpu_us_of("self")
+}
+
+/// CPU time (user + system) of process `pid` ("self" for this one), in
+/// microseconds; 0 if it cannot be read.
+pub(crate) fn cpu_us_of(pid: &str) -> u64 {
+    // Fields 14 and 15 of /proc/PID/stat, after the parenthesised name,
     // in clock ticks of 1/100 s (USER_HZ on Linux).
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -155,6 +161,37 @@ pub(crate) fn print_table(runs: &[Run]) {
             }
         );
     }
+}
+
+/// Resident memory of process `pid` ("self" for this one), in KiB; 0 if it
+/// cannot be read.
+pub(crate) fn rss_kib_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes sent on the loopback interface so far (`/proc/net/dev`).
+pub(crate) fn loopback_tx_bytes() -> u64 {
+    std::fs::read_to_string("/proc/net/dev")
+        .ok()
+        .and_then(|dev| {
+            dev.lines().find_map(|l| {
+                let (iface, rest) = l.split_once(':')?;
+                if iface.trim() != "lo" {
+                    return None;
+                }
+                // Receive: 8 fields, then transmit bytes.
+                rest.split_whitespace().nth(8)?.parse().ok()
+            })
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

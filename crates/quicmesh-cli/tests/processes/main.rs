@@ -525,6 +525,43 @@ fn check_bash_syntax(script: &str) {
 }
 
 #[test]
+fn mesh_bench_forms_full_meshes_in_process_and_of_processes() {
+    // Not timed: the bench itself fails when a mesh does not complete.
+    for extra in [&[][..], &["--processes"][..]] {
+        let mut args = vec![
+            "bench",
+            "mesh",
+            "--nodes",
+            "3,8",
+            "--deadline",
+            "60",
+            "--rest",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let out = quicmesh(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for n in [3, 8] {
+            assert!(
+                stdout.contains(&format!("nodes {n}: full mesh ")),
+                "{stdout}"
+            );
+        }
+        if !extra.is_empty() {
+            assert!(
+                !stdout.contains("down everywhere -") && !stdout.contains("back everywhere -"),
+                "the killed node was seen down and back: {stdout}"
+            );
+        }
+    }
+}
+
+#[test]
 fn bench_runs_between_two_processes_and_writes_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("bench.json");

@@ -9,6 +9,7 @@
 //! [`gossip`](super::gossip)); nothing it sends can panic the node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use quicmesh_wire::{CloseCode, Control, Datagram};
 use quinn::{Connection, RecvStream, SendStream};
@@ -63,7 +64,7 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
             e = conn.closed() => peer
                 .closed_by_us()
                 .unwrap_or_else(|| transport::down_reason(&e)),
-            () = heartbeat(&peer, inner.config.heartbeat) => {
+            () = heartbeat(&peer, inner.config.heartbeat, inner.me < *peer.name()) => {
                 let reason = DownReason::HeartbeatTimeout;
                 peer.close(CloseCode::HeartbeatTimeout, reason.clone(), "no heartbeat");
                 reason
@@ -75,10 +76,13 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
     tasks.spawn(task.instrument(span));
 }
 
-/// Sends a heartbeat every interval and checks liveness four times as
-/// often, noting on `peer` when it was last heard; returns when nothing
-/// has arrived for `timeout`.
-async fn heartbeat(peer: &Peer, hb: HeartbeatConfig) {
+/// Checks liveness four times an interval, noting on `peer` when it was
+/// last heard; returns when nothing has arrived for `timeout`. Of the two
+/// ends of a link only one (`sends`: the smaller name) sends a heartbeat
+/// datagram every interval: the other end hears it, and hears back the
+/// acknowledgement QUIC sends for it (within its ACK delay), so each
+/// side hears the other with half the packets of both sending.
+async fn heartbeat(peer: &Peer, hb: HeartbeatConfig, sends: bool) {
     let conn = peer.connection();
     const CHECKS_PER_INTERVAL: u32 = 4;
     let mut tick = tokio::time::interval(hb.interval / CHECKS_PER_INTERVAL);
@@ -89,7 +93,7 @@ async fn heartbeat(peer: &Peer, hb: HeartbeatConfig) {
     let mut last_heard = Instant::now();
     loop {
         tick.tick().await;
-        if ticks % CHECKS_PER_INTERVAL == 0 {
+        if sends && ticks % CHECKS_PER_INTERVAL == 0 {
             if let Err(e) = conn.send_datagram(Datagram::Heartbeat { seq }.encode().into()) {
                 debug!("heartbeat not sent: {e}");
             }
@@ -131,11 +135,48 @@ async fn write_control(
         return;
     }
     while let Some(msg) = queue.recv().await {
-        if let Err(e) = io::write_frame(&mut send, &msg, max).await {
-            debug!("control stream closed: {e}");
-            return;
+        // News of nodes is not urgent: what comes in the next moment goes
+        // in the same frame (a cold start of N nodes would otherwise send
+        // each node N² frames of one entry).
+        tokio::time::sleep(GOSSIP_BATCH).await;
+        let mut batch = vec![msg];
+        while let Ok(more) = queue.try_recv() {
+            batch.push(more);
+        }
+        for msg in coalesce(batch) {
+            if let Err(e) = io::write_frame(&mut send, &msg, max).await {
+                debug!("control stream closed: {e}");
+                return;
+            }
         }
     }
+}
+
+/// How long a control message waits for others to share its frame.
+const GOSSIP_BATCH: Duration = Duration::from_millis(20);
+/// Most entries merged into one `Peers` or `Gone` frame.
+const MAX_MERGED: usize = 1024;
+
+/// Merges runs of `Peers` (and of `Gone`) messages into one each, in
+/// order, at most [`MAX_MERGED`] entries a frame.
+fn coalesce(batch: Vec<Control>) -> Vec<Control> {
+    let mut out: Vec<Control> = Vec::with_capacity(batch.len());
+    for msg in batch {
+        match (out.last_mut(), msg) {
+            (Some(Control::Peers(into)), Control::Peers(more))
+                if into.len() + more.len() <= MAX_MERGED =>
+            {
+                into.extend(more);
+            }
+            (Some(Control::Gone(into)), Control::Gone(more))
+                if into.len() + more.len() <= MAX_MERGED =>
+            {
+                into.extend(more);
+            }
+            (_, msg) => out.push(msg),
+        }
+    }
+    out
 }
 
 async fn read_control(inner: Arc<Inner>, peer: Peer, mut recv: RecvStream) {
@@ -205,7 +246,7 @@ async fn route(
     peer: Peer,
     mut send: Option<SendStream>,
     mut recv: RecvStream,
-    patience: std::time::Duration,
+    patience: Duration,
 ) {
     let kind = match within(patience, io::read_kind(&mut recv)).await {
         None => return refuse(send.as_mut(), &mut recv, CloseCode::HandshakeTimeout),
@@ -244,5 +285,51 @@ impl StreamHandler for SecondControl {
         Box::pin(std::future::ready(Err(Violation::new(
             "a second control stream",
         ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quicmesh_wire::PeerInfo;
+
+    use super::*;
+
+    fn peers(names: &[&str]) -> Control {
+        Control::Peers(
+            names
+                .iter()
+                .map(|n| PeerInfo {
+                    name: n.parse().unwrap(),
+                    addrs: vec!["127.0.0.1:1".parse().unwrap()],
+                })
+                .collect(),
+        )
+    }
+
+    fn gone(names: &[&str]) -> Control {
+        Control::Gone(names.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn runs_of_news_merge_in_order_and_up_to_a_cap() {
+        let merged = coalesce(vec![
+            peers(&["a@h"]),
+            peers(&["b@h"]),
+            gone(&["a@h"]),
+            gone(&["c@h"]),
+            peers(&["a@h"]),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                peers(&["a@h", "b@h"]),
+                gone(&["a@h", "c@h"]),
+                peers(&["a@h"])
+            ],
+            "a node gone after it came up stays gone after its news"
+        );
+        let many: Vec<Control> = (0..MAX_MERGED + 1).map(|_| peers(&["a@h"])).collect();
+        let merged = coalesce(many);
+        assert_eq!(merged.len(), 2);
     }
 }
