@@ -437,10 +437,14 @@ impl Inner {
                     return Err(Refusal::Duplicate);
                 }
             }
+            // A node some peer told this one of is known to that peer's
+            // peers too: only a node nobody told of is news to pass on
+            // (so a cold start of N nodes gossips N² entries, not N³).
+            let told_of = t.get(&name).is_some_and(|p| !p.vouchers.is_empty());
             let installed = t.install(&name, up, addrs.clone());
             let others: Vec<_> = t
                 .up()
-                .filter(|(n, u)| **n != name && !u.hidden)
+                .filter(|(n, u)| !told_of && **n != name && !u.hidden)
                 .map(|(_, u)| u.link.control().clone())
                 .collect();
             Ok((installed, others))
@@ -603,13 +607,24 @@ impl Inner {
     /// Dials a node a peer told of (queued in the table), when one of the
     /// `max_dials` permits is free, after a random wait of up to one
     /// heartbeat interval (so nodes told of each other at once do not all
-    /// dial at once). A failed dial (the node unreachable, busy, or the
+    /// dial at once), two intervals more if its name is smaller than this
+    /// node's (it is likely dialling this node then). A failed dial (the node unreachable, busy, or the
     /// tie-break refusing a dial while the other side's did not arrive) is
     /// tried again with the reconnection backoff, for as long as the node
     /// is down and a peer vouches for it; then a name never up is
     /// forgotten (it may be told of again).
     async fn dial_learnt(self: Arc<Self>, p: PeerInfo) {
-        let spread = self.config.heartbeat.interval.mul_f64(fastrand::f64());
+        // Two nodes told of each other would dial each other at once, and
+        // the tie-break would throw one handshake away: the node with the
+        // larger name waits two intervals more, so the smaller one's dial
+        // usually arrives first and this one's never starts.
+        let interval = self.config.heartbeat.interval;
+        let head_start = if p.name < self.me {
+            interval * 2
+        } else {
+            Duration::ZERO
+        };
+        let spread = head_start + interval.mul_f64(fastrand::f64());
         let mut attempt = 0u32;
         let mut wait = spread;
         loop {
