@@ -758,3 +758,24 @@ async fn bad_names_and_exhausted_retries_are_named_errors() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_attempt_given_up_half_way_leaves_nothing_held() {
+    bounded(async {
+        let nodes = cluster("drop", 3).await;
+        let (a, b) = (&nodes[0], &nodes[1]);
+        // Attempts cut off after a few hundred microseconds: some while
+        // nodes have granted and others not answered yet.
+        for i in 0..200u64 {
+            let cut = Duration::from_micros(50 + (i * 37) % 900);
+            let _ = tokio::time::timeout(cut, a.lock("contended")).await;
+        }
+        // Whatever the cut-off attempts were granted goes back: b takes it.
+        let options = LockOptions::default().timeout(Duration::from_secs(5));
+        let guard = b.lock_with("contended", &options).await;
+        assert!(guard.is_ok(), "the lock stayed held: {guard:?}");
+        drop(guard);
+        shutdown_all(&nodes).await;
+    })
+    .await;
+}

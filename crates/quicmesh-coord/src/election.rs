@@ -89,13 +89,18 @@ impl State {
         f(views.entry(election.to_owned()).or_insert_with(View::new))
     }
 
-    /// Takes in what `from` says of its leadership: newer terms win; a
-    /// leader's end counts only for its own term.
+    /// Takes in what `from` says of its leadership (checked against the
+    /// lock table by the caller): newer terms win, and so does the term this
+    /// node knows when it knows no leader; a leader's end counts only for
+    /// its own term.
     fn announced(&self, from: &NodeName, a: &Announce) {
         let term = Token::from_u128(a.term);
         self.with_view(&a.election, |view| {
             let current = &view.current;
-            if a.leading && term > current.term {
+            // The same term again with no leader known: the leader this
+            // node had declared down came back holding its lock.
+            let back = term == current.term && current.leader.is_none();
+            if a.leading && (term > current.term || back) {
                 view.set(LeaderChange {
                     leader: Some(from.clone()),
                     term,

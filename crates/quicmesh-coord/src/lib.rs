@@ -26,7 +26,6 @@ use std::time::Duration;
 use quicmesh_mesh::{EventError, EventStream, Mesh, NodeEvent};
 use quicmesh_rpc::{CallContext, Rpc, RpcError};
 use quicmesh_wire::NodeName;
-use quicmesh_wire::coord::service;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info_span};
@@ -287,13 +286,7 @@ fn meet(coord: &Arc<Coord>, peer: &NodeName) {
     let tasks = coord.mesh().tasks().clone();
     tasks.spawn(async move {
         let held = lock::held_here(&coord);
-        let timeout = coord.message_timeout();
-        if let Err(e) = coord
-            .call::<_, ()>(&peer, service::LOCK_SYNC, &held, timeout)
-            .await
-        {
-            tracing::warn!(peer = %peer, "could not tell it the locks this node holds: {e}");
-        }
+        lock::sync_to(&coord, &peer, &held).await;
         registry::node_up(&coord, &peer);
         groups::node_up(&coord, &peer);
         election::node_up(&coord, &peer);

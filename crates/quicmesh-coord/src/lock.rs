@@ -238,6 +238,9 @@ pub(crate) async fn acquire(
         let follows = options.nodes.is_none();
         match attempt(coord, resource, &requester, &nodes, follows, deadline).await {
             Attempt::Held(token, lost) => {
+                if follows {
+                    tell_late_peers(coord, resource, &requester, &nodes, token);
+                }
                 return Ok(LockGuard {
                     coord: coord.clone(),
                     resource: resource.to_owned(),
@@ -266,6 +269,37 @@ pub(crate) async fn acquire(
         }
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Nodes that came up while a lock on every connected node was being
+/// taken were not asked: they are told of it as nodes meeting are (and
+/// answer if they hold it themselves).
+fn tell_late_peers(
+    coord: &Arc<Coord>,
+    resource: &str,
+    requester: &LockRequester,
+    nodes: &[NodeName],
+    token: Token,
+) {
+    let late: Vec<NodeName> = coord
+        .peers()
+        .into_iter()
+        .filter(|p| !nodes.contains(p))
+        .collect();
+    if late.is_empty() {
+        return;
+    }
+    let held = vec![LockHeld {
+        resource: resource.to_owned(),
+        requester: requester.clone(),
+        token: token.get(),
+    }];
+    let c = coord.clone();
+    coord.mesh().tasks().spawn(async move {
+        for peer in late {
+            sync_to(&c, &peer, &held).await;
+        }
+    });
 }
 
 /// The nodes to lock on: the given ones or all connected, plus this one,
@@ -302,6 +336,36 @@ pub(crate) struct Live {
 /// This node's guards, by request number.
 pub(crate) type Held = HashMap<u64, Live>;
 
+/// An attempt in progress: released everywhere it may have been granted
+/// if dropped while armed.
+struct Pending<'a> {
+    coord: &'a Arc<Coord>,
+    resource: &'a str,
+    requester: &'a LockRequester,
+    nodes: &'a [NodeName],
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let coord = self.coord.clone();
+        locked(&coord.held).remove(&self.requester.id);
+        locked(&coord.locks).release(self.resource, self.requester);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let (resource, requester, nodes) = (
+                self.resource.to_owned(),
+                self.requester.clone(),
+                self.nodes.to_vec(),
+            );
+            let tasks = coord.mesh().tasks().clone();
+            tasks.spawn(async move { release_on(&coord, &resource, &requester, &nodes).await });
+        }
+    }
+}
+
 enum Attempt {
     Held(Token, watch::Receiver<bool>),
     Refused,
@@ -320,6 +384,15 @@ async fn attempt(
 ) -> Attempt {
     let Some((first, rest)) = nodes.split_first() else {
         return Attempt::Refused;
+    };
+    // If this future is dropped half way (a timeout or `select!` around
+    // `lock`, a campaign given up), what it was granted is released.
+    let mut pending = Pending {
+        coord,
+        resource,
+        requester,
+        nodes,
+        armed: true,
     };
     let first_answer = ask(coord, first, resource, requester, deadline).await;
     let mut refused = None;
@@ -350,6 +423,7 @@ async fn attempt(
     if let Some(refused) = refused {
         // LockRelease everywhere asked (a late grant may still land).
         release_on(coord, resource, requester, nodes).await;
+        pending.armed = false;
         return refused;
     }
     // The clock is past every granting node's now (`ask` took them in).
@@ -371,8 +445,10 @@ async fn attempt(
         // confirmed (two nodes met meanwhile): try again.
         locked(&coord.held).remove(&requester.id);
         release_on(coord, resource, requester, nodes).await;
+        pending.armed = false;
         return Attempt::Refused;
     }
+    pending.armed = false;
     Attempt::Held(token, lost)
 }
 
@@ -537,8 +613,11 @@ pub(crate) fn holds(coord: &Coord, resource: &str, node: &NodeName, token: Token
 }
 
 /// Takes in the locks a peer it meets holds: the larger token keeps each
-/// resource; a guard of this node's whose grant lost is told.
-fn met(coord: &Arc<Coord>, from: &NodeName, locks: Vec<LockHeld>) {
+/// resource; a guard of this node's whose grant lost is told. Answers with
+/// this node's own locks that kept a resource against the peer's, so the
+/// peer learns its grant lost even if this node's own sync missed it.
+fn met(coord: &Arc<Coord>, from: &NodeName, locks: Vec<LockHeld>) -> Vec<LockHeld> {
+    let mut kept = Vec::new();
     for held in locks.into_iter().take(MAX_PER_NODE) {
         if held.requester.node != *from || held.resource.len() > MAX_RESOURCE {
             continue;
@@ -548,11 +627,58 @@ fn met(coord: &Arc<Coord>, from: &NodeName, locks: Vec<LockHeld>) {
             warn!(peer = %from, resource = held.resource, "a held lock's token is {:?} ahead of this node's clock, more than allowed: ignored; check the clocks", ahead.by);
             continue;
         }
-        let outcome = locked(&coord.locks).meet(&held.resource, &held.requester, held.token);
-        if let Met::Replaced { loser } = outcome
-            && loser.node == *coord.me()
+        let mut table = locked(&coord.locks);
+        let outcome = table.meet(&held.resource, &held.requester, held.token);
+        match outcome {
+            Met::Replaced { loser } if loser.node == *coord.me() => {
+                drop(table);
+                lose(coord, &loser, &held.requester.node, token);
+            }
+            Met::Kept => {
+                if let Some((holder, Some(t))) = table.holder(&held.resource)
+                    && holder.node == *coord.me()
+                {
+                    kept.push(LockHeld {
+                        resource: held.resource.clone(),
+                        requester: holder.clone(),
+                        token: t,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    kept
+}
+
+/// Tells `peer` the locks in `held` (this node's), and takes in its answer:
+/// its own locks that kept a resource against one of these, whose guards
+/// here lost.
+pub(crate) async fn sync_to(coord: &Arc<Coord>, peer: &NodeName, held: &[LockHeld]) {
+    let timeout = coord.message_timeout();
+    let answer: Result<Vec<LockHeld>, RpcError> =
+        coord.call(peer, service::LOCK_SYNC, &held, timeout).await;
+    let kept = match answer {
+        Ok(kept) => kept,
+        Err(e) => {
+            warn!(peer = %peer, "could not tell it the locks this node holds: {e}");
+            return;
+        }
+    };
+    for theirs in kept.into_iter().take(held.len()) {
+        // The peer speaks for its own locks only.
+        if theirs.requester.node != *peer {
+            continue;
+        }
+        let token = Token::from_u128(theirs.token);
+        let ours = held
+            .iter()
+            .find(|h| h.resource == theirs.resource && h.token < theirs.token);
+        if let Some(ours) = ours
+            && coord.take_in(token.time()).is_ok()
         {
-            lose(coord, &loser, &held.requester.node, token);
+            locked(&coord.locks).meet(&theirs.resource, &theirs.requester, theirs.token);
+            lose(coord, &ours.requester, peer, token);
         }
     }
 }

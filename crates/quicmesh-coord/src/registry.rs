@@ -60,8 +60,8 @@ const MAX_PER_OWNER: usize = 65_536;
 /// rule 1 in the module docs), and as many given up in conflicts: past
 /// it, the oldest are forgotten first.
 const MAX_DROPPED: usize = 65_536;
-/// At most this many peers' acknowledgements remembered (rule 2).
-const MAX_ACKED: usize = 4096;
+/// At most this many peers' acknowledgements remembered per name (rule 2).
+const MAX_ACKED: usize = 64;
 
 /// Which of two conflicting registrations of one name to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +167,10 @@ struct Names {
     /// Registrations given up in a conflict before the winner's claim
     /// came here: when it comes, it is the conflict's event.
     yielded: Recent<Registration>,
+    /// Per name: the owner and clock of the last registration its owner
+    /// gave up in a conflict here, so a claim of it still on its way (the
+    /// sync and the yield travel apart) is not taken after the yield.
+    given_up: Recent<(NodeName, Hlc)>,
 }
 
 /// Entries by name, at most [`MAX_DROPPED`]: a new one past that makes
@@ -338,6 +342,14 @@ enum Decision {
     Refuse,
 }
 
+/// A peer's name as the acknowledgements keep it.
+fn peer_hash(peer: &NodeName) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    peer.hash(&mut h);
+    h.finish()
+}
+
 /// Rule 1 of the module docs: which of two registrations (if either) was
 /// made after the other was dropped with its owner.
 fn supersedes(a: &Registration, b: &Registration) -> Option<Keep> {
@@ -366,18 +378,10 @@ fn winner(a: Registration, b: Registration, resolver: &Resolver) -> (Registratio
     }
 }
 
-/// The owner of `mine` meets `claim`, whose claimant acknowledged this
-/// owner's registrations up to `acked`.
-fn decide(
-    mine: &Registration,
-    claim: &Registration,
-    acked: Option<Hlc>,
-    resolver: &Resolver,
-) -> Decision {
-    if supersedes(mine, claim).is_none()
-        && claim.registered_at < mine.registered_at
-        && acked.is_some_and(|acked| mine.registered_at <= acked)
-    {
+/// The owner of `mine` meets `claim`; `acked`: its claimant stored `mine`
+/// when it was registered.
+fn decide(mine: &Registration, claim: &Registration, acked: bool, resolver: &Resolver) -> Decision {
+    if acked && supersedes(mine, claim).is_none() && claim.registered_at < mine.registered_at {
         return Decision::Refuse;
     }
     let (kept, _) = winner(mine.clone(), claim.clone(), resolver);
@@ -390,9 +394,9 @@ fn decide(
 
 pub(crate) struct State {
     names: Mutex<Names>,
-    /// Per peer: the latest of this node's registrations it stored when
-    /// they were made.
-    acked: Mutex<HashMap<NodeName, Hlc>>,
+    /// Per name of this node's: the registration's clock, and the peers
+    /// (hashed, at most [`MAX_ACKED`]) that stored it when it was made.
+    acked: Mutex<HashMap<String, (Hlc, Vec<u64>)>>,
     resolver: Mutex<Resolver>,
     events: broadcast::Sender<RegistryEvent>,
 }
@@ -429,14 +433,21 @@ impl State {
         }
     }
 
-    /// Records that `peer` stored this node's registration from `at`.
-    fn acknowledged(&self, peer: &NodeName, at: Hlc) {
-        let mut acked = locked(&self.acked);
-        if acked.len() >= MAX_ACKED && !acked.contains_key(peer) {
-            acked.clear();
-        }
-        let t = acked.entry(peer.clone()).or_insert(at);
-        *t = (*t).max(at);
+    /// Records that `peers` stored this node's registration `r` when it was
+    /// made (one entry per name of this node's, so bounded by its share).
+    fn acknowledged<'a>(&self, r: &Registration, peers: impl Iterator<Item = &'a NodeName>) {
+        let hashes: Vec<u64> = peers.take(MAX_ACKED).map(peer_hash).collect();
+        locked(&self.acked).insert(r.name.clone(), (r.registered_at, hashes));
+    }
+
+    /// Whether `peer` stored this node's registration `mine` when it was
+    /// made.
+    fn acknowledged_by(&self, mine: &Registration, peer: &NodeName) -> bool {
+        locked(&self.acked)
+            .get(&mine.name)
+            .is_some_and(|(at, peers)| {
+                *at == mine.registered_at && peers.contains(&peer_hash(peer))
+            })
     }
 
     /// Stores this node's own new registration; `false` if its share is
@@ -457,8 +468,10 @@ impl State {
     /// the module docs).
     fn claim(&self, me: &NodeName, claim: Registration) -> Taken {
         let resolver = locked(&self.resolver).clone();
-        let acked = locked(&self.acked).get(&claim.owner).copied();
         let mut names = locked(&self.names);
+        if names.given_up.get(&claim.name) == Some(&(claim.owner.clone(), claim.registered_at)) {
+            return Taken::Done;
+        }
         let (taken, event) = match names.get(&claim.name) {
             None if names.full(&claim.owner) => (Taken::Full, None),
             None => {
@@ -481,6 +494,7 @@ impl State {
             }
             Some(mine) if mine.owner == *me => {
                 let mine = mine.clone();
+                let acked = self.acknowledged_by(&mine, &claim.owner);
                 match decide(&mine, &claim, acked, &resolver) {
                     Decision::Refuse => {
                         warn!(name = %claim.name, claimant = %claim.owner, "refused a claim to a name this node holds: the claimant acknowledged this node's registration and claims an earlier one");
@@ -501,6 +515,7 @@ impl State {
                     }
                     Decision::Yield => {
                         warn!(name = %claim.name, winner = %claim.owner, "lost a registered name in a conflict");
+                        locked(&self.acked).remove(&claim.name);
                         names.insert(claim.clone());
                         let event = RegistryEvent::Conflict {
                             kept: claim,
@@ -581,6 +596,9 @@ impl State {
     /// node, the winner, saw it already).
     fn yielded(&self, me: &NodeName, lost: Registration) {
         let mut names = locked(&self.names);
+        names
+            .given_up
+            .insert(&lost.name, (lost.owner.clone(), lost.registered_at));
         let had_claim = names.unwait(&lost.name, &lost.owner);
         let events = match names.get(&lost.name) {
             Some(r) if r.owner == lost.owner => {
@@ -722,11 +740,10 @@ impl Registry {
         }))
         .await;
         let mut refusal = None;
+        let mut stored = Vec::new();
         for (peer, answer) in &answers {
             match answer {
-                Ok(PutAnswer::Stored) => {
-                    self.state().acknowledged(peer, registration.registered_at);
-                }
+                Ok(PutAnswer::Stored) => stored.push(*peer),
                 Ok(PutAnswer::Taken(owner)) => refusal = Some(taken(owner.clone())),
                 Ok(PutAnswer::Full) => {
                     refusal = refusal.or(Some(RegistryError::TooMany {
@@ -753,6 +770,10 @@ impl Registry {
                 limit: MAX_PER_OWNER,
             });
         }
+        if refusal.is_none() {
+            self.state()
+                .acknowledged(&registration, stored.iter().copied());
+        }
         if let Some(refusal) = refusal {
             // Refused somewhere: undo.
             self.delete_everywhere(&registration, &peers).await;
@@ -771,6 +792,9 @@ impl Registry {
         if registration.owner != *self.coord.me() {
             return false;
         }
+        // Its acknowledgements are of no more use (so they stay within the
+        // names this node holds).
+        locked(&self.state().acked).remove(name);
         self.state().unregistered(name, &registration.owner);
         self.delete_everywhere(&registration, &self.coord.peers())
             .await;
@@ -1032,6 +1056,14 @@ mod tests {
         assert_eq!(owner_of(&state, "x"), Some(n("b@h")), "b holds it, live");
         state.yielded(&me, registration("x", "b@h", 5));
         assert_eq!(owner_of(&state, "x"), Some(n("a@h")), "b yielded to a");
+        state.claim(&me, registration("x", "b@h", 5));
+        assert!(
+            locked(&state.names)
+                .waiting
+                .get("x")
+                .is_none_or(|w| w.iter().all(|c| c.owner != n("b@h"))),
+            "b's claim that came after its yield is not taken"
+        );
         state.claim(&me, registration("x", "c@h", 0));
         state.unregistered("x", &n("a@h"));
         assert_eq!(
@@ -1054,18 +1086,16 @@ mod tests {
         let mine = registration("x", "me@h", 10);
         // Rule 3: the earliest wins.
         let earlier = registration("x", "a@h", 5);
-        assert_eq!(decide(&mine, &earlier, None, &resolver), Decision::Yield);
+        assert_eq!(decide(&mine, &earlier, false, &resolver), Decision::Yield);
         let later = registration("x", "a@h", 15);
-        assert_eq!(decide(&mine, &later, None, &resolver), Decision::Keep);
-        // Rule 2: a acknowledged mine (stored it at 10), then claims 5.
+        assert_eq!(decide(&mine, &later, false, &resolver), Decision::Keep);
+        // Rule 2: a acknowledged mine (stored it when it was made), then
+        // claims an earlier one.
+        assert_eq!(decide(&mine, &earlier, true, &resolver), Decision::Refuse);
         assert_eq!(
-            decide(&mine, &earlier, Some(at(10)), &resolver),
-            Decision::Refuse
-        );
-        assert_eq!(
-            decide(&mine, &earlier, Some(at(9)), &resolver),
-            Decision::Yield,
-            "it acknowledged only earlier ones"
+            decide(&mine, &later, true, &resolver),
+            Decision::Keep,
+            "a later claim is no forgery, and loses anyway"
         );
         // Rule 1: mine was made after a's (from 5) was dropped with a.
         let superseding = Registration {
@@ -1073,7 +1103,7 @@ mod tests {
             ..mine.clone()
         };
         assert_eq!(
-            decide(&superseding, &earlier, None, &resolver),
+            decide(&superseding, &earlier, true, &resolver),
             Decision::Keep
         );
         // ... and the other way round: a's supersedes mine.
@@ -1081,7 +1111,7 @@ mod tests {
             supersedes: Some(at(10)),
             ..registration("x", "a@h", 20)
         };
-        assert_eq!(decide(&mine, &theirs, None, &resolver), Decision::Yield);
+        assert_eq!(decide(&mine, &theirs, false, &resolver), Decision::Yield);
         // Both owners decide alike, whichever meets the other.
         let (kept, _) = winner(mine.clone(), theirs.clone(), &resolver);
         let (kept_too, _) = winner(theirs.clone(), mine, &resolver);
@@ -1108,6 +1138,27 @@ mod tests {
         // a comes back with its old registration: this node keeps x.
         state.claim(&me, registration("x", "a@h", 5));
         assert_eq!(owner_of(&state, "x"), Some(me));
+    }
+
+    #[test]
+    fn acknowledgements_are_of_one_registration_of_one_name() {
+        let state = State::new();
+        let (a, b) = (n("a@h"), n("b@h"));
+        let x = registration("x", "me@h", 10);
+        state.acknowledged(&x, [&a].into_iter());
+        assert!(state.acknowledged_by(&x, &a));
+        assert!(!state.acknowledged_by(&x, &b), "b did not store it");
+        let y = registration("y", "me@h", 21);
+        state.acknowledged(&y, [&b].into_iter());
+        assert!(
+            !state.acknowledged_by(&x, &b),
+            "storing y says nothing of x"
+        );
+        let x_again = registration("x", "me@h", 30);
+        assert!(
+            !state.acknowledged_by(&x_again, &a),
+            "another registration of x"
+        );
     }
 
     #[test]

@@ -59,8 +59,12 @@ const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 /// host's nodes need at once: each dials a peer once, and a restart dials
 /// again only after its old handshake ended.
 pub const MAX_HANDSHAKES_PER_SOURCE: usize = 8;
+/// Dials to a told-of node that was never up before it is given up (it
+/// may be told of again).
+const NEVER_UP_ATTEMPTS: u32 = 8;
+
 /// Control messages queued per peer before announcements are dropped.
-const CONTROL_QUEUE: usize = 64;
+const CONTROL_QUEUE: usize = 1024;
 /// Send priority of control and ping streams: above all application data.
 pub(crate) const CONTROL_PRIORITY: i32 = 2;
 /// Event queue per subscriber.
@@ -425,8 +429,10 @@ impl Inner {
             Role::Dialler => (false, None),
             Role::Listener { welcome } => (true, Some(welcome)),
         };
-        // Alive: heard from within two heartbeat intervals.
-        let window = self.config.heartbeat.interval * 2;
+        // Alive: heard from within four heartbeat intervals (one end of a
+        // link sends one heartbeat an interval, so a lost one or two must
+        // not make a live node look gone).
+        let window = self.config.heartbeat.interval * 4;
         let decided = self.update(|t| {
             if tie_break {
                 let alive = |old: &Peer| old.heard_within(window);
@@ -437,10 +443,14 @@ impl Inner {
                     return Err(Refusal::Duplicate);
                 }
             }
-            // A node some peer told this one of is known to that peer's
-            // peers too: only a node nobody told of is news to pass on
-            // (so a cold start of N nodes gossips N² entries, not N³).
-            let told_of = t.get(&name).is_some_and(|p| !p.vouchers.is_empty());
+            // A node some peer told this one of, coming up here for the
+            // first time, is known to that peer's peers too: only a node
+            // nobody told of, or one coming back (its vouchers may have said
+            // it was gone), is news to pass on (so a cold start of N nodes
+            // gossips N² entries, not N³).
+            let told_of = t
+                .get(&name)
+                .is_some_and(|p| !p.vouchers.is_empty() && p.incarnation.is_none());
             let installed = t.install(&name, up, addrs.clone());
             let others: Vec<_> = t
                 .up()
@@ -679,8 +689,24 @@ impl Inner {
                 self.update(|t| t.forget_stranger(&p.name));
                 return;
             }
-            wait = self.config.reconnect.delay(attempt, fastrand::f64());
+            // A name in use is a restarted node's old connection still
+            // heard at the other end: it goes quiet within a few heartbeat
+            // intervals, so try again after two rather than backing off.
+            wait = if matches!(e, ConnectError::NameInUse { .. }) {
+                interval * 2
+            } else {
+                self.config
+                    .reconnect
+                    .delay(attempt, fastrand::f64())
+                    .max(Duration::from_millis(10))
+            };
             attempt = attempt.saturating_add(1);
+            if !matches!(e, ConnectError::NameInUse { .. })
+                && attempt >= NEVER_UP_ATTEMPTS
+                && self.update(|t| t.give_up_if_never_up(&p.name))
+            {
+                return;
+            }
         }
     }
 

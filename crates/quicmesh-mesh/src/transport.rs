@@ -117,6 +117,9 @@ pub(crate) fn down_reason(e: &ConnectionError) -> DownReason {
             match CloseCode::from_code(a.error_code.into_inner()) {
                 CloseCode::Shutdown => DownReason::Shutdown,
                 CloseCode::Disconnected => DownReason::DisconnectedByPeer,
+                // The peer heard nothing from this node: the link failed,
+                // as when this node hears nothing.
+                CloseCode::HeartbeatTimeout => DownReason::HeartbeatTimeout,
                 other => DownReason::ClosedByPeer {
                     detail: format!("{other:?}: {reason}"),
                 },

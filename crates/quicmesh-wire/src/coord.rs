@@ -10,7 +10,7 @@
 //! | `quicmesh.lock.acquire` | [`LockAcquire`] | [`LockAnswer`] |
 //! | `quicmesh.lock.confirm` | [`LockConfirm`] | `()` |
 //! | `quicmesh.lock.release` | [`LockRelease`] | `()` |
-//! | `quicmesh.lock.sync` | the locks the sender holds, [`LockHeld`]s | `()` |
+//! | `quicmesh.lock.sync` | the locks the sender holds, [`LockHeld`]s | the receiver's own [`LockHeld`]s that kept a resource against them |
 //! | `quicmesh.registry.put` | [`Registration`] | [`PutAnswer`] |
 //! | `quicmesh.registry.delete` | the name, a string | `()` |
 //! | `quicmesh.registry.sync` | the sender's [`Registration`]s | `()` |

@@ -143,7 +143,8 @@ async fn write_control(
         while let Ok(more) = queue.try_recv() {
             batch.push(more);
         }
-        for msg in coalesce(batch) {
+        let most = (max / MAX_ENTRY_BYTES).clamp(1, MAX_MERGED);
+        for msg in coalesce(batch, most) {
             if let Err(e) = io::write_frame(&mut send, &msg, max).await {
                 debug!("control stream closed: {e}");
                 return;
@@ -154,23 +155,24 @@ async fn write_control(
 
 /// How long a control message waits for others to share its frame.
 const GOSSIP_BATCH: Duration = Duration::from_millis(20);
-/// Most entries merged into one `Peers` or `Gone` frame.
+/// Most entries merged into one `Peers` or `Gone` frame, and the bytes an
+/// entry may take at most (a longest name and four addresses), so a
+/// merged frame stays within `max_frame`.
 const MAX_MERGED: usize = 1024;
+const MAX_ENTRY_BYTES: usize = 512;
 
 /// Merges runs of `Peers` (and of `Gone`) messages into one each, in
-/// order, at most [`MAX_MERGED`] entries a frame.
-fn coalesce(batch: Vec<Control>) -> Vec<Control> {
+/// order, at most `most` entries a frame.
+fn coalesce(batch: Vec<Control>, most: usize) -> Vec<Control> {
     let mut out: Vec<Control> = Vec::with_capacity(batch.len());
     for msg in batch {
         match (out.last_mut(), msg) {
             (Some(Control::Peers(into)), Control::Peers(more))
-                if into.len() + more.len() <= MAX_MERGED =>
+                if into.len() + more.len() <= most =>
             {
                 into.extend(more);
             }
-            (Some(Control::Gone(into)), Control::Gone(more))
-                if into.len() + more.len() <= MAX_MERGED =>
-            {
+            (Some(Control::Gone(into)), Control::Gone(more)) if into.len() + more.len() <= most => {
                 into.extend(more);
             }
             (_, msg) => out.push(msg),
@@ -312,13 +314,16 @@ mod tests {
 
     #[test]
     fn runs_of_news_merge_in_order_and_up_to_a_cap() {
-        let merged = coalesce(vec![
-            peers(&["a@h"]),
-            peers(&["b@h"]),
-            gone(&["a@h"]),
-            gone(&["c@h"]),
-            peers(&["a@h"]),
-        ]);
+        let merged = coalesce(
+            vec![
+                peers(&["a@h"]),
+                peers(&["b@h"]),
+                gone(&["a@h"]),
+                gone(&["c@h"]),
+                peers(&["a@h"]),
+            ],
+            MAX_MERGED,
+        );
         assert_eq!(
             merged,
             vec![
@@ -329,7 +334,11 @@ mod tests {
             "a node gone after it came up stays gone after its news"
         );
         let many: Vec<Control> = (0..MAX_MERGED + 1).map(|_| peers(&["a@h"])).collect();
-        let merged = coalesce(many);
-        assert_eq!(merged.len(), 2);
+        assert_eq!(coalesce(many.clone(), MAX_MERGED).len(), 2);
+        assert_eq!(
+            coalesce(many, 100).len(),
+            11,
+            "a smaller frame, more frames"
+        );
     }
 }

@@ -182,7 +182,8 @@ impl<L: Link + Clone> PeerTable<L> {
     /// (it replaces whatever is there). A dial from a larger name is refused
     /// while this node has its own dial to it in flight (that one wins), or
     /// while it is up with the same incarnation (a duplicate); a new
-    /// incarnation means the peer restarted, and is accepted.
+    /// incarnation means the peer restarted, and is accepted, even while a
+    /// dial to the old one is in flight.
     pub(crate) fn should_accept(&self, name: &NodeName, incarnation: u64) -> bool {
         if *name < self.me {
             return true;
@@ -192,7 +193,10 @@ impl<L: Link + Clone> PeerTable<L> {
             Some(p) => {
                 let same_incarnation_up =
                     p.up.as_ref().is_some_and(|u| u.incarnation == incarnation);
-                p.dialing == 0 && !same_incarnation_up
+                // This node's dial in flight is to the incarnation it knew
+                // (maybe at an address it left): a new one dialling in wins.
+                let restarted = p.incarnation.is_some_and(|known| known != incarnation);
+                (p.dialing == 0 || restarted) && !same_incarnation_up
             }
         }
     }
@@ -297,13 +301,16 @@ impl<L: Link + Clone> PeerTable<L> {
             if !peer.vouchers.contains(from) && peer.vouchers.len() < MAX_VOUCHERS {
                 peer.vouchers.push(from.clone());
             }
-            if peer.up.is_some() || peer.dialing > 0 || peer.queued || peer.seed.is_some() {
+            if peer.up.is_some() || peer.seed.is_some() {
+                continue;
+            }
+            // A node down here may have come back elsewhere (restarted on
+            // another port): the newest word on where it listens counts.
+            peer.addrs = p.addrs.clone();
+            if peer.dialing > 0 || peer.queued {
                 continue;
             }
             peer.queued = true;
-            if peer.addrs.is_empty() {
-                peer.addrs = p.addrs.clone();
-            }
             to_dial.push(p);
         }
         (to_dial, refused)
@@ -313,9 +320,24 @@ impl<L: Link + Clone> PeerTable<L> {
     /// no seed (seeds have their own dialler), and an up peer vouches for
     /// it.
     pub(crate) fn wanted(&self, name: &NodeName) -> bool {
-        self.peers
-            .get(name)
-            .is_some_and(|p| p.up.is_none() && p.seed.is_none() && !p.vouchers.is_empty())
+        self.peers.get(name).is_some_and(|p| {
+            p.up.is_none() && p.seed.is_none() && p.vouchers.iter().any(|v| self.is_up(v))
+        })
+    }
+
+    /// Gives up dialling `name` if it was never up: its vouchers are
+    /// dropped and it is forgotten. `true` if it was given up.
+    pub(crate) fn give_up_if_never_up(&mut self, name: &NodeName) -> bool {
+        let Some(p) = self.peers.get_mut(name) else {
+            return true;
+        };
+        if p.incarnation.is_some() || p.up.is_some() {
+            return false;
+        }
+        p.vouchers.clear();
+        p.queued = false;
+        self.forget_stranger(name);
+        true
     }
 
     /// `from` says `names` went down there: it no longer vouches for them.
@@ -394,8 +416,8 @@ impl<L: Link + Clone> PeerTable<L> {
         let Some(p) = self.peers.get_mut(name) else {
             return false;
         };
-        p.queued = false;
-        if p.up.is_some() {
+        // Not queued: another dial loop took this turn.
+        if !std::mem::replace(&mut p.queued, false) || p.up.is_some() {
             return false;
         }
         p.dialing += 1;
@@ -621,12 +643,21 @@ mod tests {
     fn a_node_is_dialled_while_a_peer_vouches_for_it() {
         let mut t = PeerTable::<L>::new(n("a@h"));
         let (v, w) = (n("v@h"), n("w@h"));
+        t.install(&v, up(100, 1), vec![]);
+        t.install(&w, up(101, 1), vec![]);
         let (dial, _) = t.learn(&v, told(&["c@h"]), 10);
         assert_eq!(dial.len(), 1);
         t.learn(&w, told(&["c@h"]), 10);
         assert!(t.wanted(&n("c@h")));
         t.gone(&v, &[n("c@h")]);
         assert!(t.wanted(&n("c@h")), "w still vouches");
+        t.link_closed(
+            &w,
+            101,
+            DownReason::HeartbeatTimeout,
+            SystemTime::UNIX_EPOCH,
+        );
+        assert!(!t.wanted(&n("c@h")), "w is down: it vouches for nothing");
         t.voucher_down(&w);
         assert!(!t.wanted(&n("c@h")), "nobody vouches: the dial stops");
         // Up once, then down: dialled again on a voucher's word, but not
@@ -647,6 +678,15 @@ mod tests {
         assert!(!t.wanted(&n("d@h")), "its vouchers went with the shutdown");
         // Told of again while down: dialled again.
         assert_eq!(t.learn(&v, told(&["d@h"]), 10).0.len(), 1);
+        // A told-of node never up is given up after its attempts; one up
+        // once is not.
+        t.learn(&v, told(&["e@h"]), 10);
+        assert!(t.give_up_if_never_up(&n("e@h")));
+        assert!(t.get(&n("e@h")).is_none());
+        assert!(!t.give_up_if_never_up(&n("d@h")));
+        // A second dial loop finds the turn taken.
+        assert!(t.start_queued(&n("d@h")));
+        assert!(!t.start_queued(&n("d@h")), "not queued any more");
     }
 
     #[test]
