@@ -439,10 +439,11 @@ async fn attempt(
             lost: lost_tx,
         },
     );
-    let mine = confirm_on(coord, resource, requester, nodes, token).await;
-    if !mine || *lost.borrow() {
-        // Another holder's grant took it here while this one was being
-        // confirmed (two nodes met meanwhile): try again.
+    let confirmed = confirm_on(coord, resource, requester, nodes, token).await;
+    if !confirmed || *lost.borrow() {
+        // Another holder's grant took it somewhere while this one was
+        // being confirmed (two nodes met meanwhile), or a node refused the
+        // token: try again.
         locked(&coord.held).remove(&requester.id);
         release_on(coord, resource, requester, nodes).await;
         pending.armed = false;
@@ -490,8 +491,11 @@ async fn ask(
     }
 }
 
-/// Tells every node of the set the token granted; `false` if this node's
-/// own table no longer has the grant.
+/// Tells every node of the set the token granted; `false` if a node
+/// (this one included) no longer has the grant or refused the token (its
+/// clock is too far from this node's). A node that does not answer in
+/// time is logged, not counted: it releases the grant when it sees this
+/// node go, or takes the token in when the two meet.
 async fn confirm_on(
     coord: &Arc<Coord>,
     resource: &str,
@@ -504,15 +508,30 @@ async fn confirm_on(
         requester: requester.clone(),
         token: token.get(),
     };
-    let mut mine = true;
-    let results = on_each(coord, nodes, service::LOCK_CONFIRM, &request, |t| {
-        mine = t.confirm(resource, requester, token.get());
-    })
+    let mut confirmed = !nodes.contains(coord.me())
+        || locked(&coord.locks).confirm(resource, requester, token.get());
+    let timeout = coord.message_timeout();
+    let answers = join_all(nodes.iter().filter(|n| **n != *coord.me()).map(|node| {
+        let request = &request;
+        async move {
+            let answer: Result<bool, RpcError> = coord
+                .call(node, service::LOCK_CONFIRM, request, timeout)
+                .await;
+            (node, answer)
+        }
+    }))
     .await;
-    for (node, e) in results {
-        warn!(peer = %node, resource, "could not confirm lock token {token}: {e}");
+    for (node, answer) in answers {
+        match answer {
+            Ok(true) => {}
+            Ok(false) => {
+                debug!(peer = %node, resource, "lock token {token} refused there");
+                confirmed = false;
+            }
+            Err(e) => warn!(peer = %node, resource, "could not confirm lock token {token}: {e}"),
+        }
     }
-    mine
+    confirmed
 }
 
 /// Releases the lock on every node of the set that still has it.
@@ -736,9 +755,9 @@ pub(crate) fn serve(coord: &Arc<Coord>) {
         service::LOCK_CONFIRM,
         |coord, ctx: &CallContext, req: LockConfirm| {
             let time = Token::from_u128(req.token).time();
-            if from_requester(ctx, &req.requester) && coord.take_in(time).is_ok() {
-                locked(&coord.locks).confirm(&req.resource, &req.requester, req.token);
-            }
+            from_requester(ctx, &req.requester)
+                && coord.take_in(time).is_ok()
+                && locked(&coord.locks).confirm(&req.resource, &req.requester, req.token)
         },
     );
     crate::serve(

@@ -8,7 +8,7 @@
 //! | service | request | response |
 //! |---|---|---|
 //! | `quicmesh.lock.acquire` | [`LockAcquire`] | [`LockAnswer`] |
-//! | `quicmesh.lock.confirm` | [`LockConfirm`] | `()` |
+//! | `quicmesh.lock.confirm` | [`LockConfirm`] | `bool`: recorded (the receiver has the grant and took the token in) |
 //! | `quicmesh.lock.release` | [`LockRelease`] | `()` |
 //! | `quicmesh.lock.sync` | the locks the sender holds, [`LockHeld`]s | the receiver's own [`LockHeld`]s that kept a resource against them |
 //! | `quicmesh.registry.put` | [`Registration`] | [`PutAnswer`] |
