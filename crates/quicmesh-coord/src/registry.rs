@@ -779,6 +779,22 @@ impl Registry {
             self.delete_everywhere(&registration, &peers).await;
             return Err(refusal);
         }
+        // Nodes that came up meanwhile were not written to; they take it in
+        // as a node that meets this one does.
+        let late: Vec<NodeName> = self
+            .coord
+            .peers()
+            .into_iter()
+            .filter(|p| !guard.nodes().contains(p))
+            .collect();
+        for peer in late {
+            self.coord.send_in_background(
+                &peer,
+                service::REGISTRY_SYNC,
+                vec![registration.clone()],
+                "tell a node that came up of a registration",
+            );
+        }
         guard.release().await;
         Ok(registration)
     }
