@@ -159,6 +159,12 @@ impl Coord {
         taken
     }
 
+    /// One of this node's locks lost to another node's grant: what was
+    /// built on it (a leadership) ends too.
+    pub(crate) fn lock_lost(&self, resource: &str, token: Token) {
+        election::lost(self, resource, token);
+    }
+
     /// The mesh of this node.
     pub(crate) fn mesh(&self) -> &Mesh {
         self.rpc.mesh()

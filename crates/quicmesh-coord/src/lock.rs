@@ -711,7 +711,7 @@ fn lose(coord: &Arc<Coord>, requester: &LockRequester, winner: &NodeName, token:
     warn!(resource = live.resource, token = %live.token, winner = %winner, winning_token = %token, "lost a lock: another node was granted it while the two were apart");
     crate::counters::count(&coord.counters.locks_lost);
     live.lost.send_replace(true);
-    crate::election::lost(coord, &live.resource, live.token);
+    coord.lock_lost(&live.resource, live.token);
     let (coord, resource, requester) = (coord.clone(), live.resource, live.requester);
     let nodes = coord.peers();
     coord
