@@ -20,6 +20,7 @@
 //! pauses and restarts of the whole cluster, so a resource can refuse a
 //! holder whose lock was given away meanwhile.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -200,17 +201,30 @@ impl Coord {
         request: &Req,
         what: &str,
     ) {
-        let timeout = self.message_timeout();
-        let results = lock::join_all(peers.iter().map(|peer| async move {
-            let r: Result<(), RpcError> = self.call(peer, service, request, timeout).await;
-            (peer, r)
-        }))
-        .await;
+        let results: Vec<(&NodeName, Result<(), RpcError>)> =
+            self.ask_each(peers, service, request).await;
         for (peer, r) in results {
             if let Err(e) = r {
                 tracing::warn!(peer = %peer, "could not {what}: {e}");
             }
         }
+    }
+
+    /// Calls `service` on every node of `peers` at once, with the message
+    /// timeout; each node with its answer, in the order of `peers`.
+    pub(crate) async fn ask_each<'p, Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peers: &'p [NodeName],
+        service: &str,
+        request: &Req,
+    ) -> Vec<(&'p NodeName, Result<Resp, RpcError>)> {
+        let timeout = self.message_timeout();
+        join_all(
+            peers.iter().map(|peer| async move {
+                (peer, self.call(peer, service, request, timeout).await)
+            }),
+        )
+        .await
     }
 
     /// Sends `request` to `service` on `peer` from a task of the node's;
@@ -235,6 +249,30 @@ impl Coord {
     pub(crate) fn message_timeout(&self) -> Duration {
         self.rpc.config().timeout
     }
+}
+
+/// Runs futures concurrently on this task, in order of the results.
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (fut, slot) in pending.iter_mut().zip(results.iter_mut()) {
+            if slot.is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
 }
 
 /// Serves a coordination service: `f` gets the coordination state (while

@@ -24,7 +24,6 @@
 //! in a table: the clock, one number per node, is the fence of all.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -510,17 +509,10 @@ async fn confirm_on(
     };
     let mut confirmed = !nodes.contains(coord.me())
         || locked(&coord.locks).confirm(resource, requester, token.get());
-    let timeout = coord.message_timeout();
-    let answers = join_all(nodes.iter().filter(|n| **n != *coord.me()).map(|node| {
-        let request = &request;
-        async move {
-            let answer: Result<bool, RpcError> = coord
-                .call(node, service::LOCK_CONFIRM, request, timeout)
-                .await;
-            (node, answer)
-        }
-    }))
-    .await;
+    let others = others(coord, nodes);
+    let answers: Vec<(&NodeName, Result<bool, RpcError>)> = coord
+        .ask_each(&others, service::LOCK_CONFIRM, &request)
+        .await;
     for (node, answer) in answers {
         match answer {
             Ok(true) => {}
@@ -566,43 +558,18 @@ async fn on_each<Req: Serialize>(
     if nodes.contains(coord.me()) {
         local(&mut locked(&coord.locks));
     }
-    let timeout = coord.message_timeout();
-    let calls = nodes
-        .iter()
-        .filter(|n| **n != *coord.me())
-        .map(|node| async move {
-            let result: Result<(), RpcError> = coord.call(node, service, request, timeout).await;
-            (node.clone(), result)
-        });
-    join_all(calls)
-        .await
+    let others = others(coord, nodes);
+    let answers: Vec<(&NodeName, Result<(), RpcError>)> =
+        coord.ask_each(&others, service, request).await;
+    answers
         .into_iter()
-        .filter_map(|(node, r)| r.err().map(|e| (node, e)))
+        .filter_map(|(node, r)| r.err().map(|e| (node.clone(), e)))
         .collect()
 }
 
-/// Runs futures concurrently on this task, in order of the results.
-pub(crate) async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (fut, slot) in pending.iter_mut().zip(results.iter_mut()) {
-            if slot.is_none() {
-                match fut.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results.into_iter().flatten().collect()
+/// `nodes` but this one.
+fn others(coord: &Coord, nodes: &[NodeName]) -> Vec<NodeName> {
+    nodes.iter().filter(|n| *n != coord.me()).cloned().collect()
 }
 
 /// The nodes holding locks here.

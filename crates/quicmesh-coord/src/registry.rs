@@ -46,7 +46,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use crate::lock::{LockError, LockOptions, join_all};
+use crate::lock::{LockError, LockOptions};
 use crate::{Coord, locked};
 
 /// Longest registered name, in bytes; and longest service a name stands
@@ -727,18 +727,10 @@ impl Registry {
             .filter(|n| **n != me)
             .cloned()
             .collect();
-        let timeout = self.coord.message_timeout();
-        let answers = join_all(peers.iter().map(|peer| {
-            let coord = &self.coord;
-            let registration = &registration;
-            async move {
-                let r: Result<PutAnswer, RpcError> = coord
-                    .call(peer, service::REGISTRY_PUT, registration, timeout)
-                    .await;
-                (peer, r)
-            }
-        }))
-        .await;
+        let answers: Vec<(&NodeName, Result<PutAnswer, RpcError>)> = self
+            .coord
+            .ask_each(&peers, service::REGISTRY_PUT, &registration)
+            .await;
         let mut refusal = None;
         let mut stored = Vec::new();
         for (peer, answer) in &answers {
