@@ -277,10 +277,7 @@ impl HostNode {
 
     /// Whether a line containing `part` has been printed so far.
     fn has_printed(&mut self, part: &str) -> bool {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push((Instant::now(), line));
-        }
-        self.seen.iter().any(|(_, l)| l.contains(part))
+        self.count_printed(part) > 0
     }
 
     fn signal(&self, sig: &str) {
@@ -530,6 +527,25 @@ fn token_after(node: &HostNode, prefix: &str) -> u128 {
         .unwrap_or_else(|| panic!("{} printed no `{prefix}<token>`", node.name))
 }
 
+/// h1 locks `res` and leads `boss` (waited for); then h3 starts, and h2,
+/// which tries for both once `wait_for` other nodes are up.
+async fn holder_and_contender(dir: &Path, wait_for: &str) -> [HostNode; 3] {
+    let both = ["--lock", "res", "--campaign", "boss"];
+    let mut h1 = HostNode::start_with(dir, 1, COOKIE, SEEDS, &both);
+    h1.expect_all(&[&["locked res "], &["leading boss "]]).await;
+    let h3 = HostNode::start_with(dir, 3, COOKIE, SEEDS, &[]);
+    let contender = [
+        "--wait-for",
+        wait_for,
+        "--lock",
+        "res",
+        "--campaign",
+        "boss",
+    ];
+    let h2 = HostNode::start_with(dir, 2, COOKIE, SEEDS, &contender);
+    [h1, h2, h3]
+}
+
 /// A resource fenced by lock tokens: it takes a write only with a token at
 /// least the largest it has seen.
 #[derive(Default)]
@@ -557,17 +573,7 @@ async fn locks_and_leaders_of_both_sides_of_a_partition_meet_and_the_older_is_to
     // h1 | h2 h3 from the start: each side locks `res` and leads `boss`.
     partition(&[1], &[2, 3]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let both = ["--lock", "res", "--campaign", "boss"];
-    let mut h1 = HostNode::start_with(dir.path(), 1, COOKIE, SEEDS, &both);
-    h1.expect_all(&[&["locked res "], &["leading boss "]]).await;
-    let mut h3 = HostNode::start_with(dir.path(), 3, COOKIE, SEEDS, &[]);
-    let mut h2 = HostNode::start_with(
-        dir.path(),
-        2,
-        COOKIE,
-        SEEDS,
-        &["--wait-for", "1", "--lock", "res", "--campaign", "boss"],
-    );
+    let [mut h1, mut h2, mut h3] = holder_and_contender(dir.path(), "1").await;
     h2.expect_all(&[&["locked res "], &["leading boss "]]).await;
     assert!(!h1.has_printed("up app@"), "the partition leaked");
     let (lock1, lock2) = (
@@ -637,17 +643,7 @@ async fn a_paused_holder_is_told_on_waking_that_its_lock_and_leadership_went() {
     }
     make_hosts(3);
     let dir = tempfile::tempdir().expect("tempdir");
-    let both = ["--lock", "res", "--campaign", "boss"];
-    let mut h1 = HostNode::start_with(dir.path(), 1, COOKIE, SEEDS, &both);
-    h1.expect_all(&[&["locked res "], &["leading boss "]]).await;
-    let mut h3 = HostNode::start_with(dir.path(), 3, COOKIE, SEEDS, &[]);
-    let mut h2 = HostNode::start_with(
-        dir.path(),
-        2,
-        COOKIE,
-        SEEDS,
-        &["--wait-for", "2", "--lock", "res", "--campaign", "boss"],
-    );
+    let [mut h1, mut h2, mut h3] = holder_and_contender(dir.path(), "2").await;
     h2.expect(&["up app@10.77.0.1"]).await;
     h3.expect(&["up app@10.77.0.1"]).await;
     let (lock1, term1) = (
