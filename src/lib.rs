@@ -403,6 +403,7 @@
 //! re-exported with the errors of their methods ([`ReadError`],
 //! [`WriteError`], …) and [`VarInt`], the type of their reset codes.
 
+pub mod admin;
 mod config;
 mod error;
 mod node;

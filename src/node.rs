@@ -70,15 +70,15 @@ impl Node {
         Builder::default()
     }
 
-    fn mesh(&self) -> &Mesh {
+    pub(crate) fn mesh(&self) -> &Mesh {
         &self.layers.mesh
     }
 
-    fn rpc(&self) -> &Rpc {
+    pub(crate) fn rpc(&self) -> &Rpc {
         &self.layers.rpc
     }
 
-    fn coord(&self) -> &Arc<Coord> {
+    pub(crate) fn coord(&self) -> &Arc<Coord> {
         &self.layers.coord
     }
 
@@ -512,6 +512,7 @@ impl Builder {
         // mesh accepts its first stream.
         let rpc = Rpc::new(mesh.clone(), config.rpc);
         let coord = Coord::start(&rpc);
+        crate::admin::serve(&rpc, &coord);
         mesh.start(rpc.route(Router::default()));
         let discovery = Discovery::new(mesh.clone());
         for topology in topologies {

@@ -312,6 +312,52 @@ async fn a_lock_is_released_by_its_guard_its_task_and_its_node_going_down() {
     .await;
 }
 
+#[tokio::test]
+async fn hidden_nodes_take_no_part_in_coordination() {
+    bounded(async {
+        let nodes = cluster("shy", 2).await;
+        let (a, b) = (&nodes[0], &nodes[1]);
+        a.registry()
+            .register("before", "svc")
+            .await
+            .expect("register");
+        let hidden = Node::builder()
+            .name("shy-admin@127.0.0.1")
+            .listen("127.0.0.1:0".parse().expect("addr"))
+            .cookie(COOKIE)
+            .hidden(true)
+            .start()
+            .await
+            .expect("hidden node");
+        hidden.connect(&a.addr()).await.expect("connect a");
+        hidden.connect(&b.addr()).await.expect("connect b");
+        let guard = a.lock("r").await.expect("lock");
+        assert_eq!(
+            guard.nodes(),
+            [a.name().clone(), b.name().clone()],
+            "no grant asked of it"
+        );
+        a.registry()
+            .register("after", "svc")
+            .await
+            .expect("register");
+        let leadership = b.election("e").campaign().await.expect("lead");
+        // The visible nodes agree; the hidden one was told nothing.
+        assert!(b.registry().whereis("after").is_some());
+        assert_eq!(a.election("e").leader().leader.as_ref(), Some(b.name()));
+        assert!(hidden.registry().whereis("before").is_none());
+        assert!(hidden.registry().whereis("after").is_none());
+        assert_eq!(hidden.election("e").leader().leader, None);
+        // It leaving releases nothing and makes no one retry.
+        hidden.shutdown().await;
+        assert!(!guard.is_lost() && !leadership.is_lost());
+        drop(guard);
+        drop(leadership);
+        shutdown_all(&nodes).await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_at_a_time_through_resignation_and_shutdown() {
     bounded(async {

@@ -1,6 +1,7 @@
 //! `quicmesh`: run a node, issue certificates, run the demo cluster, print
 //! shell completions.
 
+mod admin;
 mod bench;
 mod certs;
 mod demo;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run a node and log its peers coming up and going down.
     Node(node::NodeArgs),
+    #[command(flatten)]
+    Admin(admin::AdminCommand),
     /// Make a CA and issue node certificates (certificate mode).
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Node(args) => runtime().and_then(|rt| rt.block_on(node::run(args))),
+        Command::Admin(cmd) => runtime().and_then(|rt| rt.block_on(admin::run(cmd))),
         Command::Demo => runtime().and_then(|rt| rt.block_on(demo::run())),
         Command::Bench(cmd) => runtime().and_then(|rt| rt.block_on(bench::run(cmd))),
         Command::Completions { shell } => completions(shell),
@@ -103,4 +107,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every command's flags are well formed (clap checks names, groups
+    /// and conflicts only when a command is built).
+    #[test]
+    fn every_command_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

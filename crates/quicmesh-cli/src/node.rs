@@ -14,37 +14,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
-    /// The node: name@host or name@host:port. The port (default 4370) is where it
-    /// listens unless --listen says otherwise.
-    #[arg(long)]
-    name: Option<NodeAddr>,
-    /// UDP address to listen on (port 0 picks a free one).
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// The cluster cookie (default: $QUICMESH_COOKIE or ~/.quicmesh.cookie).
-    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
-    cookie: Option<String>,
-    /// Cookie file (mode 0600, must exist); wins over $QUICMESH_COOKIE.
-    #[arg(long, conflicts_with_all = ["cookie", "ca", "cert", "key"])]
-    cookie_file: Option<PathBuf>,
-    /// Certificate mode: the CA certificate to trust.
-    #[arg(long, requires_all = ["cert", "key"])]
-    ca: Option<PathBuf>,
-    /// Certificate mode: this node's certificate.
-    #[arg(long, requires_all = ["ca", "key"])]
-    cert: Option<PathBuf>,
-    /// Certificate mode: this node's private key.
-    #[arg(long, requires_all = ["ca", "cert"])]
-    key: Option<PathBuf>,
-    /// Nodes to connect to and keep connected (name@host:port), repeatable.
-    #[arg(long = "connect")]
-    connect: Vec<NodeAddr>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// A hidden node: never propagated to other nodes.
     #[arg(long)]
     hidden: bool,
-    /// A TOML configuration file; flags override its values.
-    #[arg(long)]
-    config: Option<PathBuf>,
     /// Before the actions below, wait until this many other nodes are
     /// connected.
     #[arg(long, default_value_t = 0)]
@@ -64,25 +38,44 @@ pub(crate) struct NodeArgs {
     campaign: Vec<String>,
 }
 
-/// What the node does once started.
-struct Actions {
-    wait_for: usize,
-    register: Vec<String>,
-    lock: Vec<String>,
-    campaign: Vec<String>,
+/// Who a process is in the cluster and whom it meets: the flags `quicmesh
+/// node` and the admin commands share.
+#[derive(Debug, Args)]
+pub(crate) struct ClusterArgs {
+    /// The node: name@host or name@host:port. The port (default 4370) is where it
+    /// listens unless --listen says otherwise.
+    #[arg(long)]
+    pub(crate) name: Option<NodeAddr>,
+    /// UDP address to listen on (port 0 picks a free one).
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// The cluster cookie (default: $QUICMESH_COOKIE or ~/.quicmesh.cookie).
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    cookie: Option<String>,
+    /// Cookie file (mode 0600, must exist); wins over $QUICMESH_COOKIE.
+    #[arg(long, conflicts_with_all = ["cookie", "ca", "cert", "key"])]
+    cookie_file: Option<PathBuf>,
+    /// Certificate mode: the CA certificate to trust.
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// Certificate mode: this node's certificate.
+    #[arg(long, requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// Certificate mode: this node's private key.
+    #[arg(long, requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+    /// Nodes to connect to and keep connected (name@host:port), repeatable.
+    #[arg(long = "connect")]
+    connect: Vec<NodeAddr>,
+    /// A TOML configuration file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
-impl NodeArgs {
-    fn actions(&mut self) -> Actions {
-        Actions {
-            wait_for: self.wait_for,
-            register: std::mem::take(&mut self.register),
-            lock: std::mem::take(&mut self.lock),
-            campaign: std::mem::take(&mut self.campaign),
-        }
-    }
-
-    fn into_config(self) -> anyhow::Result<NodeConfig> {
+impl ClusterArgs {
+    /// The configuration file with the flags applied; the name may still
+    /// be missing.
+    pub(crate) fn into_config(self) -> anyhow::Result<NodeConfig> {
         let mut cfg = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -120,6 +113,30 @@ impl NodeArgs {
             cfg.identity = IdentityConfig::Certificate { ca, cert, key };
         }
         cfg.seeds.extend(self.connect);
+        Ok(cfg)
+    }
+}
+
+/// What the node does once started.
+struct Actions {
+    wait_for: usize,
+    register: Vec<String>,
+    lock: Vec<String>,
+    campaign: Vec<String>,
+}
+
+impl NodeArgs {
+    fn actions(&mut self) -> Actions {
+        Actions {
+            wait_for: self.wait_for,
+            register: std::mem::take(&mut self.register),
+            lock: std::mem::take(&mut self.lock),
+            campaign: std::mem::take(&mut self.campaign),
+        }
+    }
+
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let mut cfg = self.cluster.into_config()?;
         cfg.hidden |= self.hidden;
         if cfg.name.is_none() {
             anyhow::bail!(

@@ -293,6 +293,17 @@ pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
     }
 }
 
+/// Every election this node has heard of, sorted by name, with who leads
+/// it as this node knows.
+pub(crate) fn known(coord: &Coord) -> Vec<(String, LeaderChange)> {
+    let mut known: Vec<(String, LeaderChange)> = locked(&coord.elections.views)
+        .iter()
+        .map(|(name, view)| (name.clone(), view.current.clone()))
+        .collect();
+    known.sort_by(|a, b| a.0.cmp(&b.0));
+    known
+}
+
 /// A node that went down leads nothing any more.
 pub(crate) fn node_down(coord: &Coord, node: &NodeName) {
     for view in locked(&coord.elections.views).values_mut() {

@@ -7,7 +7,8 @@
 //! whose names start with `quicmesh.` (reserved: applications cannot
 //! register them). A peer may only speak for itself: a node accepts a
 //! registration, group membership or leadership claim only from the node it
-//! names, as its certificate says.
+//! names, as its certificate says. Hidden nodes take no part: nothing is
+//! synchronised with them and no grant is asked of them.
 //!
 //! There is no consensus here. Like `:global`, each operation involves the
 //! nodes connected at the time; on each side of a network partition the
@@ -44,7 +45,7 @@ pub use counters::CoordCounters;
 pub use election::{Election, LeaderChange, Leadership};
 pub use groups::{GroupEvent, Groups, Member};
 pub use local_registry::{AlreadyRegistered, Keys, LocalRegistry, Registered};
-pub use lock::{LockError, LockGuard, LockOptions};
+pub use lock::{HeldLock, LockError, LockGuard, LockOptions};
 pub use quicmesh_wire::coord::{Hlc, Registration};
 pub use registry::{Keep, Registry, RegistryError, RegistryEvent};
 pub use token::Token;
@@ -145,6 +146,18 @@ impl Coord {
         lock::acquire(self, resource, options).await
     }
 
+    /// Every lock in this node's table (held by any node, this one
+    /// included), sorted by resource.
+    pub fn locks(&self) -> Vec<HeldLock> {
+        lock::table(self)
+    }
+
+    /// Every election this node has heard of, sorted by name, with who
+    /// leads it as this node knows.
+    pub fn leaders(&self) -> Vec<(String, LeaderChange)> {
+        election::known(self)
+    }
+
     /// What coordination refused from peers, and what it lost.
     pub fn counters(&self) -> CoordCounters {
         self.counters.snapshot()
@@ -167,7 +180,7 @@ impl Coord {
     }
 
     /// The mesh of this node.
-    pub(crate) fn mesh(&self) -> &Mesh {
+    pub fn mesh(&self) -> &Mesh {
         self.rpc.mesh()
     }
 
@@ -176,9 +189,9 @@ impl Coord {
         self.mesh().name()
     }
 
-    /// The connected nodes, sorted (hidden ones take no part).
+    /// The connected nodes that take part, sorted: hidden ones do not.
     pub(crate) fn peers(&self) -> Vec<NodeName> {
-        self.mesh().nodes()
+        self.mesh().visible_nodes()
     }
 
     /// Calls a coordination service on `peer`.
@@ -316,8 +329,10 @@ fn reconcile(coord: &Arc<Coord>) {
             election::node_down(coord, &node);
         }
     }
-    for peer in &peers {
-        meet(coord, peer);
+    if !coord.mesh().config().hidden {
+        for peer in &peers {
+            meet(coord, peer);
+        }
     }
 }
 
@@ -345,7 +360,13 @@ async fn follow_nodes(coord: Weak<Coord>, mut events: EventStream, tasks: quicme
         };
         let Some(coord) = coord.upgrade() else { return };
         match event {
-            Ok(NodeEvent::NodeUp { node, .. }) => meet(&coord, &node),
+            // Hidden nodes (an admin command, a remote shell) take no
+            // part: nothing is synchronised with them, either way.
+            Ok(NodeEvent::NodeUp { node, hidden, .. }) => {
+                if !hidden && !coord.mesh().config().hidden {
+                    meet(&coord, &node);
+                }
+            }
             Ok(NodeEvent::NodeDown { node, reason }) => {
                 debug!(peer = %node, %reason, "releasing what the node held");
                 lock::node_down(&coord, &node);

@@ -32,7 +32,7 @@ use quicmesh_wire::NodeName;
 use quicmesh_wire::coord::{
     Hlc, LockAcquire, LockAnswer, LockConfirm, LockHeld, LockRelease, LockRequester, service,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -94,6 +94,21 @@ impl LockOptions {
         self.timeout = timeout;
         self
     }
+}
+
+/// A lock as one node's lock table holds it ([`Coord::locks`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HeldLock {
+    /// The resource. Elections hold `quicmesh.election/NAME`.
+    pub resource: String,
+    /// The node holding it.
+    pub holder: NodeName,
+    /// The holder's incarnation when it asked.
+    pub incarnation: u64,
+    /// The token the holder confirmed; `None` while its attempt is still
+    /// collecting grants.
+    pub token: Option<Token>,
 }
 
 /// Why a lock was not taken.
@@ -570,6 +585,21 @@ async fn on_each<Req: Serialize>(
 /// `nodes` but this one.
 fn others(coord: &Coord, nodes: &[NodeName]) -> Vec<NodeName> {
     nodes.iter().filter(|n| *n != coord.me()).cloned().collect()
+}
+
+/// Every lock held in this node's table, sorted by resource.
+pub(crate) fn table(coord: &Coord) -> Vec<HeldLock> {
+    let mut held: Vec<HeldLock> = locked(&coord.locks)
+        .grants()
+        .map(|(resource, requester, token)| HeldLock {
+            resource: resource.to_owned(),
+            holder: requester.node.clone(),
+            incarnation: requester.incarnation,
+            token: token.map(Token::from_u128),
+        })
+        .collect();
+    held.sort_by(|a, b| a.resource.cmp(&b.resource));
+    held
 }
 
 /// The nodes holding locks here.

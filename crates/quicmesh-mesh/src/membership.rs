@@ -256,6 +256,19 @@ impl Mesh {
         self.inner.nodes()
     }
 
+    /// The connected nodes that are not hidden, sorted.
+    pub fn visible_nodes(&self) -> Vec<NodeName> {
+        let mut v: Vec<_> = self
+            .inner
+            .table()
+            .up()
+            .filter(|(_, u)| !u.hidden)
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// A stream of `NodeUp` / `NodeDown` events from now on.
     pub fn events(&self) -> EventStream {
         EventStream {

@@ -156,6 +156,14 @@ impl Table {
         self.held.get(resource).map(|g| (&g.requester, g.token))
     }
 
+    /// Every resource held here with its holder and confirmed token, in
+    /// no particular order.
+    pub(crate) fn grants(&self) -> impl Iterator<Item = (&str, &LockRequester, Option<u128>)> {
+        self.held
+            .iter()
+            .map(|(resource, g)| (resource.as_str(), &g.requester, g.token))
+    }
+
     /// The nodes holding locks here.
     pub(crate) fn holders(&self) -> Vec<NodeName> {
         self.per_node.keys().cloned().collect()

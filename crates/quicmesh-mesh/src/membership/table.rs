@@ -243,7 +243,8 @@ impl<L: Link + Clone> PeerTable<L> {
 
     /// The connection `link_id` to `name` ended. Returns `true` if it was
     /// the current one: the node is now down (emit `NodeDown`). A replaced
-    /// connection ending changes nothing.
+    /// connection ending changes nothing. A hidden node that dialled in
+    /// (an admin command, say) is forgotten: nothing dials it again.
     pub(crate) fn link_closed(
         &mut self,
         name: &NodeName,
@@ -257,8 +258,11 @@ impl<L: Link + Clone> PeerTable<L> {
         if p.up.as_ref().is_none_or(|u| u.link.id() != link_id) {
             return false;
         }
-        p.up = None;
+        let was_hidden = p.up.take().is_some_and(|u| u.hidden);
         p.last_down = Some((reason, now));
+        if was_hidden && p.seed.is_none() && p.dialing == 0 && !p.queued {
+            self.peers.remove(name);
+        }
         true
     }
 
@@ -763,6 +767,38 @@ mod tests {
         let mut shared: Vec<_> = t.shareable(&n("d@h")).into_iter().map(|p| p.name).collect();
         shared.sort();
         assert_eq!(shared, vec![n("b@h")]);
+    }
+
+    #[test]
+    fn a_hidden_node_that_left_is_forgotten_unless_it_is_a_seed() {
+        let mut t = PeerTable::<L>::new(n("a@h"));
+        let hidden = || UpPeer {
+            hidden: true,
+            ..up(1, 1)
+        };
+        t.install(&n("admin@h"), hidden(), vec![]);
+        assert!(t.link_closed(
+            &n("admin@h"),
+            1,
+            DownReason::Shutdown,
+            SystemTime::UNIX_EPOCH
+        ));
+        assert!(t.get(&n("admin@h")).is_none(), "forgotten");
+        t.add_seed("shell@h:1".parse().unwrap());
+        t.install(&n("shell@h"), hidden(), vec![]);
+        assert!(t.link_closed(
+            &n("shell@h"),
+            1,
+            DownReason::Shutdown,
+            SystemTime::UNIX_EPOCH
+        ));
+        assert!(
+            t.is_known(&n("shell@h")),
+            "a seed is kept, to be dialled again"
+        );
+        t.install(&n("b@h"), up(2, 1), vec![]);
+        assert!(t.link_closed(&n("b@h"), 2, DownReason::Shutdown, SystemTime::UNIX_EPOCH));
+        assert!(t.get(&n("b@h")).is_some(), "a visible node is remembered");
     }
 
     #[test]

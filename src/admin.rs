@@ -1,0 +1,428 @@
+//! Asking a running node about itself and the cluster: what the
+//! `quicmesh status`, `members`, `ping`, `whereis`, `names`, `leaders` and
+//! `locks` commands print.
+//!
+//! Every node answers the reserved service `quicmesh.admin` with reports
+//! of its own state: its status and peers, and the registry, elections and
+//! lock table as it knows them. Any node of the cluster may ask (a hidden
+//! one too, which is how the commands join); the answers say nothing a
+//! node of the cluster could not already learn, so asking needs no more
+//! rights than being a node. [`Node::admin`] asks from code.
+//!
+//! The reports are plain data with `serde` derives: the commands print
+//! them as JSON with `--json`, and their field names and meanings are kept
+//! stable (fields may be added; none is renamed or removed within a major
+//! version). Times are milliseconds since the Unix epoch, round trips are
+//! microseconds, and tokens and terms are decimal strings (128-bit numbers
+//! do not fit a JSON reader's doubles).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quicmesh_coord::Coord;
+use quicmesh_mesh::{PeerStatus, Status};
+use quicmesh_rpc::{Rpc, RpcError};
+use quicmesh_wire::NodeName;
+use serde::{Deserialize, Serialize};
+
+use crate::Node;
+
+/// The service every node answers admin questions on.
+const SERVICE: &str = "quicmesh.admin";
+
+/// The most rows one answer carries unless the asker asks for fewer: an
+/// answer stays far below the largest RPC message.
+pub const MAX_ROWS: usize = 100_000;
+
+/// A question to a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Question {
+    Status,
+    Names { limit: usize },
+    Whereis { name: String },
+    Leaders { limit: usize },
+    Locks { limit: usize },
+}
+
+/// A node's answer, of the kind asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Answer {
+    Status(Box<NodeReport>),
+    Names(Rows<NameReport>),
+    Whereis(Option<NameReport>),
+    Leaders(Rows<LeaderReport>),
+    Locks(Rows<LockReport>),
+}
+
+/// Up to a limit of rows, and how many there are in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Rows<T> {
+    /// The first rows, sorted.
+    pub rows: Vec<T>,
+    /// How many rows the node has; more than `rows.len()` when the limit
+    /// cut the list short.
+    pub total: usize,
+}
+
+impl<T> Rows<T> {
+    fn first(mut all: Vec<T>, limit: usize) -> Self {
+        let total = all.len();
+        all.truncate(limit.min(MAX_ROWS));
+        Self { rows: all, total }
+    }
+}
+
+/// A node's status (`quicmesh status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NodeReport {
+    /// The node.
+    pub node: NodeName,
+    /// The quicmesh version it runs.
+    pub version: String,
+    /// Its incarnation (a new one at every start).
+    pub incarnation: u64,
+    /// Where it listens.
+    pub listen: String,
+    /// The fingerprint of the CA it trusts (equal on every node of a
+    /// cluster).
+    pub ca_fingerprint: String,
+    /// Whether it is hidden.
+    pub hidden: bool,
+    /// Open QUIC connections (including ones handshaking or closing).
+    pub connections: usize,
+    /// Every node it knows, sorted by name.
+    pub peers: Vec<PeerReport>,
+    /// Names in its registry.
+    pub names: usize,
+    /// Locks in its lock table.
+    pub locks: usize,
+    /// Elections it knows of.
+    pub elections: usize,
+    /// Its counters since it started, by name: the mesh's (`auth_failures`,
+    /// `handshake_failures`, `protocol_violations`, `duplicates`,
+    /// `peers_refused`, `names_in_use`, `handshakes_retried`,
+    /// `handshakes_refused`, `handshakes_refused_per_source`) and
+    /// coordination's (`claims_refused`, `clocks_refused`,
+    /// `announcements_refused`, `names_refused`, `locks_refused`,
+    /// `locks_lost`).
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl NodeReport {
+    /// The node as one of its peers would list it: up, at its listening
+    /// address.
+    pub fn as_peer(&self) -> PeerReport {
+        PeerReport {
+            node: self.node.clone(),
+            state: "up".to_owned(),
+            rtt_us: None,
+            up_since_ms: None,
+            incarnation: Some(self.incarnation),
+            hidden: self.hidden,
+            seed: false,
+            addrs: vec![self.listen.clone()],
+            last_down: None,
+            last_dial_error: None,
+        }
+    }
+}
+
+/// One peer as a node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PeerReport {
+    /// The peer.
+    pub node: NodeName,
+    /// `up`, `connecting` or `down`.
+    pub state: String,
+    /// Smoothed round trip in microseconds, while up.
+    pub rtt_us: Option<u64>,
+    /// When its connection came up, while up.
+    pub up_since_ms: Option<u64>,
+    /// Its incarnation, once known.
+    pub incarnation: Option<u64>,
+    /// Whether it is hidden.
+    pub hidden: bool,
+    /// Whether it is one of the node's seeds (kept connected).
+    pub seed: bool,
+    /// Where it listens.
+    pub addrs: Vec<String>,
+    /// Why and when it last went down.
+    pub last_down: Option<DownReport>,
+    /// Why the last dial to it failed, if it did.
+    pub last_dial_error: Option<String>,
+}
+
+/// Why and when a peer went down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DownReport {
+    /// The reason, as `NodeDown` events print it.
+    pub reason: String,
+    /// When.
+    pub at_ms: u64,
+}
+
+/// A registered name (`quicmesh names`, `quicmesh whereis`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NameReport {
+    /// The name.
+    pub name: String,
+    /// The node it is registered on.
+    pub node: NodeName,
+    /// The RPC service it stands for there.
+    pub service: String,
+}
+
+/// Who leads an election, as one node knows it (`quicmesh leaders`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LeaderReport {
+    /// The election.
+    pub election: String,
+    /// Its leader; `None` when it has none now.
+    pub leader: Option<NodeName>,
+    /// The leader's term, or the last leader's ("0" before the first).
+    pub term: String,
+}
+
+/// A lock in one node's lock table (`quicmesh locks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LockReport {
+    /// The resource (`quicmesh.election/NAME` for an election's lock).
+    pub resource: String,
+    /// The node holding it.
+    pub holder: NodeName,
+    /// The holder's incarnation.
+    pub incarnation: u64,
+    /// Its fencing token; `None` while the holder is still collecting
+    /// grants.
+    pub token: Option<String>,
+}
+
+/// Asks one node admin questions ([`Node::admin`]). Every question has the
+/// RPC timeout, and fails with the RPC error that says why.
+#[derive(Debug)]
+pub struct Admin<'a> {
+    node: &'a Node,
+    peer: NodeName,
+}
+
+impl Admin<'_> {
+    async fn ask(&self, question: Question) -> Result<Answer, RpcError> {
+        let timeout = self.node.rpc().config().timeout;
+        if self.peer == *self.node.name() {
+            return Ok(answer(self.node.coord(), question));
+        }
+        self.node
+            .rpc()
+            .call(&self.peer, SERVICE, &question, timeout)
+            .await
+    }
+
+    /// Its status and its view of its peers.
+    pub async fn status(&self) -> Result<NodeReport, RpcError> {
+        match self.ask(Question::Status).await? {
+            Answer::Status(report) => Ok(*report),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The first `limit` names of its registry, sorted.
+    pub async fn names(&self, limit: usize) -> Result<Rows<NameReport>, RpcError> {
+        match self.ask(Question::Names { limit }).await? {
+            Answer::Names(rows) => Ok(rows),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Where its registry says `name` is.
+    pub async fn whereis(&self, name: &str) -> Result<Option<NameReport>, RpcError> {
+        let question = Question::Whereis {
+            name: name.to_owned(),
+        };
+        match self.ask(question).await? {
+            Answer::Whereis(found) => Ok(found),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The first `limit` elections it knows, sorted, with their leaders.
+    pub async fn leaders(&self, limit: usize) -> Result<Rows<LeaderReport>, RpcError> {
+        match self.ask(Question::Leaders { limit }).await? {
+            Answer::Leaders(rows) => Ok(rows),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The first `limit` locks of its lock table, sorted by resource.
+    pub async fn locks(&self, limit: usize) -> Result<Rows<LockReport>, RpcError> {
+        match self.ask(Question::Locks { limit }).await? {
+            Answer::Locks(rows) => Ok(rows),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn unexpected(&self, answer: &Answer) -> RpcError {
+        RpcError::Remote {
+            peer: self.peer.clone(),
+            service: SERVICE.to_owned(),
+            message: format!("answered another question: {answer:?}"),
+        }
+    }
+}
+
+impl Node {
+    /// Asks `node` (this one or a connected peer) about its state: see
+    /// [`admin`](crate::admin).
+    ///
+    /// ```no_run
+    /// # async fn demo(node: quicmesh::Node, peer: quicmesh::NodeName) -> Result<(), quicmesh::RpcError> {
+    /// let status = node.admin(&peer).status().await?;
+    /// for p in &status.peers {
+    ///     println!("{} {}", p.node, p.state);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn admin(&self, node: &NodeName) -> Admin<'_> {
+        Admin {
+            node: self,
+            peer: node.clone(),
+        }
+    }
+}
+
+/// Serves admin questions on `rpc` for as long as `coord` lives.
+pub(crate) fn serve(rpc: &Rpc, coord: &Arc<Coord>) {
+    let weak: Weak<Coord> = Arc::downgrade(coord);
+    let registered = rpc.register_reserved(SERVICE, move |_ctx, question: Question| {
+        let answer = weak
+            .upgrade()
+            .map(|coord| answer(&coord, question))
+            .ok_or("the node is stopping");
+        async move { answer }
+    });
+    debug_assert!(registered.is_ok(), "{SERVICE} registered twice");
+}
+
+fn answer(coord: &Arc<Coord>, question: Question) -> Answer {
+    let registry = coord.registry(None);
+    let name_report = |name: &str| {
+        registry.whereis(name).map(|r| NameReport {
+            name: r.name,
+            node: r.owner,
+            service: r.service,
+        })
+    };
+    match question {
+        Question::Status => Answer::Status(Box::new(node_report(coord))),
+        Question::Whereis { name } => Answer::Whereis(name_report(&name)),
+        Question::Names { limit } => {
+            let mut names = registry.registered_names();
+            names.sort();
+            let rows = names.iter().filter_map(|n| name_report(n)).collect();
+            Answer::Names(Rows::first(rows, limit))
+        }
+        Question::Leaders { limit } => {
+            let rows = coord
+                .leaders()
+                .into_iter()
+                .map(|(election, change)| LeaderReport {
+                    election,
+                    leader: change.leader,
+                    term: change.term.to_string(),
+                })
+                .collect();
+            Answer::Leaders(Rows::first(rows, limit))
+        }
+        Question::Locks { limit } => {
+            let rows = coord
+                .locks()
+                .into_iter()
+                .map(|l| LockReport {
+                    resource: l.resource,
+                    holder: l.holder,
+                    incarnation: l.incarnation,
+                    token: l.token.map(|t| t.to_string()),
+                })
+                .collect();
+            Answer::Locks(Rows::first(rows, limit))
+        }
+    }
+}
+
+fn node_report(coord: &Arc<Coord>) -> NodeReport {
+    let status: Status = coord.mesh().status();
+    let m = status.counters;
+    let c = coord.counters();
+    let counters = [
+        ("auth_failures", m.auth_failures),
+        ("handshake_failures", m.handshake_failures),
+        ("protocol_violations", m.protocol_violations),
+        ("duplicates", m.duplicates),
+        ("peers_refused", m.peers_refused),
+        ("names_in_use", m.names_in_use),
+        ("handshakes_retried", m.handshakes_retried),
+        ("handshakes_refused", m.handshakes_refused),
+        (
+            "handshakes_refused_per_source",
+            m.handshakes_refused_per_source,
+        ),
+        ("claims_refused", c.claims_refused),
+        ("clocks_refused", c.clocks_refused),
+        ("announcements_refused", c.announcements_refused),
+        ("names_refused", c.names_refused),
+        ("locks_refused", c.locks_refused),
+        ("locks_lost", c.locks_lost),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    NodeReport {
+        node: status.node,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        incarnation: status.incarnation,
+        listen: status.listen.to_string(),
+        ca_fingerprint: status.ca_fingerprint,
+        hidden: status.hidden,
+        connections: status.connections,
+        peers: status.peers.iter().map(peer_report).collect(),
+        names: coord.registry(None).registered_names().len(),
+        locks: coord.locks().len(),
+        elections: coord.leaders().len(),
+        counters,
+    }
+}
+
+fn peer_report(p: &PeerStatus) -> PeerReport {
+    PeerReport {
+        node: p.node.clone(),
+        state: p.state.to_string(),
+        rtt_us: p.rtt.map(micros),
+        up_since_ms: p.connected_since.map(unix_ms),
+        incarnation: p.incarnation,
+        hidden: p.hidden,
+        seed: p.seed,
+        addrs: p.addrs.iter().map(ToString::to_string).collect(),
+        last_down: p.last_down.as_ref().map(|(reason, at)| DownReport {
+            reason: reason.to_string(),
+            at_ms: unix_ms(*at),
+        }),
+        last_dial_error: p.last_dial_error.clone(),
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
