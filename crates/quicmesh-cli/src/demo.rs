@@ -104,11 +104,15 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 }
 
 /// What the demo ends with: how to run a cluster of one's own.
-const NEXT: [&str; 4] = [
+const NEXT: [&str; 8] = [
     "next: a cluster of your own, one node per terminal (sharing ~/.quicmesh.cookie, made on first use):",
     "  quicmesh node --name a@127.0.0.1:4370",
-    "  quicmesh node --name b@127.0.0.1:4371 --connect a@127.0.0.1:4370",
-    "  quicmesh node --name c@127.0.0.1:4372 --connect a@127.0.0.1:4370",
+    "  quicmesh node --name b@127.0.0.1:4371 --connect a@127.0.0.1:4370 --register cache",
+    "  quicmesh node --name c@127.0.0.1:4372 --connect a@127.0.0.1:4370 --lock invoices",
+    "then ask it, from a fourth terminal:",
+    "  quicmesh members --connect a@127.0.0.1:4370",
+    "  quicmesh names --connect a@127.0.0.1:4370   (or status, whereis cache, leaders, locks; --json)",
+    "  quicmesh ping c@127.0.0.1:4372",
 ];
 
 /// Starts `quicmesh node` as `<short>@127.0.0.1` on a free port, seeded

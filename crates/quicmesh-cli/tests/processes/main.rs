@@ -475,6 +475,11 @@ fn demo_runs_and_shows_both_kinds_of_node_down() {
             "no command for {node} after the demo:\n{text}"
         );
     }
+    assert!(
+        next.iter()
+            .any(|l| l.trim_start() == "quicmesh members --connect a@127.0.0.1:4370"),
+        "the admin commands are pointed to:\n{text}"
+    );
 }
 
 #[test]
