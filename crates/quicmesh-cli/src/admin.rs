@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use quicmesh::admin::{LeaderReport, LockReport, NameReport, NodeReport, PeerReport};
+use quicmesh::admin::{NodeReport, PeerReport, Rows};
 use quicmesh::{IdentityConfig, Node, NodeAddr, NodeConfig, NodeName};
 use serde::Serialize;
 
@@ -183,56 +183,41 @@ impl Session {
             }
             Question::Names(limit) => {
                 let rows = self.within(admin.names(limit)).await?;
-                print(json, &rows, |rows| {
-                    let cells = |r: &NameReport| {
-                        vec![r.name.clone(), r.node.to_string(), r.service.clone()]
-                    };
-                    table(
-                        &["NAME", "NODE", "SERVICE"],
-                        &rows.rows,
-                        rows.total,
-                        cells,
-                        "names",
-                    )
+                print_rows(json, &rows, &["NAME", "NODE", "SERVICE"], "names", |r| {
+                    vec![r.name.clone(), r.node.to_string(), r.service.clone()]
                 })
             }
             Question::Leaders(limit) => {
                 let rows = self.within(admin.leaders(limit)).await?;
-                print(json, &rows, |rows| {
-                    let cells = |r: &LeaderReport| {
+                print_rows(
+                    json,
+                    &rows,
+                    &["ELECTION", "LEADER", "TERM"],
+                    "elections",
+                    |r| {
                         let leader = r
                             .leader
                             .as_ref()
                             .map_or_else(|| "none".to_owned(), ToString::to_string);
                         vec![r.election.clone(), leader, r.term.clone()]
-                    };
-                    table(
-                        &["ELECTION", "LEADER", "TERM"],
-                        &rows.rows,
-                        rows.total,
-                        cells,
-                        "elections",
-                    )
-                })
+                    },
+                )
             }
             Question::Locks(limit) => {
                 let rows = self.within(admin.locks(limit)).await?;
-                print(json, &rows, |rows| {
-                    let cells = |r: &LockReport| {
+                print_rows(
+                    json,
+                    &rows,
+                    &["RESOURCE", "HOLDER", "TOKEN"],
+                    "locks",
+                    |r| {
                         let token = r
                             .token
                             .clone()
                             .unwrap_or_else(|| "(being granted)".to_owned());
                         vec![r.resource.clone(), r.holder.to_string(), token]
-                    };
-                    table(
-                        &["RESOURCE", "HOLDER", "TOKEN"],
-                        &rows.rows,
-                        rows.total,
-                        cells,
-                        "locks",
-                    )
-                })
+                    },
+                )
             }
         }
     }
@@ -270,6 +255,19 @@ impl Session {
             })?;
         Ok(answer?)
     }
+}
+
+/// Prints `rows` as JSON or as a table of `header` with `cells` of each.
+fn print_rows<T: Serialize>(
+    json: bool,
+    rows: &Rows<T>,
+    header: &[&str],
+    what: &str,
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    print(json, rows, |rows| {
+        table(header, &rows.rows, rows.total, cells, what)
+    })
 }
 
 /// Prints `value` as JSON or as the table `render` makes of it.
