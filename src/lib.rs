@@ -428,14 +428,14 @@ pub mod discovery {
 
 pub use config::{ConfigError, IdentityConfig, NodeConfig};
 pub use error::StartError;
-pub use node::{Builder, Node};
+pub use node::{Builder, Node, Reloaded};
 pub use quicmesh_coord::{
     AlreadyRegistered, CoordCounters, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
     Leadership, LocalRegistry, LockError, LockGuard, LockOptions, MAX_CLOCK_DRIFT, Member,
     Registered, Registration, Registry, RegistryError, RegistryEvent, Token,
 };
 pub use quicmesh_identity as identity;
-pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie};
+pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie, IdentityError};
 pub use quicmesh_mesh::{
     ConnectError, CounterSnapshot, DownReason, EventError, EventStream, HeartbeatConfig, NodeEvent,
     PeerState, PeerStatus, PingError, ReconnectConfig, Status, WaitError,
