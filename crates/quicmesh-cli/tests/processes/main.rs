@@ -1,6 +1,10 @@
 //! Real `quicmesh` processes: killed, terminated, issuing certificates,
 //! reading a config file, the demo, and shell completions.
 
+#[path = "../../../../tests/support/probe.rs"]
+mod probe;
+mod rotation;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -19,6 +23,8 @@ struct NodeProcess {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
     name: NodeName,
+    /// Where it listens, as it printed.
+    addr: quicmesh::NodeAddr,
 }
 
 impl NodeProcess {
@@ -43,11 +49,12 @@ impl NodeProcess {
         let addr = first
             .strip_prefix("listening ")
             .expect("first line is `listening ADDR`");
-        let name = addr.parse::<quicmesh::NodeAddr>().expect("an address").name;
+        let addr = addr.parse::<quicmesh::NodeAddr>().expect("an address");
         Self {
             child,
             stdout,
-            name,
+            name: addr.name.clone(),
+            addr,
         }
     }
 
