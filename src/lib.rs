@@ -86,6 +86,13 @@
 //! [`ConnectError::AuthenticationFailed`] and an [`AuthFailure`] saying
 //! why (unknown issuer, name mismatch, expired, …).
 //!
+//! [`Node::reload_identity`] (`SIGHUP` for `quicmesh node`) reads the
+//! identity again while the node runs: a renewed certificate, a CA bundle
+//! during a CA rotation, a revocation list (connected peers it revokes go
+//! down with [`DownReason::Revoked`]), or in cookie mode a new cookie with
+//! the previous one still trusted. New connections use it at once; a bad
+//! file is refused with an [`IdentityError`] naming it and changes nothing.
+//!
 //! Membership: [`Node::connect`] dials once (`Node.connect/1`),
 //! [`Node::add_seed`] and [`Builder::seed`] keep a node connected, nodes a
 //! peer knows are dialled too (a full mesh), and [`Builder::hidden`] makes
