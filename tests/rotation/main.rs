@@ -167,6 +167,24 @@ async fn joins(cluster: &[&Node], newcomer: impl Fn(&str) -> quicmesh::Builder) 
     dialled.shutdown().await;
 }
 
+/// A node started from `stale` is refused by `node` as issued by a CA
+/// `node` does not trust.
+async fn refused_as_stranger(stale: quicmesh::Builder, node: &Node) {
+    let stale = stale.start().await.expect("starts");
+    let err = stale.connect(&node.addr()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::AuthenticationFailed {
+                reason: AuthFailure::UnknownIssuer,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    stale.shutdown().await;
+}
+
 /// A builder for a newcomer in certificate mode with `site`'s files.
 fn cert_newcomer(site: &Site) -> impl Fn(&str) -> quicmesh::Builder + '_ {
     move |short: &str| {
@@ -189,33 +207,62 @@ fn newcomers(cas: &[&CertificateAuthority], issuer: &CertificateAuthority) -> Si
     site
 }
 
-#[tokio::test]
-async fn a_replaced_certificate_is_presented_to_new_connections_after_a_reload() {
-    bounded(async {
-        let ca = CertificateAuthority::generate("rotation CA", 30).expect("CA");
+/// Two connected nodes `a` and `b` of one CA, their sites, event streams
+/// and connections.
+struct Pair {
+    ca: CertificateAuthority,
+    sa: Site,
+    /// Kept so that b's files live as long as b.
+    _sb: Site,
+    a: Node,
+    b: Node,
+    events: [EventStream; 2],
+    before: HashMap<(NodeName, NodeName), SystemTime>,
+}
+
+impl Pair {
+    async fn start(ca_name: &str) -> Self {
+        let ca = CertificateAuthority::generate(ca_name, 30).expect("CA");
         let (sa, sb) = (Site::new("a", &[&ca], &ca), Site::new("b", &[&ca], &ca));
         let (a, b) = (sa.start().await, sb.start().await);
         mesh(&[&a, &b]).await;
-        let mut events = [a.events(), b.events()];
+        let events = [a.events(), b.events()];
         let before = connections(&[&a, &b]);
+        Self {
+            ca,
+            sa,
+            _sb: sb,
+            a,
+            b,
+            events,
+            before,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_presented_to_new_connections_after_a_reload() {
+    bounded(async {
+        let mut pair = Pair::start("rotation CA").await;
+        let (ca, sa, a, b) = (&pair.ca, &pair.sa, &pair.a, &pair.b);
         let first = sa.cert();
-        assert_eq!(presented(&a, &ca).await, first);
+        assert_eq!(presented(a, ca).await, first);
 
         let renewed = ca.issue(a.name(), 30).expect("renew");
         sa.install(&renewed);
         assert_eq!(
-            presented(&a, &ca).await,
+            presented(a, ca).await,
             first,
             "nothing changes before the reload"
         );
         a.reload_identity().await.expect("reload");
-        assert_eq!(presented(&a, &ca).await, renewed.cert, "new connections");
+        assert_eq!(presented(a, ca).await, renewed.cert, "new connections");
         // A node dialling in now verifies the renewed certificate.
-        let sc = Site::new("c", &[&ca], &ca);
+        let sc = Site::new("c", &[ca], ca);
         let c = sc.start().await;
         c.connect(&a.addr()).await.expect("c joins a renewed a");
-        untouched(&[&a, &b], &mut events, &before);
-        for n in [a, b, c] {
+        untouched(&[a, b], &mut pair.events, &pair.before);
+        for n in [a, b, &c] {
             n.shutdown().await;
         }
     })
@@ -269,19 +316,7 @@ async fn a_ca_is_rotated_in_three_steps_without_restarts_or_refusals() {
 
         // The old CA is really gone: a node it certifies is refused.
         let stale = newcomers(&[&old], &old);
-        let p = cert_newcomer(&stale)("p").start().await.expect("starts");
-        let err = p.connect(&nodes[0].addr()).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ConnectError::AuthenticationFailed {
-                    reason: AuthFailure::UnknownIssuer,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        p.shutdown().await;
+        refused_as_stranger(cert_newcomer(&stale)("p"), &nodes[0]).await;
         for n in nodes {
             n.shutdown().await;
         }
@@ -359,12 +394,8 @@ async fn a_revoked_node_is_dropped_with_revoked_and_refused_afterwards() {
 #[tokio::test]
 async fn a_bad_file_on_reload_is_refused_by_name_and_the_old_identity_kept() {
     bounded(async {
-        let ca = CertificateAuthority::generate("careful CA", 30).expect("CA");
-        let (sa, sb) = (Site::new("a", &[&ca], &ca), Site::new("b", &[&ca], &ca));
-        let (a, b) = (sa.start().await, sb.start().await);
-        mesh(&[&a, &b]).await;
-        let mut events = [a.events(), b.events()];
-        let before = connections(&[&a, &b]);
+        let mut pair = Pair::start("careful CA").await;
+        let (ca, sa, a, b) = (&pair.ca, &pair.sa, &pair.a, &pair.b);
         let first = sa.cert();
         let files = sa.files();
         let saved = |p: &Path| std::fs::read(p).expect("read");
@@ -427,15 +458,15 @@ async fn a_bad_file_on_reload_is_refused_by_name_and_the_old_identity_kept() {
 
         // Through all of it, a kept its identity: the same certificate to
         // new connections, which verify, and its peers.
-        assert_eq!(presented(&a, &ca).await, first);
-        let c = Site::new("c", &[&ca], &ca).start().await;
+        assert_eq!(presented(a, ca).await, first);
+        let c = Site::new("c", &[ca], ca).start().await;
         c.connect(&a.addr()).await.expect("c joins a");
-        untouched(&[&a, &b], &mut events, &before);
+        untouched(&[a, b], &mut pair.events, &pair.before);
         // The configuration was not replaced either: a plain reload works.
         a.reload_identity()
             .await
             .expect("reload with the good files");
-        for n in [a, b, c] {
+        for n in [a, b, &c] {
             n.shutdown().await;
         }
     })
@@ -512,19 +543,7 @@ async fn a_cookie_is_rolled_over_without_restarts_or_refusals() {
         untouched(&cluster, &mut events, &before);
 
         // The old cookie is really gone.
-        let stale = node("p", old).await;
-        let err = stale.connect(&nodes[0].addr()).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ConnectError::AuthenticationFailed {
-                    reason: AuthFailure::UnknownIssuer,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        stale.shutdown().await;
+        refused_as_stranger(builder("p", old), &nodes[0]).await;
         for n in nodes {
             n.shutdown().await;
         }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use quicmesh::NodeName;
 use quicmesh_identity::{CertificateAuthority, Ledger, describe_pem, serial_of, write_issued};
 
@@ -28,18 +28,8 @@ pub(crate) enum CertsCommand {
     /// Issue a node certificate signed by the CA: writes NAME.pem and
     /// NAME.key (mode 0600).
     Issue {
-        /// The node name, e.g. app1@host1 (goes into the URI SAN).
-        #[arg(long)]
-        name: NodeName,
-        /// Validity in days (at least 1).
-        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
-        days: u32,
-        /// Directory holding ca.pem and ca.key.
-        #[arg(long, default_value = "certs")]
-        ca: PathBuf,
-        /// Directory to write into (default: the CA's).
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        cert: NodeCertArgs,
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
@@ -48,18 +38,8 @@ pub(crate) enum CertsCommand {
     /// NAME.key; then send the node SIGHUP to use them. The old
     /// certificate stays valid until it expires or is revoked.
     Renew {
-        /// The node name, e.g. app1@host1.
-        #[arg(long)]
-        name: NodeName,
-        /// Validity in days (at least 1).
-        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
-        days: u32,
-        /// Directory holding ca.pem and ca.key.
-        #[arg(long, default_value = "certs")]
-        ca: PathBuf,
-        /// Directory to write into (default: the CA's).
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        cert: NodeCertArgs,
     },
     /// Revoke certificates: writes the CA's revocation list, crl.pem, in
     /// the CA directory. Copy it to the nodes (their --crl) and send them
@@ -86,6 +66,23 @@ pub(crate) enum CertsCommand {
     },
 }
 
+/// Which node certificate to issue, with which CA, where to.
+#[derive(Debug, Args)]
+pub(crate) struct NodeCertArgs {
+    /// The node name, e.g. app1@host1 (goes into the URI SAN).
+    #[arg(long)]
+    name: NodeName,
+    /// Validity in days (at least 1).
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
+    days: u32,
+    /// Directory holding ca.pem and ca.key.
+    #[arg(long, default_value = "certs")]
+    ca: PathBuf,
+    /// Directory to write into (default: the CA's).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 pub(crate) fn run(cmd: CertsCommand) -> anyhow::Result<()> {
     match cmd {
         CertsCommand::Ca {
@@ -98,22 +95,9 @@ pub(crate) fn run(cmd: CertsCommand) -> anyhow::Result<()> {
             let (cert, key) = ca.write_dir(&out, force)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
-        CertsCommand::Issue {
-            name,
-            days,
-            ca,
-            out,
-            force,
-        } => {
-            issue(&name, days, &ca, out, force)?;
-        }
-        CertsCommand::Renew {
-            name,
-            days,
-            ca,
-            out,
-        } => {
-            issue(&name, days, &ca, out, true)?;
+        CertsCommand::Issue { cert, force } => issue(cert, force)?,
+        CertsCommand::Renew { cert } => {
+            issue(cert, true)?;
             println!("send the node SIGHUP (kill -HUP <pid>) to use it");
         }
         CertsCommand::Revoke {
@@ -134,20 +118,20 @@ pub(crate) fn run(cmd: CertsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Issues a certificate for `name` with the CA in `ca`, writes it and
-/// records its serial in the CA's ledger.
-fn issue(
-    name: &NodeName,
-    days: u32,
-    ca: &Path,
-    out: Option<PathBuf>,
-    force: bool,
-) -> anyhow::Result<()> {
-    let authority = load_ca(ca)?;
-    let issued = authority.issue(name, days)?;
-    let out = out.unwrap_or_else(|| ca.to_owned());
-    let (cert, key) = write_issued(&issued, &out, name, force)?;
-    Ledger::open(ca).record_issued(&issued, name)?;
+/// Issues the certificate `args` describe, writes it and records its
+/// serial in the CA's ledger.
+fn issue(args: NodeCertArgs, force: bool) -> anyhow::Result<()> {
+    let NodeCertArgs {
+        name,
+        days,
+        ca,
+        out,
+    } = args;
+    let authority = load_ca(&ca)?;
+    let issued = authority.issue(&name, days)?;
+    let out = out.unwrap_or_else(|| ca.clone());
+    let (cert, key) = write_issued(&issued, &out, &name, force)?;
+    Ledger::open(&ca).record_issued(&issued, &name)?;
     let serial = serial_of(&issued.cert).unwrap_or_default();
     println!(
         "wrote {} and {} (serial {serial})",

@@ -14,7 +14,9 @@ use webpki::KeyUsage;
 
 use crate::ca::ClusterCa;
 use crate::pki::{CertFiles, IssuedCert};
-use crate::trust::{Trust, TrustCell, TrustVerifier, spki_fingerprint, tls12_refused};
+use crate::trust::{
+    Trust, TrustCell, TrustVerifier, schemes, spki_fingerprint, tls12_refused, tls13_signature,
+};
 use crate::{AuthFailure, Cookie, IdentityError, NodeName, URI_PREFIX};
 
 /// A node's identity: its name, its certificate (renewed in cookie mode)
@@ -525,18 +527,11 @@ impl ServerCertVerifier for NodeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls13_signature(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        schemes(&self.provider)
     }
 }
 

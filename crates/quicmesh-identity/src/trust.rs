@@ -229,18 +229,11 @@ impl ClientCertVerifier for TrustVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls13_signature(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        schemes(&self.provider)
     }
 }
 
@@ -249,6 +242,28 @@ pub(crate) fn tls12_refused() -> Result<HandshakeSignatureValid, rustls::Error> 
     Err(rustls::Error::PeerIncompatible(
         rustls::PeerIncompatible::Tls13RequiredForQuic,
     ))
+}
+
+/// Checks a TLS 1.3 handshake signature with the provider's algorithms.
+pub(crate) fn tls13_signature(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+/// The signature schemes the provider verifies.
+pub(crate) fn schemes(provider: &CryptoProvider) -> Vec<SignatureScheme> {
+    provider
+        .signature_verification_algorithms
+        .supported_schemes()
 }
 
 /// A webpki verification error as the rustls error (and so the TLS
