@@ -233,3 +233,89 @@ async fn a_revoked_node_is_dropped_on_sighup_and_the_crl_verifies_with_openssl()
         .await
         .expect("b stops");
 }
+
+/// Writes a cookie file, mode 0600.
+fn cookie_file(path: &Path, cookie: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, cookie).expect("write cookie");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+async fn cookie_node(short: &str, cookie: &str) -> Node {
+    Node::builder()
+        .name(format!("{short}@127.0.0.1"))
+        .listen("127.0.0.1:0".parse().expect("addr"))
+        .cookie(cookie)
+        .start()
+        .await
+        .expect("starts")
+}
+
+#[tokio::test]
+async fn sighup_rolls_a_cookie_file_over_while_old_cookie_nodes_stay_connected() {
+    let (old, new) = ("the old process cookie", "the new process cookie");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (current, previous) = (dir.path().join("cookie"), dir.path().join("cookie.old"));
+    cookie_file(&current, old);
+    cookie_file(&previous, old);
+    let mut a = NodeProcess::start(
+        &[
+            "--name",
+            "a@127.0.0.1:0",
+            "--cookie-file",
+            current.to_str().expect("path"),
+            "--previous-cookie-file",
+            previous.to_str().expect("path"),
+        ],
+        &[],
+    )
+    .await;
+    let b = cookie_node("b", old).await;
+    b.connect(&a.addr).await.expect("b joins a");
+    a.expect_line("up b@127.0.0.1").await;
+    let mut events = b.events();
+    let since = b.status().peers[0].connected_since;
+
+    // The new cookie in the file, the old one kept as previous.
+    cookie_file(&current, new);
+    a.signal("-HUP");
+    let ca = a.expect_starts(&["reloaded CA "]).await;
+    let fresh = cookie_node("d", new).await;
+    assert_eq!(
+        ca[0],
+        fresh.ca_fingerprint(),
+        "a now mints from the new cookie"
+    );
+    fresh
+        .connect(&a.addr)
+        .await
+        .expect("a node on the new cookie joins");
+    let lagging = cookie_node("c", old).await;
+    lagging
+        .connect(&a.addr)
+        .await
+        .expect("a node on the old cookie still joins");
+
+    // Then the old cookie is dropped: only the new one admits.
+    cookie_file(&previous, new);
+    a.signal("-HUP");
+    a.expect_starts(&["reloaded CA "]).await;
+    let stale = cookie_node("e", old).await;
+    let err = stale.connect(&a.addr).await.unwrap_err();
+    assert!(
+        matches!(err, ConnectError::AuthenticationFailed { .. }),
+        "{err}"
+    );
+
+    assert_eq!(b.status().peers[0].connected_since, since);
+    while let Some(e) = events.try_recv() {
+        let e = e.expect("no event lost");
+        assert!(
+            !matches!(&e, NodeEvent::NodeDown { node, .. } if *node == a.name),
+            "b saw {e:?}"
+        );
+    }
+    for n in [b, fresh, lagging, stale] {
+        n.shutdown().await;
+    }
+}
