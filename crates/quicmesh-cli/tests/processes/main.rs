@@ -116,10 +116,15 @@ impl NodeProcess {
 }
 
 async fn local_node(short: &str) -> Node {
+    cookie_node(short, COOKIE).await
+}
+
+/// `short@127.0.0.1` in this process, on a free port, with `cookie`.
+async fn cookie_node(short: &str, cookie: &str) -> Node {
     Node::builder()
         .name(format!("{short}@127.0.0.1"))
         .listen("127.0.0.1:0".parse().expect("addr"))
-        .cookie(COOKIE)
+        .cookie(cookie)
         .start()
         .await
         .expect("start")

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use quicmesh::{CertFiles, ConnectError, DownReason, Node, NodeEvent};
 
-use super::{NodeProcess, WAIT, down_reason, quicmesh};
+use super::{NodeProcess, WAIT, cookie_node, down_reason, quicmesh};
 
 /// Runs a `quicmesh` command that must succeed; its stdout.
 fn ok(args: &[&str]) -> String {
@@ -239,16 +239,6 @@ fn cookie_file(path: &Path, cookie: &str) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, cookie).expect("write cookie");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
-
-async fn cookie_node(short: &str, cookie: &str) -> Node {
-    Node::builder()
-        .name(format!("{short}@127.0.0.1"))
-        .listen("127.0.0.1:0".parse().expect("addr"))
-        .cookie(cookie)
-        .start()
-        .await
-        .expect("starts")
 }
 
 #[tokio::test]
