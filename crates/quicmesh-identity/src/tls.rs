@@ -177,10 +177,13 @@ impl Identity {
     }
 
     fn install(&self, loaded: Loaded) {
+        // Held while the leaf changes, so a renewal by the minter being
+        // replaced cannot put its leaf back afterwards.
+        let mut minter = self.minter.write().unwrap_or_else(|e| e.into_inner());
         // Trust first: a peer's certificate minted by the new CA must not
         // be refused while this node already presents one.
         self.trust.set(loaded.trust);
-        *self.minter.write().unwrap_or_else(|e| e.into_inner()) = loaded.minter;
+        *minter = loaded.minter;
         self.leaf.set(loaded.key, loaded.expires);
     }
 
@@ -249,7 +252,9 @@ impl Identity {
     /// the new leaf, established connections are unaffected. Certificate
     /// mode never renews (returns `false`).
     pub fn renew_if_due(&self, now: SystemTime) -> Result<bool, IdentityError> {
-        let Some(minter) = self.minter() else {
+        // Held until the new leaf is in place: a reload waits for it.
+        let guard = self.minter.read().unwrap_or_else(|e| e.into_inner());
+        let Some(minter) = guard.as_ref() else {
             return Ok(false);
         };
         let left = self.leaf_expires().duration_since(now).unwrap_or_default();
@@ -620,6 +625,35 @@ mod tests {
         assert_ne!(id.leaf.get().0.cert, key.cert);
         id.server_config().unwrap();
         id.client_config(&name("b@h")).unwrap();
+    }
+
+    #[test]
+    fn a_rollover_leaf_verifies_under_either_cookie() {
+        let (old, new) = (Cookie::new("old").unwrap(), Cookie::new("new").unwrap());
+        let day = Duration::from_secs(24 * 3600);
+        let on_old = Identity::from_cookie(name("a@h"), &old, day).unwrap();
+        let rolling = Identity::from_cookies(name("b@h"), &new, Some(&old), day).unwrap();
+        let on_new = Identity::from_cookie(name("c@h"), &new, day).unwrap();
+        let (old_chain, rolling_chain) = (on_old.certificate_chain(), rolling.certificate_chain());
+        assert_eq!(rolling_chain.len(), 2, "leaf and bridge");
+        assert_eq!(on_old.check_peer(&rolling_chain), Ok(()));
+        assert_eq!(on_new.check_peer(&rolling_chain), Ok(()));
+        assert_eq!(rolling.check_peer(&old_chain), Ok(()));
+        assert_eq!(
+            on_new.check_peer(&old_chain),
+            Err(AuthFailure::UnknownIssuer)
+        );
+        // Without the bridge, the old cookie's nodes refuse the new leaf.
+        assert_eq!(
+            on_old.check_peer(&rolling_chain[..1]),
+            Err(AuthFailure::UnknownIssuer)
+        );
+        rolling.reload_cookies(&new, None).unwrap();
+        assert_eq!(rolling.certificate_chain().len(), 1);
+        assert_eq!(
+            rolling.check_peer(&old_chain),
+            Err(AuthFailure::UnknownIssuer)
+        );
     }
 
     #[test]
