@@ -148,6 +148,9 @@ impl NodeArgs {
 pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
     let actions = args.actions();
     let config = args.into_config()?;
+    // Taken before the node starts: a SIGHUP meant as a reload must not
+    // end a node that is still starting (it is then read once running).
+    let mut hup = signal(SignalKind::hangup())?;
     let node = quicmesh::Builder::from_config(config).start().await?;
     // The first line on stdout says where the node is (scripts read it).
     say(format_args!("listening {}", node.addr()));
@@ -161,7 +164,6 @@ pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
     let mut registry = node.registry().events();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     let mut acting = tokio::task::JoinSet::new();
     acting.spawn(act(node.clone(), actions));
     loop {

@@ -93,17 +93,23 @@ impl Ledger {
         }
         let revoked_certs = known
             .iter()
-            .map(|(serial, at)| RevokedCertParams {
-                serial_number: SerialNumber::from(hex_bytes(serial).unwrap_or_default()),
-                revocation_time: at
-                    .parse()
-                    .ok()
-                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-                    .unwrap_or(now),
-                reason_code: None,
-                invalidity_date: None,
+            .map(|(serial, at)| {
+                let bytes = hex_bytes(serial).ok_or_else(|| IdentityError::BadPem {
+                    path: self.dir.join(Self::REVOKED_FILE),
+                    what: format!("{serial:?} is not a serial"),
+                })?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from(bytes),
+                    revocation_time: at
+                        .parse()
+                        .ok()
+                        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+                        .unwrap_or(now),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
             })
-            .collect();
+            .collect::<Result<_, IdentityError>>()?;
         let params = CertificateRevocationListParams {
             this_update: now - time::Duration::minutes(5),
             next_update: now + time::Duration::days(days.into()),

@@ -172,6 +172,18 @@ async fn a_revoked_node_is_dropped_on_sighup_and_the_crl_verifies_with_openssl()
     let dir = tempfile::tempdir().expect("tempdir");
     pki(dir.path());
     let d = path(dir.path(), "");
+    // Mistakes are named: a serial that is not hex, a name never issued.
+    for (args, named) in [
+        (&["--serial", "xyz"][..], "\"xyz\""),
+        (&["--name", "nobody@127.0.0.1"][..], "issued.txt"),
+    ] {
+        let out = quicmesh(&[&["certs", "revoke", "--ca", &d][..], args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(named),
+            "{args:?}: {err}"
+        );
+    }
     // A first list, revoking a serial no node has.
     ok(&["certs", "revoke", "--serial", "01", "--ca", &d]);
     assert!(openssl_crl(dir.path(), &["-verify"]).contains("verify OK"));
