@@ -114,15 +114,30 @@ pub enum IdentityConfig {
         /// `~/.quicmesh.cookie` (created if missing).
         #[serde(default)]
         cookie_file: Option<PathBuf>,
+        /// During a cookie rollover, the cookie being replaced: nodes still
+        /// on it are trusted too (see the README, "Rotating certificates
+        /// and cookies"). Default: none.
+        #[serde(default)]
+        previous_cookie: Option<String>,
+        /// The previous cookie from a file (mode 0600), which must exist;
+        /// wins over `previous_cookie`. Default: none.
+        #[serde(default)]
+        previous_cookie_file: Option<PathBuf>,
     },
-    /// Certificates issued by `quicmesh certs` (or any CA): PEM files.
+    /// Certificates issued by `quicmesh certs` (or any CA): PEM files,
+    /// read again on `Node::reload_identity` (`SIGHUP` for `quicmesh node`).
     Certificate {
-        /// The CA certificate to trust.
+        /// The CA certificates to trust: one, or two while a CA is rotated.
         ca: PathBuf,
         /// This node's certificate (its URI SAN must name the node).
         cert: PathBuf,
         /// This node's private key.
         key: PathBuf,
+        /// A revocation list of the CA (`quicmesh certs revoke` writes
+        /// one): peers it names are refused, and dropped at a reload.
+        /// Default: none.
+        #[serde(default)]
+        crl: Option<PathBuf>,
     },
 }
 
@@ -131,6 +146,8 @@ impl Default for IdentityConfig {
         Self::Cookie {
             cookie: None,
             cookie_file: None,
+            previous_cookie: None,
+            previous_cookie_file: None,
         }
     }
 }

@@ -86,6 +86,13 @@
 //! [`ConnectError::AuthenticationFailed`] and an [`AuthFailure`] saying
 //! why (unknown issuer, name mismatch, expired, …).
 //!
+//! [`Node::reload_identity`] (`SIGHUP` for `quicmesh node`) reads the
+//! identity again while the node runs: a renewed certificate, a CA bundle
+//! during a CA rotation, a revocation list (connected peers it revokes go
+//! down with [`DownReason::Revoked`]), or in cookie mode a new cookie with
+//! the previous one still trusted. New connections use it at once; a bad
+//! file is refused with an [`IdentityError`] naming it and changes nothing.
+//!
 //! Membership: [`Node::connect`] dials once (`Node.connect/1`),
 //! [`Node::add_seed`] and [`Builder::seed`] keep a node connected, nodes a
 //! peer knows are dialled too (a full mesh), and [`Builder::hidden`] makes
@@ -429,14 +436,14 @@ pub mod discovery {
 
 pub use config::{ConfigError, IdentityConfig, NodeConfig};
 pub use error::StartError;
-pub use node::{Builder, Node};
+pub use node::{Builder, Node, Reloaded};
 pub use quicmesh_coord::{
     AlreadyRegistered, CoordCounters, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
     Leadership, LocalRegistry, LockError, LockGuard, LockOptions, MAX_CLOCK_DRIFT, Member,
     Registered, Registration, Registry, RegistryError, RegistryEvent, Token,
 };
 pub use quicmesh_identity as identity;
-pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie};
+pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie, IdentityError};
 pub use quicmesh_mesh::{
     ConnectError, CounterSnapshot, DownReason, EventError, EventStream, HeartbeatConfig, NodeEvent,
     PeerState, PeerStatus, PingError, ReconnectConfig, Status, WaitError,

@@ -8,7 +8,7 @@ use quicmesh_coord::{
     Coord, CoordCounters, Election, Groups, LockError, LockGuard, LockOptions, Registry, Token,
 };
 use quicmesh_discovery::{Discovery, LocalNode, Strategy, Topology};
-use quicmesh_identity::{CertFiles, Cookie, Identity};
+use quicmesh_identity::{CertFiles, Cookie, Identity, IdentityError};
 use quicmesh_mesh::{ConnectError, EventStream, Mesh, PingError, Router, Status, WaitError};
 use quicmesh_rpc::{
     CallContext, OpenError, ProtocolListener, RegisterError, Requests, Responses, Rpc, RpcError,
@@ -56,6 +56,9 @@ struct Layers {
     mesh: Mesh,
     rpc: Rpc,
     coord: Arc<Coord>,
+    /// Where the identity is read from again on reload; the lock also
+    /// makes reloads take turns.
+    identity: tokio::sync::Mutex<IdentityConfig>,
 }
 
 impl Drop for Layers {
@@ -97,11 +100,63 @@ impl Node {
         NodeAddr::new(self.name().clone(), self.local_addr().port())
     }
 
-    /// A short fingerprint of the public key of the CA this node trusts:
-    /// the same on every node of a cluster, safe to log and advertise (the
-    /// `mdns` strategy's cluster tag).
-    pub fn ca_fingerprint(&self) -> &str {
+    /// A short fingerprint of the public key of the CA this node trusts
+    /// (the first of a bundle; the current cookie's): the same on every
+    /// node of a cluster, safe to log and advertise (the `mdns` strategy's
+    /// cluster tag, taken at start). A reload may change it.
+    pub fn ca_fingerprint(&self) -> String {
         self.mesh().identity().ca_fingerprint()
+    }
+
+    /// Reads the identity again from where the configuration says (the
+    /// CA bundle, certificate, key and revocation list files; the cookie
+    /// and previous cookie), as `quicmesh node` does on `SIGHUP`. New
+    /// connections use it at once; established ones stay up, except those
+    /// of peers whose certificate is now revoked: they are dropped with
+    /// `DownReason::Revoked`. On error nothing changes; the error names
+    /// the file that was refused.
+    pub async fn reload_identity(&self) -> Result<Reloaded, IdentityError> {
+        let config = self.layers.identity.lock().await;
+        self.reload(&config).await
+    }
+
+    /// As [`Node::reload_identity`], from another identity configuration
+    /// (e.g. a new cookie with the old one as `previous_cookie`); later
+    /// reloads read this one.
+    pub async fn reload_identity_from(
+        &self,
+        identity: IdentityConfig,
+    ) -> Result<Reloaded, IdentityError> {
+        let mut config = self.layers.identity.lock().await;
+        let reloaded = self.reload(&identity).await?;
+        *config = identity;
+        Ok(reloaded)
+    }
+
+    async fn reload(&self, identity: &IdentityConfig) -> Result<Reloaded, IdentityError> {
+        let (mesh, identity) = (self.mesh().clone(), identity.clone());
+        // Deriving a cookie CA is deliberately slow (argon2): off the runtime.
+        let joined = tokio::task::spawn_blocking(move || {
+            match IdentitySource::read(identity)? {
+                IdentitySource::Cookies { cookie, previous } => {
+                    mesh.identity().reload_cookies(&cookie, previous.as_ref())?
+                }
+                IdentitySource::Files(files) => mesh.identity().reload_files(&files)?,
+            }
+            Ok::<_, IdentityError>(mesh)
+        })
+        .await;
+        let mesh = match joined {
+            Ok(r) => r?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        let revoked = mesh.drop_revoked();
+        let ca_fingerprint = mesh.identity().ca_fingerprint();
+        info!(node = %mesh.name(), ca = %ca_fingerprint, revoked = revoked.len(), "identity reloaded");
+        Ok(Reloaded {
+            ca_fingerprint,
+            revoked,
+        })
     }
 
     /// Changes every time a node starts.
@@ -430,6 +485,8 @@ impl Builder {
         self.config.identity = IdentityConfig::Cookie {
             cookie: Some(cookie.into()),
             cookie_file: None,
+            previous_cookie: None,
+            previous_cookie_file: None,
         };
         self
     }
@@ -440,6 +497,7 @@ impl Builder {
             ca: files.ca,
             cert: files.cert,
             key: files.key,
+            crl: files.crl,
         };
         self
     }
@@ -498,7 +556,7 @@ impl Builder {
         // Strategies start once the node's port and CA are known (mDNS
         // advertises them), before anything is dialled.
         let ca = mesh.identity().ca_fingerprint();
-        let local = LocalNode::new(mesh.name().clone(), mesh.local_addr(), ca);
+        let local = LocalNode::new(mesh.name().clone(), mesh.local_addr(), ca.clone());
         let mut topologies =
             Topology::from_configs(&config.topologies, &local).map_err(|(topology, e)| {
                 StartError::Config(ConfigError::Topology {
@@ -519,7 +577,12 @@ impl Builder {
             discovery.spawn(topology);
         }
         Ok(Node {
-            layers: Arc::new(Layers { mesh, rpc, coord }),
+            layers: Arc::new(Layers {
+                mesh,
+                rpc,
+                coord,
+                identity: tokio::sync::Mutex::new(config.identity),
+            }),
         })
     }
 }
@@ -528,24 +591,63 @@ async fn load_identity(config: &NodeConfig, name: NodeName) -> Result<Identity, 
     let validity = config.leaf_validity;
     let identity = config.identity.clone();
     // Deriving the cookie CA is deliberately slow (argon2): off the runtime.
-    let joined = tokio::task::spawn_blocking(move || match identity {
-        IdentityConfig::Cookie {
-            cookie,
-            cookie_file,
-        } => {
-            let cookie = match cookie {
-                Some(c) => Cookie::new(c)?,
-                None => Cookie::from_env_or_file(cookie_file.as_deref())?,
-            };
-            Identity::from_cookie(name, &cookie, validity)
+    let joined = tokio::task::spawn_blocking(move || match IdentitySource::read(identity)? {
+        IdentitySource::Cookies { cookie, previous } => {
+            Identity::from_cookies(name, &cookie, previous.as_ref(), validity)
         }
-        IdentityConfig::Certificate { ca, cert, key } => {
-            Identity::from_files(name, &CertFiles { ca, cert, key })
-        }
+        IdentitySource::Files(files) => Identity::from_files(name, &files),
     })
     .await;
     match joined {
         Ok(r) => Ok(r?),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// What [`Node::reload_identity`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reloaded {
+    /// The fingerprint of the CA now trusted first.
+    pub ca_fingerprint: String,
+    /// Peers dropped because their certificate is now revoked.
+    pub revoked: Vec<NodeName>,
+}
+
+/// An identity configuration with its cookies read, or its file names.
+enum IdentitySource {
+    Cookies {
+        cookie: Cookie,
+        previous: Option<Cookie>,
+    },
+    Files(CertFiles),
+}
+
+impl IdentitySource {
+    /// Reads the cookies (files, then the environment, as documented on
+    /// [`IdentityConfig`]); certificate files are read by the identity.
+    fn read(config: IdentityConfig) -> Result<Self, IdentityError> {
+        match config {
+            IdentityConfig::Cookie {
+                cookie,
+                cookie_file,
+                previous_cookie,
+                previous_cookie_file,
+            } => {
+                let cookie = match cookie {
+                    Some(c) => Cookie::new(c)?,
+                    None => Cookie::from_env_or_file(cookie_file.as_deref())?,
+                };
+                let previous = match (previous_cookie_file, previous_cookie) {
+                    (Some(path), _) => Some(Cookie::load(&path)?),
+                    (None, Some(c)) => Some(Cookie::new(c)?),
+                    (None, None) => None,
+                };
+                Ok(Self::Cookies { cookie, previous })
+            }
+            IdentityConfig::Certificate { ca, cert, key, crl } => {
+                Ok(Self::Files(CertFiles { ca, cert, key, crl }))
+            }
+        }
     }
 }

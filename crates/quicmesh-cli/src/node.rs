@@ -1,4 +1,5 @@
-//! `quicmesh node`: run one node until SIGINT or SIGTERM.
+//! `quicmesh node`: run one node until SIGINT or SIGTERM; SIGHUP reloads
+//! its identity.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,14 @@ pub(crate) struct ClusterArgs {
     /// Certificate mode: this node's private key.
     #[arg(long, requires_all = ["ca", "cert"])]
     key: Option<PathBuf>,
+    /// Certificate mode: the CA's revocation list (`quicmesh certs revoke`
+    /// writes it); re-read with the other files on SIGHUP.
+    #[arg(long, requires = "ca")]
+    crl: Option<PathBuf>,
+    /// Cookie mode, during a cookie rollover: a file holding the cookie
+    /// being replaced; nodes still on it are trusted too.
+    #[arg(long, conflicts_with_all = ["ca", "cert", "key"])]
+    previous_cookie_file: Option<PathBuf>,
     /// Nodes to connect to and keep connected (name@host:port), repeatable.
     #[arg(long = "connect")]
     connect: Vec<NodeAddr>,
@@ -103,14 +112,20 @@ impl ClusterArgs {
                  machine can read it: prefer QUICMESH_COOKIE or --cookie-file"
             );
         }
-        if self.cookie.is_some() || self.cookie_file.is_some() {
+        if self.cookie.is_some()
+            || self.cookie_file.is_some()
+            || self.previous_cookie_file.is_some()
+        {
             cfg.identity = IdentityConfig::Cookie {
                 cookie: self.cookie,
                 cookie_file: self.cookie_file,
+                previous_cookie: None,
+                previous_cookie_file: self.previous_cookie_file,
             };
         }
         if let (Some(ca), Some(cert), Some(key)) = (self.ca, self.cert, self.key) {
-            cfg.identity = IdentityConfig::Certificate { ca, cert, key };
+            let crl = self.crl;
+            cfg.identity = IdentityConfig::Certificate { ca, cert, key, crl };
         }
         cfg.seeds.extend(self.connect);
         Ok(cfg)
@@ -150,6 +165,9 @@ impl NodeArgs {
 pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
     let actions = args.actions();
     let config = args.into_config()?;
+    // Taken before the node starts: a SIGHUP meant as a reload must not
+    // end a node that is still starting (it is then read once running).
+    let mut hup = signal(SignalKind::hangup())?;
     let node = quicmesh::Builder::from_config(config).start().await?;
     // The first line on stdout says where the node is (scripts read it).
     say(format_args!("listening {}", node.addr()));
@@ -169,6 +187,7 @@ pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => reload(&node).await,
             e = events.recv() => match e {
                 Ok(NodeEvent::NodeUp { node, .. }) => {
                     if up.insert(node.clone()) {
@@ -200,6 +219,23 @@ pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
     acting.abort_all();
     node.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP: reads the identity's files again. The outcome goes to stdout
+/// (`reloaded CA <fingerprint>` or `reload refused: <why>`) for scripts.
+async fn reload(node: &Node) {
+    match node.reload_identity().await {
+        Ok(r) => {
+            for peer in &r.revoked {
+                tracing::warn!(%peer, "dropped: its certificate is revoked");
+            }
+            say(format_args!("reloaded CA {}", r.ca_fingerprint));
+        }
+        Err(e) => {
+            tracing::error!("identity not reloaded, keeping the one in use: {e}");
+            say(format_args!("reload refused: {e}"));
+        }
+    }
 }
 
 /// Registers, locks and campaigns as the flags say, then holds what it got

@@ -51,16 +51,7 @@ impl ClusterCa {
         let key =
             KeyPair::from_pkcs8_der_and_sign_algo(&PrivatePkcs8KeyDer::from(pkcs8), &PKCS_ED25519)?;
         let fingerprint = short_fingerprint(key.public_key_raw());
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "quicmesh");
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("quicmesh cluster CA {fingerprint}"),
-        );
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let params = ca_params(&fingerprint);
         let cert = params.self_signed(&key)?.der().clone();
         Ok(Self {
             issuer: Issuer::new(params, key),
@@ -79,6 +70,18 @@ impl ClusterCa {
     /// advertise (it does not reveal the cookie).
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// A certificate for this CA signed by `previous` (the CA of the
+    /// cookie this one replaces): sent after this node's leaf during a
+    /// cookie rollover, it lets a node that trusts only the previous CA
+    /// verify a leaf of this one (leaf → this CA → previous CA).
+    pub fn bridge_from(&self, previous: &Self) -> Result<CertificateDer<'static>, IdentityError> {
+        let params = ca_params(&self.fingerprint);
+        Ok(params
+            .signed_by(self.issuer.key(), &previous.issuer)?
+            .der()
+            .clone())
     }
 
     /// Mints a leaf certificate for `name` with a fresh key, valid from five
@@ -101,6 +104,21 @@ impl std::fmt::Debug for ClusterCa {
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
     }
+}
+
+/// The CA certificate's fields: fixed, so that every node builds the same.
+fn ca_params(fingerprint: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "quicmesh");
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("quicmesh cluster CA {fingerprint}"),
+    );
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
 }
 
 /// The first 8 bytes of SHA-256 over `bytes`, hex.

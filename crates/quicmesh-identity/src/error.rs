@@ -99,6 +99,26 @@ pub enum IdentityError {
         /// The verifier's reason.
         reason: String,
     },
+    /// A revocation list is not signed by any CA of the bundle (a list
+    /// from another CA, or the CA it came from was dropped from the
+    /// bundle).
+    #[error("revocation list {path} is issued by {issuer}, which is not a CA in {ca}")]
+    CrlNotFromCa {
+        /// The revocation list file.
+        path: PathBuf,
+        /// The issuer it names.
+        issuer: String,
+        /// The CA bundle.
+        ca: PathBuf,
+    },
+    /// A certificate serial number that is not hexadecimal.
+    #[error(
+        "{serial:?} is not a certificate serial (hexadecimal, as `quicmesh certs show` prints)"
+    )]
+    BadSerial {
+        /// What was given.
+        serial: String,
+    },
     /// Certificate generation or parsing failed.
     #[error("certificate error: {0}")]
     Cert(#[from] rcgen::Error),
@@ -138,6 +158,9 @@ pub enum AuthFailure {
     /// Another verification failure.
     #[error("bad certificate: {0}")]
     BadCertificate(String),
+    /// The certificate is in a revocation list of its CA.
+    #[error("certificate revoked by its CA")]
+    Revoked,
     /// The peer refused this node's certificate (TLS alert during or right
     /// after the handshake).
     #[error("peer refused our certificate: {0}")]

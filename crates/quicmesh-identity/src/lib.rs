@@ -21,12 +21,15 @@
 mod ca;
 mod cookie;
 mod error;
+mod ledger;
 mod pki;
 mod tls;
+mod trust;
 
 pub use ca::ClusterCa;
 pub use cookie::{COOKIE_ENV, Cookie, default_cookie_path};
 pub use error::{AuthFailure, IdentityError};
+pub use ledger::{Ledger, Revocation, serial_of};
 pub use pki::{CertFiles, CertInfo, CertificateAuthority, IssuedCert, describe_pem, write_issued};
 pub use quicmesh_wire::NodeName;
 pub use tls::{DialVerdict, Identity, peer_name};

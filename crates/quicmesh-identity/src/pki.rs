@@ -133,6 +133,14 @@ impl CertificateAuthority {
         )
     }
 
+    /// Signs a revocation list.
+    pub fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<String, IdentityError> {
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     /// Issues a certificate for `name` with an explicit validity window
     /// (for tests of expired and not-yet-valid certificates).
     pub fn issue_with_validity(
@@ -161,41 +169,55 @@ pub fn write_issued(
     Ok((cert, key))
 }
 
-/// The three files of a certificate-mode identity.
+/// The files of a certificate-mode identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertFiles {
-    /// The CA certificate to trust (PEM).
+    /// The CA certificates to trust (PEM): one, or two while a CA is
+    /// being rotated.
     pub ca: PathBuf,
     /// This node's certificate, optionally followed by intermediates (PEM).
     pub cert: PathBuf,
     /// This node's private key (PEM, PKCS#8).
     pub key: PathBuf,
+    /// Revocation lists of those CAs (PEM `X509 CRL`, as `quicmesh certs
+    /// revoke` writes): peers whose certificates they list are refused.
+    /// `None`: nothing is revoked.
+    pub crl: Option<PathBuf>,
 }
 
 impl CertFiles {
-    /// The files `quicmesh certs` writes for `name` in `dir`.
+    /// The files `quicmesh certs` writes for `name` in `dir`, without a
+    /// revocation list.
     pub fn in_dir(dir: &Path, name: &NodeName) -> Self {
         Self {
             ca: dir.join(CertificateAuthority::CERT_FILE),
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}.key")),
+            crl: None,
         }
     }
 
+    /// The same files with the revocation list `crl`.
+    pub fn with_crl(mut self, crl: impl Into<PathBuf>) -> Self {
+        self.crl = Some(crl.into());
+        self
+    }
+
+    /// Reads the CA bundle, the node's chain and its key.
     pub(crate) fn read(
         &self,
     ) -> Result<
         (
-            CertificateDer<'static>,
+            Vec<CertificateDer<'static>>,
             Vec<CertificateDer<'static>>,
             PrivateKeyDer<'static>,
         ),
         IdentityError,
     > {
-        let ca = read_certs(&self.ca, "CA certificate")?
-            .into_iter()
-            .next()
-            .ok_or_else(|| bad_pem(&self.ca, "no certificate in file"))?;
+        let ca = read_certs(&self.ca, "CA certificate")?;
+        if ca.is_empty() {
+            return Err(bad_pem(&self.ca, "no certificate in file"));
+        }
         let chain = read_certs(&self.cert, "node certificate")?;
         if chain.is_empty() {
             return Err(bad_pem(&self.cert, "no certificate in file"));
@@ -225,6 +247,9 @@ pub struct CertInfo {
     pub is_ca: bool,
     /// SHA-256 of the DER, hex with colons.
     pub fingerprint: String,
+    /// The serial number, lower-case hex (what `quicmesh certs revoke
+    /// --serial` takes).
+    pub serial: String,
 }
 
 /// Describes every certificate in a PEM file.
@@ -265,6 +290,7 @@ pub fn describe_pem(path: &Path) -> Result<Vec<CertInfo>, IdentityError> {
                 not_before: x.validity().not_before.to_string(),
                 not_after: x.validity().not_after.to_string(),
                 is_ca: x.is_ca(),
+                serial: x.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
                 fingerprint: fp
                     .as_ref()
                     .iter()

@@ -6,25 +6,49 @@ use std::time::{Duration, SystemTime};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use webpki::KeyUsage;
 
-use crate::ca::{ClusterCa, short_fingerprint};
+use crate::ca::ClusterCa;
 use crate::pki::{CertFiles, IssuedCert};
+use crate::trust::{
+    Trust, TrustCell, TrustVerifier, schemes, spki_fingerprint, tls12_refused, tls13_signature,
+};
 use crate::{AuthFailure, Cookie, IdentityError, NodeName, URI_PREFIX};
 
 /// A node's identity: its name, its certificate (renewed in cookie mode)
-/// and the CA it trusts. Builds the rustls configs the transport uses.
+/// and the CAs it trusts. Builds the rustls configs the transport uses.
+///
+/// Certificate, key and trust can be replaced while the node runs
+/// ([`Identity::reload_files`], [`Identity::reload_cookies`]): the next
+/// handshake uses them, established connections keep what they verified.
 pub struct Identity {
     name: NodeName,
-    roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     leaf: Arc<LeafResolver>,
-    /// Cookie mode: the CA that mints this node's leaves, and their validity.
-    minter: Option<(Arc<ClusterCa>, Duration)>,
-    ca_fingerprint: String,
+    trust: Arc<TrustCell>,
+    /// Cookie mode: what mints this node's leaves.
+    minter: RwLock<Option<Arc<Minter>>>,
+}
+
+/// Cookie mode: the CA that mints this node's leaves, their validity,
+/// and during a rollover the bridge sent after each leaf.
+#[derive(Debug)]
+struct Minter {
+    ca: Arc<ClusterCa>,
+    bridge: Option<CertificateDer<'static>>,
+    validity: Duration,
+}
+
+/// What a load produced, before it replaces the identity in force.
+struct Loaded {
+    trust: Trust,
+    key: CertifiedKey,
+    expires: SystemTime,
+    minter: Option<Arc<Minter>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -33,13 +57,13 @@ impl std::fmt::Debug for Identity {
             .field("name", &self.name)
             .field(
                 "mode",
-                &if self.minter.is_some() {
+                &if self.minter().is_some() {
                     "cookie"
                 } else {
                     "certificate"
                 },
             )
-            .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("ca_fingerprint", &self.ca_fingerprint())
             .finish_non_exhaustive()
     }
 }
@@ -52,9 +76,24 @@ impl Identity {
         cookie: &Cookie,
         leaf_validity: Duration,
     ) -> Result<Self, IdentityError> {
-        Self::from_cluster_ca(
+        Self::from_cookies(name, cookie, None, leaf_validity)
+    }
+
+    /// Cookie mode during a rollover: leaves are minted by `cookie`'s CA,
+    /// and peers still on the `previous` cookie are trusted too; they
+    /// verify this node's leaves through a bridge certificate (see
+    /// [`ClusterCa::bridge_from`]).
+    pub fn from_cookies(
+        name: NodeName,
+        cookie: &Cookie,
+        previous: Option<&Cookie>,
+        leaf_validity: Duration,
+    ) -> Result<Self, IdentityError> {
+        let previous = previous.map(ClusterCa::from_cookie).transpose()?;
+        Self::from_cluster_cas(
             name,
             Arc::new(ClusterCa::from_cookie(cookie)?),
+            previous.map(Arc::new),
             leaf_validity,
         )
     }
@@ -65,72 +104,94 @@ impl Identity {
         ca: Arc<ClusterCa>,
         leaf_validity: Duration,
     ) -> Result<Self, IdentityError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let issued = ca.mint_leaf(&name, leaf_validity)?;
-        let leaf = LeafResolver::new(issued_key(&issued, &provider)?, expiry_of(&issued.cert));
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.certificate().clone())?;
-        Ok(Self {
-            name,
-            roots: Arc::new(roots),
-            provider,
-            leaf: Arc::new(leaf),
-            ca_fingerprint: ca.fingerprint().to_owned(),
-            minter: Some((ca, leaf_validity)),
-        })
+        Self::from_cluster_cas(name, ca, None, leaf_validity)
     }
 
-    /// Certificate mode: loads the CA, the node certificate and its key,
-    /// and checks now that the certificate is issued by that CA, is valid
-    /// and names `name`.
+    /// Cookie mode with already derived CAs: the current one and, during
+    /// a rollover, the previous one.
+    pub fn from_cluster_cas(
+        name: NodeName,
+        ca: Arc<ClusterCa>,
+        previous: Option<Arc<ClusterCa>>,
+        leaf_validity: Duration,
+    ) -> Result<Self, IdentityError> {
+        let provider = provider();
+        let loaded = load_cluster_cas(&name, ca, previous, leaf_validity, &provider)?;
+        Ok(Self::assemble(name, provider, loaded))
+    }
+
+    /// Certificate mode: loads the CA bundle, the node certificate, its
+    /// key and the revocation list if one is named, and checks now that
+    /// the certificate is issued by a CA of the bundle, is valid, is not
+    /// revoked and names `name`.
     pub fn from_files(name: NodeName, files: &CertFiles) -> Result<Self, IdentityError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let (ca, chain, key) = files.read()?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone()).map_err(|e| IdentityError::BadPem {
-            path: files.ca.clone(),
-            what: format!("not a usable CA certificate: {e}"),
-        })?;
-        let parsed = ParsedCertificate::try_from(&chain[0])?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &roots,
-            &chain[1..],
-            UnixTime::now(),
-            provider.signature_verification_algorithms.all,
-        )
-        .map_err(|e| IdentityError::CertNotValid {
-            path: files.cert.clone(),
-            ca: files.ca.clone(),
-            reason: e.to_string(),
-        })?;
-        let found = uri_names(&chain[0]);
-        if !found.iter().any(|n| n == name.as_str()) {
-            return Err(IdentityError::CertNamesOtherNode {
-                path: files.cert.clone(),
-                expected: name,
-                found,
-            });
-        }
-        let expires = expiry_of(&chain[0]);
-        let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => IdentityError::KeyMismatch {
-                cert: files.cert.clone(),
-                key: files.key.clone(),
-            },
-            other => IdentityError::BadPem {
-                path: files.key.clone(),
-                what: format!("not a usable private key: {other}"),
-            },
-        })?;
-        Ok(Self {
+        let provider = provider();
+        let loaded = load_files(&name, files, &provider)?;
+        Ok(Self::assemble(name, provider, loaded))
+    }
+
+    fn assemble(name: NodeName, provider: Arc<CryptoProvider>, loaded: Loaded) -> Self {
+        Self {
             name,
-            roots: Arc::new(roots),
-            leaf: Arc::new(LeafResolver::new(key, expires)),
-            ca_fingerprint: spki_fingerprint(&ca),
+            leaf: Arc::new(LeafResolver::new(loaded.key, loaded.expires)),
+            trust: Arc::new(TrustCell::new(loaded.trust)),
+            minter: RwLock::new(loaded.minter),
             provider,
-            minter: None,
-        })
+        }
+    }
+
+    /// Replaces this identity with the one `files` hold (CA bundle,
+    /// certificate, key, revocation list), checked as
+    /// [`Identity::from_files`] checks them. New handshakes use it at
+    /// once; established connections are unaffected. On error nothing
+    /// changes, and the error names the file that was refused.
+    pub fn reload_files(&self, files: &CertFiles) -> Result<(), IdentityError> {
+        let loaded = load_files(&self.name, files, &self.provider)?;
+        self.install(loaded);
+        Ok(())
+    }
+
+    /// Replaces this identity with a cookie-mode one: leaves minted by
+    /// `cookie`'s CA, peers on `cookie` or on `previous` trusted. As
+    /// [`Identity::reload_files`], new handshakes use it at once and on
+    /// error nothing changes.
+    pub fn reload_cookies(
+        &self,
+        cookie: &Cookie,
+        previous: Option<&Cookie>,
+    ) -> Result<(), IdentityError> {
+        let validity = self
+            .minter()
+            .map_or(Duration::from_secs(24 * 3600), |m| m.validity);
+        let ca = Arc::new(ClusterCa::from_cookie(cookie)?);
+        let previous = previous.map(ClusterCa::from_cookie).transpose()?;
+        let loaded = load_cluster_cas(
+            &self.name,
+            ca,
+            previous.map(Arc::new),
+            validity,
+            &self.provider,
+        )?;
+        self.install(loaded);
+        Ok(())
+    }
+
+    fn install(&self, loaded: Loaded) {
+        // Held while the leaf changes, so a renewal by the minter being
+        // replaced cannot put its leaf back afterwards.
+        let mut minter = self.minter.write().unwrap_or_else(|e| e.into_inner());
+        // Trust first: a peer's certificate minted by the new CA must not
+        // be refused while this node already presents one.
+        self.trust.set(loaded.trust);
+        *minter = loaded.minter;
+        self.leaf.set(loaded.key, loaded.expires);
+    }
+
+    fn minter(&self) -> Option<Arc<Minter>> {
+        self.minter
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// This node's name.
@@ -138,10 +199,12 @@ impl Identity {
         &self.name
     }
 
-    /// A short fingerprint of the trusted CA's public key: equal on every
-    /// node of a cluster; safe to log and advertise.
-    pub fn ca_fingerprint(&self) -> &str {
-        &self.ca_fingerprint
+    /// A short fingerprint of the trusted CA's public key (the first CA
+    /// of a bundle; the current cookie's CA): equal on every node of a
+    /// cluster; safe to log and advertise. It changes when a reload
+    /// changes that CA.
+    pub fn ca_fingerprint(&self) -> String {
+        self.trust.get().fingerprint().to_owned()
     }
 
     /// When this node's current certificate expires.
@@ -149,34 +212,69 @@ impl Identity {
         self.leaf.get().1
     }
 
+    /// The certificate chain this node presents now, leaf first.
+    pub fn certificate_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.leaf.get().0.cert.clone()
+    }
+
+    /// Checks a peer's certificate chain, as presented at its handshake,
+    /// against the trust in force now (after a reload: the new CAs and
+    /// revocation lists).
+    pub fn check_peer(&self, certs: &[CertificateDer<'_>]) -> Result<(), AuthFailure> {
+        let (leaf, intermediates) = certs.split_first().ok_or(AuthFailure::NoNodeName)?;
+        let trust = self.trust.get();
+        let now = UnixTime::now();
+        // A node is both client and server; either purpose proves it.
+        let as_client = trust.verify(
+            &self.provider,
+            leaf,
+            intermediates,
+            now,
+            KeyUsage::client_auth(),
+        );
+        let as_server = || {
+            trust.verify(
+                &self.provider,
+                leaf,
+                intermediates,
+                now,
+                KeyUsage::server_auth(),
+            )
+        };
+        match as_client.or_else(|_| as_server()) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(auth_failure(&e)),
+        }
+    }
+
     /// Cookie mode: mints a new leaf when less than a third of the current
     /// one's validity is left; returns whether it did. New handshakes use
     /// the new leaf, established connections are unaffected. Certificate
     /// mode never renews (returns `false`).
     pub fn renew_if_due(&self, now: SystemTime) -> Result<bool, IdentityError> {
-        let Some((ca, validity)) = &self.minter else {
+        // Held until the new leaf is in place: a reload waits for it.
+        let guard = self.minter.read().unwrap_or_else(|e| e.into_inner());
+        let Some(minter) = guard.as_ref() else {
             return Ok(false);
         };
         let left = self.leaf_expires().duration_since(now).unwrap_or_default();
-        if left > *validity / 3 {
+        if left > minter.validity / 3 {
             return Ok(false);
         }
-        let issued = ca.mint_leaf(&self.name, *validity)?;
-        self.leaf.set(
-            issued_key(&issued, &self.provider)?,
-            expiry_of(&issued.cert),
-        );
+        let (key, expires) = minter.mint(&self.name, &self.provider)?;
+        self.leaf.set(key, expires);
         Ok(true)
     }
 
     /// The listener's config: TLS 1.3 only, a client certificate issued by
-    /// the trusted CA is required, ALPN `quicmesh/2`, no resumption
-    /// tickets. The peer's node name is read afterwards with [`peer_name`].
+    /// a trusted CA is required (checked against the trust in force at
+    /// each handshake), ALPN `quicmesh/2`, no resumption tickets. The
+    /// peer's node name is read afterwards with [`peer_name`].
     pub fn server_config(&self) -> Result<rustls::ServerConfig, IdentityError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = Arc::new(TrustVerifier {
+            trust: self.trust.clone(),
+            provider: self.provider.clone(),
+        });
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -188,10 +286,10 @@ impl Identity {
     }
 
     /// A dialler's config for one dial to `expected`: the server's chain
-    /// must verify to the trusted CA *and* its certificate must name
-    /// `expected`. Session resumption is off: a resumed session would skip
-    /// this verifier. The returned [`DialVerdict`] tells, after a failed
-    /// dial, why this side refused the peer.
+    /// must verify to a trusted CA, not be revoked, *and* its certificate
+    /// must name `expected`. Session resumption is off: a resumed session
+    /// would skip this verifier. The returned [`DialVerdict`] tells, after
+    /// a failed dial, why this side refused the peer.
     pub fn client_config(
         &self,
         expected: &NodeName,
@@ -199,7 +297,7 @@ impl Identity {
         let verdict = DialVerdict::default();
         let verifier = Arc::new(NodeVerifier {
             expected: expected.clone(),
-            roots: self.roots.clone(),
+            trust: self.trust.get(),
             provider: self.provider.clone(),
             verdict: verdict.clone(),
         });
@@ -213,6 +311,108 @@ impl Identity {
         cfg.enable_early_data = false;
         Ok((cfg, verdict))
     }
+}
+
+impl Minter {
+    /// A fresh leaf, followed by the bridge during a rollover.
+    fn mint(
+        &self,
+        name: &NodeName,
+        provider: &CryptoProvider,
+    ) -> Result<(CertifiedKey, SystemTime), IdentityError> {
+        let issued = self.ca.mint_leaf(name, self.validity)?;
+        let expires = expiry_of(&issued.cert);
+        let key = issued_key(&issued, self.bridge.clone(), provider)?;
+        Ok((key, expires))
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Cookie mode: trusts `ca` (and `previous`), mints a first leaf.
+fn load_cluster_cas(
+    name: &NodeName,
+    ca: Arc<ClusterCa>,
+    previous: Option<Arc<ClusterCa>>,
+    validity: Duration,
+    provider: &CryptoProvider,
+) -> Result<Loaded, IdentityError> {
+    let mut cas = vec![ca.certificate().clone()];
+    let mut bridge = None;
+    if let Some(previous) = previous.filter(|p| p.fingerprint() != ca.fingerprint()) {
+        cas.push(previous.certificate().clone());
+        bridge = Some(ca.bridge_from(&previous)?);
+    }
+    let trust = Trust::new(&cas, ca.fingerprint().to_owned())?;
+    let minter = Minter {
+        ca,
+        bridge,
+        validity,
+    };
+    let (key, expires) = minter.mint(name, provider)?;
+    Ok(Loaded {
+        trust,
+        key,
+        expires,
+        minter: Some(Arc::new(minter)),
+    })
+}
+
+/// Certificate mode: reads and checks every file of `files`.
+fn load_files(
+    name: &NodeName,
+    files: &CertFiles,
+    provider: &CryptoProvider,
+) -> Result<Loaded, IdentityError> {
+    let (cas, chain, key) = files.read()?;
+    let mut trust =
+        Trust::new(&cas, spki_fingerprint(&cas[0])).map_err(|e| IdentityError::BadPem {
+            path: files.ca.clone(),
+            what: format!("not a usable CA certificate: {e}"),
+        })?;
+    if let Some(crl) = &files.crl {
+        trust.add_crls(crl, &files.ca, &cas)?;
+    }
+    trust
+        .verify(
+            provider,
+            &chain[0],
+            &chain[1..],
+            UnixTime::now(),
+            KeyUsage::server_auth(),
+        )
+        .map_err(|e| IdentityError::CertNotValid {
+            path: files.cert.clone(),
+            ca: files.ca.clone(),
+            reason: e.to_string(),
+        })?;
+    let found = uri_names(&chain[0]);
+    if !found.iter().any(|n| n == name.as_str()) {
+        return Err(IdentityError::CertNamesOtherNode {
+            path: files.cert.clone(),
+            expected: name.clone(),
+            found,
+        });
+    }
+    let expires = expiry_of(&chain[0]);
+    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => IdentityError::KeyMismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+        },
+        other => IdentityError::BadPem {
+            path: files.key.clone(),
+            what: format!("not a usable private key: {other}"),
+        },
+    })?;
+    Ok(Loaded {
+        trust,
+        key,
+        expires,
+        minter: None,
+    })
 }
 
 /// Why the dialler's verifier refused a peer, filled in during the
@@ -263,6 +463,7 @@ fn auth_failure(e: &rustls::Error) -> AuthFailure {
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                 AuthFailure::NotYetValid
             }
+            CertificateError::Revoked => AuthFailure::Revoked,
             other => AuthFailure::BadCertificate(format!("{other:?}")),
         },
         other => AuthFailure::BadCertificate(other.to_string()),
@@ -274,7 +475,7 @@ fn auth_failure(e: &rustls::Error) -> AuthFailure {
 #[derive(Debug)]
 struct NodeVerifier {
     expected: NodeName,
-    roots: Arc<RootCertStore>,
+    trust: Arc<Trust>,
     provider: Arc<CryptoProvider>,
     verdict: DialVerdict,
 }
@@ -288,15 +489,13 @@ impl ServerCertVerifier for NodeVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let checked = ParsedCertificate::try_from(end_entity).and_then(|parsed| {
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &parsed,
-                &self.roots,
-                intermediates,
-                now,
-                self.provider.signature_verification_algorithms.all,
-            )
-        });
+        let checked = self.trust.verify(
+            &self.provider,
+            end_entity,
+            intermediates,
+            now,
+            KeyUsage::server_auth(),
+        );
         if let Err(e) = checked {
             self.verdict.set(auth_failure(&e));
             return Err(e);
@@ -324,10 +523,7 @@ impl ServerCertVerifier for NodeVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // The configs allow TLS 1.3 only; a TLS 1.2 signature is a bug.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        tls12_refused()
     }
 
     fn verify_tls13_signature(
@@ -336,18 +532,11 @@ impl ServerCertVerifier for NodeVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls13_signature(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        schemes(&self.provider)
     }
 }
 
@@ -388,10 +577,12 @@ impl ResolvesClientCert for LeafResolver {
 
 fn issued_key(
     issued: &IssuedCert,
+    bridge: Option<CertificateDer<'static>>,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, IdentityError> {
+    let chain = std::iter::once(issued.cert.clone()).chain(bridge).collect();
     Ok(CertifiedKey::from_der(
-        vec![issued.cert.clone()],
+        chain,
         PrivateKeyDer::Pkcs8(issued.key.clone_key()),
         provider,
     )?)
@@ -404,13 +595,6 @@ fn expiry_of(cert: &CertificateDer<'_>) -> SystemTime {
         .map_or(SystemTime::UNIX_EPOCH, |s| {
             SystemTime::UNIX_EPOCH + Duration::from_secs(s)
         })
-}
-
-fn spki_fingerprint(cert: &CertificateDer<'_>) -> String {
-    match x509_parser::parse_x509_certificate(cert) {
-        Ok((_, x)) => short_fingerprint(&x.public_key().subject_public_key.data),
-        Err(_) => short_fingerprint(cert),
-    }
 }
 
 #[cfg(test)]
@@ -441,6 +625,35 @@ mod tests {
         assert_ne!(id.leaf.get().0.cert, key.cert);
         id.server_config().unwrap();
         id.client_config(&name("b@h")).unwrap();
+    }
+
+    #[test]
+    fn a_rollover_leaf_verifies_under_either_cookie() {
+        let (old, new) = (Cookie::new("old").unwrap(), Cookie::new("new").unwrap());
+        let day = Duration::from_secs(24 * 3600);
+        let on_old = Identity::from_cookie(name("a@h"), &old, day).unwrap();
+        let rolling = Identity::from_cookies(name("b@h"), &new, Some(&old), day).unwrap();
+        let on_new = Identity::from_cookie(name("c@h"), &new, day).unwrap();
+        let (old_chain, rolling_chain) = (on_old.certificate_chain(), rolling.certificate_chain());
+        assert_eq!(rolling_chain.len(), 2, "leaf and bridge");
+        assert_eq!(on_old.check_peer(&rolling_chain), Ok(()));
+        assert_eq!(on_new.check_peer(&rolling_chain), Ok(()));
+        assert_eq!(rolling.check_peer(&old_chain), Ok(()));
+        assert_eq!(
+            on_new.check_peer(&old_chain),
+            Err(AuthFailure::UnknownIssuer)
+        );
+        // Without the bridge, the old cookie's nodes refuse the new leaf.
+        assert_eq!(
+            on_old.check_peer(&rolling_chain[..1]),
+            Err(AuthFailure::UnknownIssuer)
+        );
+        rolling.reload_cookies(&new, None).unwrap();
+        assert_eq!(rolling.certificate_chain().len(), 1);
+        assert_eq!(
+            rolling.check_peer(&old_chain),
+            Err(AuthFailure::UnknownIssuer)
+        );
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub enum DownReason {
     },
     /// This node is shutting down.
     LocalShutdown,
+    /// Its certificate was revoked: this node's reloaded revocation list
+    /// names it, or the peer's names this node's certificate.
+    Revoked,
 }
 
 impl std::fmt::Display for DownReason {
@@ -72,6 +75,7 @@ impl std::fmt::Display for DownReason {
             Self::ClosedByPeer { detail } => write!(f, "closed by peer: {detail}"),
             Self::ConnectionLost { detail } => write!(f, "connection lost: {detail}"),
             Self::LocalShutdown => f.write_str("this node shut down"),
+            Self::Revoked => f.write_str("certificate revoked"),
         }
     }
 }

@@ -24,6 +24,7 @@ mod hello;
 mod link;
 mod ping;
 mod report;
+mod revoked;
 mod sources;
 pub(crate) mod table;
 
@@ -318,6 +319,15 @@ impl Mesh {
     /// stops re-dialling it. `false` if it was not up.
     pub fn disconnect(&self, name: &NodeName) -> bool {
         self.inner.disconnect(name)
+    }
+
+    /// After [`Identity::reload_files`] or [`Identity::reload_cookies`] on
+    /// [`Mesh::identity`]: drops every up peer whose certificate, as it
+    /// presented it, is revoked under the trust now in force (both sides
+    /// see `NodeDown { Revoked }`), and returns their names. Other
+    /// connections stay up.
+    pub fn drop_revoked(&self) -> Vec<NodeName> {
+        self.inner.drop_revoked()
     }
 
     /// Round trip of a ping over a fresh stream.

@@ -92,6 +92,7 @@ pub(crate) struct Counters {
     pub(crate) handshakes_retried: AtomicU64,
     pub(crate) handshakes_refused: AtomicU64,
     pub(crate) handshakes_refused_per_source: AtomicU64,
+    pub(crate) revoked: AtomicU64,
 }
 
 /// The counters' values at one moment.
@@ -123,6 +124,10 @@ pub struct CounterSnapshot {
     /// [`MAX_HANDSHAKES_PER_SOURCE`](crate::MAX_HANDSHAKES_PER_SOURCE) in
     /// progress already.
     pub handshakes_refused_per_source: u64,
+    /// Peers dropped or refused because their certificate is revoked, and
+    /// connections a peer refused or dropped because it found this node's
+    /// certificate revoked.
+    pub revoked: u64,
 }
 
 impl Counters {
@@ -138,6 +143,7 @@ impl Counters {
             handshakes_retried: get(&self.handshakes_retried),
             handshakes_refused: get(&self.handshakes_refused),
             handshakes_refused_per_source: get(&self.handshakes_refused_per_source),
+            revoked: get(&self.revoked),
         }
     }
 }

@@ -69,15 +69,18 @@ pub(crate) fn connect(
     Ok((connecting, verdict))
 }
 
+/// The certificate chain a connection's peer presented at its handshake.
+pub(crate) fn peer_certs(
+    conn: &quinn::Connection,
+) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast().ok())
+        .map(|certs| *certs)
+}
+
 /// The verified node name of a connection's peer.
 pub(crate) fn peer_name(conn: &quinn::Connection) -> Result<NodeName, AuthFailure> {
-    let certs = conn
-        .peer_identity()
-        .and_then(|any| {
-            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .ok_or(AuthFailure::NoNodeName)?;
+    let certs = peer_certs(conn).ok_or(AuthFailure::NoNodeName)?;
     quicmesh_identity::peer_name(&certs)
 }
 
@@ -91,6 +94,22 @@ pub(crate) fn close(conn: &quinn::Connection, code: CloseCode, reason: &str) {
 fn tls_alert(code: quinn::TransportErrorCode) -> Option<u8> {
     let c = u64::from(code);
     (0x100..0x200).contains(&c).then(|| (c - 0x100) as u8)
+}
+
+/// The TLS alert `certificate_revoked` (RFC 8446).
+const ALERT_REVOKED: u8 = 44;
+
+/// Whether the connection failed because one side found the other's
+/// certificate revoked.
+pub(crate) fn revoked(e: &ConnectionError) -> bool {
+    match e {
+        ConnectionError::TransportError(t) => tls_alert(t.code) == Some(ALERT_REVOKED),
+        ConnectionError::ConnectionClosed(c) => tls_alert(c.error_code) == Some(ALERT_REVOKED),
+        ConnectionError::ApplicationClosed(a) => {
+            a.error_code.into_inner() == u64::from(CloseCode::Revoked.code())
+        }
+        _ => false,
+    }
 }
 
 /// If the connection failed on a TLS alert, what the peer (or this side)
@@ -120,6 +139,7 @@ pub(crate) fn down_reason(e: &ConnectionError) -> DownReason {
                 // The peer heard nothing from this node: the link failed,
                 // as when this node hears nothing.
                 CloseCode::HeartbeatTimeout => DownReason::HeartbeatTimeout,
+                CloseCode::Revoked => DownReason::Revoked,
                 other => DownReason::ClosedByPeer {
                     detail: format!("{other:?}: {reason}"),
                 },

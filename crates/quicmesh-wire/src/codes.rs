@@ -25,6 +25,9 @@ pub enum CloseCode {
     NotAuthenticated,
     /// The handshake did not complete in time.
     HandshakeTimeout,
+    /// The peer's certificate was revoked (its CA's revocation list names
+    /// it): the connection is dropped and new ones are refused.
+    Revoked,
     /// A stream's header named a kind this node does not serve.
     UnknownStreamKind,
     /// The caller gave up on the call (dropped it or timed out).
@@ -48,6 +51,7 @@ impl CloseCode {
             Self::HeartbeatTimeout => 0x05,
             Self::NotAuthenticated => 0x06,
             Self::HandshakeTimeout => 0x07,
+            Self::Revoked => 0x08,
             Self::UnknownStreamKind => 0x101,
             Self::Cancelled => 0x103,
             Self::UnknownProtocol => 0x104,
@@ -66,6 +70,7 @@ impl CloseCode {
             0x05 => Self::HeartbeatTimeout,
             0x06 => Self::NotAuthenticated,
             0x07 => Self::HandshakeTimeout,
+            0x08 => Self::Revoked,
             0x101 => Self::UnknownStreamKind,
             0x103 => Self::Cancelled,
             0x104 => Self::UnknownProtocol,
@@ -90,6 +95,7 @@ mod tests {
             CloseCode::HeartbeatTimeout,
             CloseCode::NotAuthenticated,
             CloseCode::HandshakeTimeout,
+            CloseCode::Revoked,
             CloseCode::UnknownStreamKind,
             CloseCode::Cancelled,
             CloseCode::UnknownProtocol,

@@ -1,6 +1,10 @@
 //! Real `quicmesh` processes: killed, terminated, issuing certificates,
 //! reading a config file, the demo, and shell completions.
 
+#[path = "../../../../tests/support/probe.rs"]
+mod probe;
+mod rotation;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -19,6 +23,8 @@ struct NodeProcess {
     child: Child,
     stdout: Lines<BufReader<ChildStdout>>,
     name: NodeName,
+    /// Where it listens, as it printed.
+    addr: quicmesh::NodeAddr,
 }
 
 impl NodeProcess {
@@ -43,11 +49,12 @@ impl NodeProcess {
         let addr = first
             .strip_prefix("listening ")
             .expect("first line is `listening ADDR`");
-        let name = addr.parse::<quicmesh::NodeAddr>().expect("an address").name;
+        let addr = addr.parse::<quicmesh::NodeAddr>().expect("an address");
         Self {
             child,
             stdout,
-            name,
+            name: addr.name.clone(),
+            addr,
         }
     }
 
@@ -109,10 +116,15 @@ impl NodeProcess {
 }
 
 async fn local_node(short: &str) -> Node {
+    cookie_node(short, COOKIE).await
+}
+
+/// `short@127.0.0.1` in this process, on a free port, with `cookie`.
+async fn cookie_node(short: &str, cookie: &str) -> Node {
     Node::builder()
         .name(format!("{short}@127.0.0.1"))
         .listen("127.0.0.1:0".parse().expect("addr"))
-        .cookie(COOKIE)
+        .cookie(cookie)
         .start()
         .await
         .expect("start")

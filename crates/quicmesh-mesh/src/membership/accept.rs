@@ -96,6 +96,9 @@ impl Inner {
                 return;
             }
             Some(Err(e)) => {
+                if transport::revoked(&e) {
+                    count(&self.counters.revoked);
+                }
                 if transport::auth_refusal(&e).is_some() {
                     count(&self.counters.auth_failures);
                     warn!("refused a connection: authentication failed: {e}");

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use quicmesh_identity::DialVerdict;
+use quicmesh_identity::{AuthFailure, DialVerdict};
 use quicmesh_wire::{CloseCode, Control, NodeAddr, NodeName, Refusal, StreamKind};
 use quinn::ConnectionError;
 use tokio::time::Instant;
@@ -204,6 +204,9 @@ impl Inner {
         e: &ConnectionError,
         verdict: &DialVerdict,
     ) -> ConnectError {
+        if transport::revoked(e) || verdict.failure() == Some(AuthFailure::Revoked) {
+            super::count(&self.counters.revoked);
+        }
         if let Some(reason) = verdict.failure().or_else(|| transport::auth_refusal(e)) {
             return ConnectError::AuthenticationFailed {
                 peer: name.clone(),

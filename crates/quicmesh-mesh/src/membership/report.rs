@@ -90,7 +90,7 @@ impl Inner {
             node: self.me.clone(),
             incarnation: self.incarnation,
             listen: self.local_addr,
-            ca_fingerprint: self.identity.ca_fingerprint().to_owned(),
+            ca_fingerprint: self.identity.ca_fingerprint(),
             hidden: self.config.hidden,
             connections: self.endpoint.open_connections(),
             peers,
