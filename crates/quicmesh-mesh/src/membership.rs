@@ -42,6 +42,7 @@ use crate::config::MeshConfig;
 use crate::error::{BindError, ConnectError, PingError, WaitError};
 use crate::event::{DownReason, EventStream, NodeEvent};
 use crate::log_limit::LogLimit;
+use crate::metrics::MeshMetrics;
 use crate::peer::Peer;
 use crate::router::Router;
 use crate::status::{Counters, Status};
@@ -326,6 +327,12 @@ impl Mesh {
         self.inner.status()
     }
 
+    /// What the mesh measured, for a metrics endpoint: cheap enough to
+    /// call on every scrape (one short hold of the peer table).
+    pub fn metrics(&self) -> MeshMetrics {
+        self.inner.metrics()
+    }
+
     /// Closes every connection with `Shutdown` and tells the tasks to
     /// stop, without waiting (for a node dropped without `shutdown`).
     pub fn close(&self, reason: &str) {
@@ -364,6 +371,11 @@ impl Inner {
     }
 
     fn emit(&self, event: NodeEvent) {
+        let stats = &self.counters.stats;
+        match &event {
+            NodeEvent::NodeUp { .. } => count(&stats.nodes_up),
+            NodeEvent::NodeDown { reason, .. } => stats.node_down(reason),
+        }
         // No subscriber is fine: events are for whoever listens.
         let _ = self.events.send(event);
     }
