@@ -405,6 +405,7 @@
 
 mod config;
 mod error;
+mod metrics;
 mod node;
 
 /// Discovery: topologies whose strategies report candidate peers, which
@@ -429,6 +430,10 @@ pub mod discovery {
 pub use config::{ConfigError, IdentityConfig, NodeConfig};
 pub use error::StartError;
 pub use node::{Builder, Node};
+/// The metrics library whose [`Registry`](prometheus_client::registry::Registry)
+/// [`Node::register_metrics`] fills, re-exported so an application uses the
+/// same version.
+pub use prometheus_client;
 pub use quicmesh_coord::{
     AlreadyRegistered, CoordCounters, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
     Leadership, LocalRegistry, LockError, LockGuard, LockOptions, MAX_CLOCK_DRIFT, Member,

@@ -52,10 +52,10 @@ pub struct Node {
 /// the last `Node` handle goes away they stop the node's tasks (the tasks
 /// themselves hold the mesh, not this).
 #[derive(Debug)]
-struct Layers {
-    mesh: Mesh,
-    rpc: Rpc,
-    coord: Arc<Coord>,
+pub(crate) struct Layers {
+    pub(crate) mesh: Mesh,
+    pub(crate) rpc: Rpc,
+    pub(crate) coord: Arc<Coord>,
 }
 
 impl Drop for Layers {
@@ -153,6 +153,30 @@ impl Node {
     /// their caps) and the locks this node lost, since it started.
     pub fn coordination_counters(&self) -> CoordCounters {
         self.coord().counters()
+    }
+
+    /// Adds this node's metrics to `registry`, the application's own (the
+    /// library keeps none): peers by state, handshakes and authentication
+    /// failures, node ups and downs by reason, heartbeat RTT, bytes and
+    /// streams, refusals by limit, RPC calls by service and outcome with
+    /// their latency, lock attempts and waits, registry size and leader
+    /// changes, every name starting with `quicmesh_` (the README lists
+    /// them). They are read from the node at each scrape; the registry
+    /// does not keep the node running, and encodes nothing for it once it
+    /// is gone. Call it once per node and registry: a second call would
+    /// encode every family twice.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: quicmesh::Node) -> Result<(), std::fmt::Error> {
+    /// use quicmesh::prometheus_client::{encoding::text::encode, registry::Registry};
+    /// let mut registry = Registry::default();
+    /// node.register_metrics(&mut registry);
+    /// let mut text = String::new();
+    /// encode(&mut text, &registry)?; // serve this at /metrics
+    /// # Ok(()) }
+    /// ```
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        crate::metrics::register(registry, Arc::downgrade(&self.layers));
     }
 
     /// Bytes of RPC request bodies this node holds now, from every peer
