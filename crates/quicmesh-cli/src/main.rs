@@ -4,6 +4,7 @@
 mod bench;
 mod certs;
 mod demo;
+mod metrics;
 mod node;
 
 use std::io::IsTerminal;

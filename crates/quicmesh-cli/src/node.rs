@@ -42,6 +42,10 @@ pub(crate) struct NodeArgs {
     /// A hidden node: never propagated to other nodes.
     #[arg(long)]
     hidden: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free
+    /// one; the address is printed as `metrics on http://ADDR/metrics`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// A TOML configuration file; flags override its values.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -119,6 +123,9 @@ impl NodeArgs {
         if let (Some(ca), Some(cert), Some(key)) = (self.ca, self.cert, self.key) {
             cfg.identity = IdentityConfig::Certificate { ca, cert, key };
         }
+        if let Some(metrics) = self.metrics {
+            cfg.metrics = Some(metrics);
+        }
         cfg.seeds.extend(self.connect);
         cfg.hidden |= self.hidden;
         if cfg.name.is_none() {
@@ -133,9 +140,19 @@ impl NodeArgs {
 pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
     let actions = args.actions();
     let config = args.into_config()?;
+    let metrics = config.metrics;
     let node = quicmesh::Builder::from_config(config).start().await?;
     // The first line on stdout says where the node is (scripts read it).
     say(format_args!("listening {}", node.addr()));
+    // Served until this function returns.
+    let _metrics = match metrics {
+        Some(addr) => {
+            let server = crate::metrics::serve(addr, &node).await?;
+            say(format_args!("metrics on http://{}/metrics", server.addr));
+            Some(server)
+        }
+        None => None,
+    };
     let mut events = node.events();
     // Seeds are dialled as the node starts: one may be up before the event
     // stream opened. Say so once, whichever way it is learnt.
