@@ -25,56 +25,71 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
-use quicmesh_mesh::HistogramSnapshot;
-
-use crate::node::Layers;
+use quicmesh_coord::Coord;
+use quicmesh_mesh::{HistogramSnapshot, Mesh};
+use quicmesh_rpc::Rpc;
 
 /// Label name and value.
 type Label<'a> = (&'a str, &'a str);
 
+/// The layers of a node, as the collector reads them.
+pub(crate) struct Sources<'a> {
+    pub(crate) mesh: &'a Mesh,
+    pub(crate) rpc: &'a Rpc,
+    pub(crate) coord: &'a Coord,
+}
+
+/// What the collector holds weakly: a running node's layers.
+pub(crate) trait Measured: std::fmt::Debug + Send + Sync + 'static {
+    fn sources(&self) -> Sources<'_>;
+}
+
 /// Encodes the metrics of the node it points to (see the module doc).
 #[derive(Debug)]
-pub(crate) struct NodeCollector {
-    pub(crate) layers: Weak<Layers>,
+struct NodeCollector<M> {
+    node: Weak<M>,
 }
 
-pub(crate) fn register(registry: &mut Registry, layers: Weak<Layers>) {
-    registry.register_collector(Box::new(NodeCollector { layers }));
+pub(crate) fn register<M: Measured>(registry: &mut Registry, node: Weak<M>) {
+    registry.register_collector(Box::new(NodeCollector { node }));
 }
 
-impl Collector for NodeCollector {
+impl<M: Measured> Collector for NodeCollector<M> {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), Error> {
-        let Some(layers) = self.layers.upgrade() else {
+        let Some(node) = self.node.upgrade() else {
             return Ok(());
         };
-        mesh(&mut e, &layers)?;
-        rpc(&mut e, &layers)?;
-        coord(&mut e, &layers)
+        let layers = node.sources();
+        let mut out = Out(&mut e);
+        mesh(&mut out, &layers)?;
+        rpc(&mut out, &layers)?;
+        coord(&mut out, &layers)
     }
 }
 
-fn mesh(e: &mut DescriptorEncoder<'_>, layers: &Layers) -> Result<(), Error> {
+fn mesh(out: &mut Out<'_, '_>, layers: &Sources<'_>) -> Result<(), Error> {
     let m = layers.mesh.metrics();
     let c = &m.counters;
-    let name = layers.mesh.name().as_str();
-    let info = [(vec![("node", name)], 1)];
-    gauges(e, "quicmesh_node_info", "This node's name (value 1)", &info)?;
+    let node = [(vec![("node", layers.mesh.name().as_str())], 1)];
+    out.family(
+        "quicmesh_node_info",
+        "This node's name (value 1)",
+        None,
+        GAUGE,
+        &node,
+    )?;
     let p = m.peers;
-    let peers = [("up", p.up), ("connecting", p.connecting), ("down", p.down)]
-        .map(|(state, n)| (state, n as u64));
-    gauges(
-        e,
-        "quicmesh_peers",
-        "Known peers by state",
-        &labelled("state", &peers),
+    let peers = [("up", p.up), ("connecting", p.connecting), ("down", p.down)];
+    let peers = peers.map(|(state, n)| (state, n as u64));
+    out.by(
+        ("quicmesh_peers", "Known peers by state"),
+        GAUGE,
+        "state",
+        &peers,
     )?;
-    let open = [(vec![], m.connections as u64)];
-    gauges(
-        e,
-        "quicmesh_connections",
-        "Open QUIC connections, handshakes included",
-        &open,
-    )?;
+    let help = "Open QUIC connections, handshakes included";
+    out.one("quicmesh_connections", help, GAUGE, m.connections as u64)?;
+    let refused = c.handshakes_refused + c.handshakes_refused_per_source;
     let handshakes = [
         ("accepted", m.handshakes_accepted),
         ("auth_failed", c.auth_failures),
@@ -82,64 +97,63 @@ fn mesh(e: &mut DescriptorEncoder<'_>, layers: &Layers) -> Result<(), Error> {
         ("duplicate", c.duplicates),
         ("name_in_use", c.names_in_use),
         ("retried", c.handshakes_retried),
-        (
-            "refused",
-            c.handshakes_refused + c.handshakes_refused_per_source,
-        ),
+        ("refused", refused),
     ];
     let help = "Incoming handshakes by outcome (duplicate counts both sides' tie-breaks)";
-    counters(
-        e,
-        "quicmesh_handshakes",
-        help,
-        None,
-        &labelled("outcome", &handshakes),
+    out.by(
+        ("quicmesh_handshakes", help),
+        COUNTER,
+        "outcome",
+        &handshakes,
     )?;
     let help = "Identities refused (incoming, or refused by the peer) by reason";
-    counters(
-        e,
-        "quicmesh_auth_failures",
-        help,
-        None,
-        &labelled("reason", &m.auth_failures),
+    out.by(
+        ("quicmesh_auth_failures", help),
+        COUNTER,
+        "reason",
+        &m.auth_failures,
     )?;
-    let up = [(vec![], m.nodes_up)];
-    counters(e, "quicmesh_node_up", "NodeUp events", None, &up)?;
+    out.one("quicmesh_node_up", "NodeUp events", COUNTER, m.nodes_up)?;
     let help = "NodeDown events by reason";
-    counters(
-        e,
-        "quicmesh_node_down",
-        help,
-        None,
-        &labelled("reason", &m.nodes_down),
+    out.by(
+        ("quicmesh_node_down", help),
+        COUNTER,
+        "reason",
+        &m.nodes_down,
     )?;
     let help = "Peers dropped for breaking the protocol";
-    let violations = [(vec![], c.protocol_violations)];
-    counters(e, "quicmesh_protocol_violations", help, None, &violations)?;
+    out.one(
+        "quicmesh_protocol_violations",
+        help,
+        COUNTER,
+        c.protocol_violations,
+    )?;
     let help = "QUIC round-trip estimate of each up peer, sampled every heartbeat interval";
-    histograms(
-        e,
+    out.histograms(
         "quicmesh_heartbeat_rtt",
         help,
         &[(vec![], &m.heartbeat_rtt)],
     )?;
-    let sent = [(vec![], m.bytes_sent)];
     let help = "UDP payload bytes sent to installed peers";
-    counters(e, "quicmesh_sent", help, Some(&Unit::Bytes), &sent)?;
-    let received = [(vec![], m.bytes_received)];
+    out.family(
+        "quicmesh_sent",
+        help,
+        BYTES,
+        COUNTER,
+        &[(vec![], m.bytes_sent)],
+    )?;
     let help = "UDP payload bytes received from installed peers";
-    counters(e, "quicmesh_received", help, Some(&Unit::Bytes), &received)?;
+    let received = [(vec![], m.bytes_received)];
+    out.family("quicmesh_received", help, BYTES, COUNTER, &received)?;
     let streams = [("bidi", m.streams_bi), ("uni", m.streams_uni)];
     let help = "Streams peers opened to this node, by type";
-    counters(
-        e,
-        "quicmesh_streams_accepted",
-        help,
-        None,
-        &labelled("type", &streams),
+    out.by(
+        ("quicmesh_streams_accepted", help),
+        COUNTER,
+        "type",
+        &streams,
     )?;
-    let rpc = layers.rpc.metrics();
-    let coord = layers.coord.counters();
+    let (rpc, coord) = (layers.rpc.metrics(), layers.coord.counters());
     let refusals = [
         ("handshakes_in_progress", c.handshakes_refused),
         ("handshakes_per_source", c.handshakes_refused_per_source),
@@ -150,16 +164,10 @@ fn mesh(e: &mut DescriptorEncoder<'_>, layers: &Layers) -> Result<(), Error> {
         ("locks_per_node", coord.locks_refused),
     ];
     let help = "Requests refused because a limit was reached, by limit";
-    counters(
-        e,
-        "quicmesh_refusals",
-        help,
-        None,
-        &labelled("limit", &refusals),
-    )
+    out.by(("quicmesh_refusals", help), COUNTER, "limit", &refusals)
 }
 
-fn rpc(e: &mut DescriptorEncoder<'_>, layers: &Layers) -> Result<(), Error> {
+fn rpc(out: &mut Out<'_, '_>, layers: &Sources<'_>) -> Result<(), Error> {
     let m = layers.rpc.metrics();
     let calls: Vec<_> = m
         .calls
@@ -174,130 +182,127 @@ fn rpc(e: &mut DescriptorEncoder<'_>, layers: &Layers) -> Result<(), Error> {
         })
         .collect();
     let help = "Calls, casts and multicall entries this node made, by service and outcome";
-    counters(e, "quicmesh_rpc_calls", help, None, &calls)?;
+    out.family("quicmesh_rpc_calls", help, None, COUNTER, &calls)?;
     let latency: Vec<_> = m
         .calls
         .iter()
         .map(|s| (vec![("service", s.service.as_str())], &s.latency))
         .collect();
     let help = "Time from a call to its result, by service";
-    histograms(e, "quicmesh_rpc_call_duration", help, &latency)?;
+    out.histograms("quicmesh_rpc_call_duration", help, &latency)?;
     let buffered = [(vec![], layers.rpc.buffered_bytes() as u64)];
     let help = "Request bodies buffered now, from every peer";
-    gauges_with_unit(e, "quicmesh_rpc_buffered", help, &Unit::Bytes, &buffered)
+    out.family("quicmesh_rpc_buffered", help, BYTES, GAUGE, &buffered)
 }
 
-fn coord(e: &mut DescriptorEncoder<'_>, layers: &Layers) -> Result<(), Error> {
+fn coord(out: &mut Out<'_, '_>, layers: &Sources<'_>) -> Result<(), Error> {
     let m = layers.coord.metrics();
     let c = &m.counters;
     let attempts = [("acquired", m.locks_acquired), ("failed", m.locks_failed)];
     let help = "Node::lock calls on this node, by outcome (elections' own locks not included)";
-    counters(
-        e,
-        "quicmesh_lock_attempts",
-        help,
-        None,
-        &labelled("outcome", &attempts),
+    out.by(
+        ("quicmesh_lock_attempts", help),
+        COUNTER,
+        "outcome",
+        &attempts,
     )?;
     let help = "Time each Node::lock call waited, acquired or not";
-    histograms(e, "quicmesh_lock_wait", help, &[(vec![], &m.lock_wait)])?;
-    let held = [(vec![], m.locks_held as u64)];
-    gauges(
-        e,
-        "quicmesh_locks_held",
-        "Locks in this node's lock table",
-        &held,
-    )?;
-    let lost = [(vec![], c.locks_lost)];
+    out.histograms("quicmesh_lock_wait", help, &[(vec![], &m.lock_wait)])?;
+    let help = "Locks in this node's lock table";
+    out.one("quicmesh_locks_held", help, GAUGE, m.locks_held as u64)?;
     let help = "This node's locks lost to a larger token when partitions met";
-    counters(e, "quicmesh_locks_lost", help, None, &lost)?;
-    let names = [(vec![], m.registry_names as u64)];
+    out.one("quicmesh_locks_lost", help, COUNTER, c.locks_lost)?;
     let help = "Names in the global registry, as this node knows them";
-    gauges(e, "quicmesh_registry_names", help, &names)?;
-    let changes = [(vec![], m.leader_changes)];
+    out.one(
+        "quicmesh_registry_names",
+        help,
+        GAUGE,
+        m.registry_names as u64,
+    )?;
     let help = "Changes of leader this node saw, over every election";
-    counters(e, "quicmesh_election_leader_changes", help, None, &changes)?;
+    out.one(
+        "quicmesh_election_leader_changes",
+        help,
+        COUNTER,
+        m.leader_changes,
+    )?;
     let refused = [
         ("claim", c.claims_refused),
         ("clock", c.clocks_refused),
         ("announcement", c.announcements_refused),
     ];
     let help = "Coordination messages from peers refused, by what was wrong";
-    counters(
-        e,
-        "quicmesh_coord_refused",
-        help,
-        None,
-        &labelled("what", &refused),
-    )
+    out.by(("quicmesh_coord_refused", help), COUNTER, "what", &refused)
 }
 
-/// One label per value.
+const COUNTER: MetricType = MetricType::Counter;
+const GAUGE: MetricType = MetricType::Gauge;
+const BYTES: Option<&Unit> = Some(&Unit::Bytes);
+
+/// Series of a family: labels and value.
+type Series<'a, T> = [(Vec<Label<'a>>, T)];
+
+/// Writes families to a scrape; each method writes one.
+struct Out<'e, 'a>(&'e mut DescriptorEncoder<'a>);
+
+impl Out<'_, '_> {
+    /// A counter or gauge without labels.
+    fn one(&mut self, name: &str, help: &str, ty: MetricType, n: u64) -> Result<(), Error> {
+        self.family(name, help, None, ty, &[(vec![], n)])
+    }
+
+    /// A counter or gauge family with one label, `key`.
+    fn by(
+        &mut self,
+        (name, help): (&str, &str),
+        ty: MetricType,
+        key: &str,
+        values: &[(&str, u64)],
+    ) -> Result<(), Error> {
+        self.family(name, help, None, ty, &labelled(key, values))
+    }
+
+    /// A counter or gauge family.
+    fn family(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        ty: MetricType,
+        series: &Series<'_, u64>,
+    ) -> Result<(), Error> {
+        let mut m = self.0.encode_descriptor(name, help, unit, ty)?;
+        for (labels, n) in series {
+            let f = m.encode_family(labels)?;
+            if matches!(ty, MetricType::Gauge) {
+                ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX)).encode(f)?;
+            } else {
+                ConstCounter::new(*n).encode(f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A histogram family in seconds.
+    fn histograms(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: &Series<'_, &HistogramSnapshot>,
+    ) -> Result<(), Error> {
+        let unit = Unit::Seconds;
+        let mut m = self
+            .0
+            .encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
+        for (labels, h) in series {
+            let mut f = m.encode_family(labels)?;
+            f.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// One label, `key`, per value.
 fn labelled<'a>(key: &'a str, values: &'a [(&'a str, u64)]) -> Vec<(Vec<Label<'a>>, u64)> {
     values.iter().map(|(v, n)| (vec![(key, *v)], *n)).collect()
-}
-
-/// A counter family; a series without labels when its label list is empty.
-fn counters(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    series: &[(Vec<Label<'_>>, u64)],
-) -> Result<(), Error> {
-    let mut m = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
-    for (labels, n) in series {
-        ConstCounter::new(*n).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauges(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    series: &[(Vec<Label<'_>>, u64)],
-) -> Result<(), Error> {
-    gauge_family(e, name, help, None, series)
-}
-
-fn gauges_with_unit(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    unit: &Unit,
-    series: &[(Vec<Label<'_>>, u64)],
-) -> Result<(), Error> {
-    gauge_family(e, name, help, Some(unit), series)
-}
-
-fn gauge_family(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    series: &[(Vec<Label<'_>>, u64)],
-) -> Result<(), Error> {
-    let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    for (labels, n) in series {
-        let value = ConstGauge::new(i64::try_from(*n).unwrap_or(i64::MAX));
-        value.encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-/// A histogram family in seconds.
-fn histograms(
-    e: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    series: &[(Vec<Label<'_>>, &HistogramSnapshot)],
-) -> Result<(), Error> {
-    let unit = Unit::Seconds;
-    let mut m = e.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
-    for (labels, h) in series {
-        let mut f = m.encode_family(labels)?;
-        f.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
-    }
-    Ok(())
 }

@@ -22,6 +22,7 @@ use tracing::info;
 
 use crate::config::{ConfigError, IdentityConfig, NodeConfig};
 use crate::error::StartError;
+use crate::metrics::{self, Measured};
 
 /// A running quicmesh node. Cheap to clone; every clone is the same node.
 ///
@@ -52,10 +53,20 @@ pub struct Node {
 /// the last `Node` handle goes away they stop the node's tasks (the tasks
 /// themselves hold the mesh, not this).
 #[derive(Debug)]
-pub(crate) struct Layers {
-    pub(crate) mesh: Mesh,
-    pub(crate) rpc: Rpc,
-    pub(crate) coord: Arc<Coord>,
+struct Layers {
+    mesh: Mesh,
+    rpc: Rpc,
+    coord: Arc<Coord>,
+}
+
+impl Measured for Layers {
+    fn sources(&self) -> metrics::Sources<'_> {
+        metrics::Sources {
+            mesh: &self.mesh,
+            rpc: &self.rpc,
+            coord: &self.coord,
+        }
+    }
 }
 
 impl Drop for Layers {
@@ -176,7 +187,7 @@ impl Node {
     /// # Ok(()) }
     /// ```
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        crate::metrics::register(registry, Arc::downgrade(&self.layers));
+        metrics::register(registry, Arc::downgrade(&self.layers));
     }
 
     /// Bytes of RPC request bodies this node holds now, from every peer

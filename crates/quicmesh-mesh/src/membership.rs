@@ -42,7 +42,7 @@ use crate::config::MeshConfig;
 use crate::error::{BindError, ConnectError, PingError, WaitError};
 use crate::event::{DownReason, EventStream, NodeEvent};
 use crate::log_limit::LogLimit;
-use crate::metrics::MeshMetrics;
+use crate::metrics::{MeshMetrics, Stats};
 use crate::peer::Peer;
 use crate::router::Router;
 use crate::status::{Counters, Status};
@@ -92,6 +92,8 @@ struct Inner {
     changed: watch::Sender<u64>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
+    /// What only the metrics report.
+    stats: Stats,
     /// Set once by `start`; the link tasks route streams with it.
     router: OnceLock<Arc<Router>>,
     tasks: Tasks,
@@ -167,6 +169,7 @@ impl Mesh {
             changed: watch::Sender::new(0),
             events: broadcast::Sender::new(EVENT_QUEUE),
             counters: Arc::default(),
+            stats: Stats::default(),
             router: OnceLock::new(),
             tasks: Tasks::default(),
             handshakes: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
@@ -371,7 +374,7 @@ impl Inner {
     }
 
     fn emit(&self, event: NodeEvent) {
-        let stats = &self.counters.stats;
+        let stats = &self.stats;
         match &event {
             NodeEvent::NodeUp { .. } => count(&stats.nodes_up),
             NodeEvent::NodeDown { reason, .. } => stats.node_down(reason),

@@ -17,7 +17,7 @@ use crate::event::DownReason;
 use crate::histogram::{Histogram, HistogramSnapshot};
 use crate::status::CounterSnapshot;
 
-/// The live measurements of one node (inside its counters).
+/// The live measurements of one node (beside its counters).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub(crate) handshakes_accepted: AtomicU64,

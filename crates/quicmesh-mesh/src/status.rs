@@ -92,8 +92,6 @@ pub(crate) struct Counters {
     pub(crate) handshakes_retried: AtomicU64,
     pub(crate) handshakes_refused: AtomicU64,
     pub(crate) handshakes_refused_per_source: AtomicU64,
-    /// What only the metrics report.
-    pub(crate) stats: crate::metrics::Stats,
 }
 
 /// The counters' values at one moment.

@@ -98,7 +98,7 @@ impl Inner {
             Some(Err(e)) => {
                 if let Some(reason) = transport::auth_refusal(&e) {
                     count(&self.counters.auth_failures);
-                    self.counters.stats.auth_failure(&reason);
+                    self.stats.auth_failure(&reason);
                     warn!("refused a connection: authentication failed: {e}");
                 } else {
                     count(&self.counters.handshake_failures);
@@ -113,7 +113,7 @@ impl Inner {
             Ok(name) => name,
             Err(reason) => {
                 count(&self.counters.auth_failures);
-                self.counters.stats.auth_failure(&reason);
+                self.stats.auth_failure(&reason);
                 warn!("refused a connection: {reason}");
                 transport::close(&conn, CloseCode::NotAuthenticated, &reason.to_string());
                 return;
@@ -159,7 +159,7 @@ impl Inner {
             hello,
         };
         let Err((mut send, refusal)) = self.install(handshake, Role::Listener { welcome }) else {
-            count(&self.counters.stats.handshakes_accepted);
+            count(&self.stats.handshakes_accepted);
             return;
         };
         match &refusal {
@@ -205,7 +205,7 @@ impl Inner {
         let (send, mut recv) = conn.accept_bi().await.map_err(|e| {
             if let Some(reason) = transport::auth_refusal(&e) {
                 count(&self.counters.auth_failures);
-                self.counters.stats.auth_failure(&reason);
+                self.stats.auth_failure(&reason);
                 warn!(peer = %name, "connection refused during the handshake: {reason}");
             }
             Refuse::Quietly

@@ -72,7 +72,7 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
         jobs.abort_all();
         inner.link_closed(peer.name(), conn.stable_id(), reason);
         // Out of the table now: its bytes move to the ended totals.
-        inner.counters.stats.connection_ended(&conn);
+        inner.stats.connection_ended(&conn);
     };
     tasks.spawn(task.instrument(span));
 }
@@ -98,7 +98,7 @@ async fn heartbeat(peer: &Peer, inner: &Inner, sends: bool) {
     loop {
         tick.tick().await;
         if ticks % CHECKS_PER_INTERVAL == 0 {
-            inner.counters.stats.heartbeat_rtt.record(conn.rtt());
+            inner.stats.heartbeat_rtt.record(conn.rtt());
         }
         if sends && ticks % CHECKS_PER_INTERVAL == 0 {
             if let Err(e) = conn.send_datagram(Datagram::Heartbeat { seq }.encode().into()) {
@@ -230,7 +230,7 @@ async fn serve_streams(inner: Arc<Inner>, peer: Peer) {
         tokio::select! {
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    count(&inner.counters.stats.streams_bi);
+                    count(&inner.stats.streams_bi);
                     let served = route(inner.clone(), peer.clone(), Some(send), recv, patience);
                     streams.spawn(served.in_current_span());
                 }
@@ -238,7 +238,7 @@ async fn serve_streams(inner: Arc<Inner>, peer: Peer) {
             },
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    count(&inner.counters.stats.streams_uni);
+                    count(&inner.stats.streams_uni);
                     let served = route(inner.clone(), peer.clone(), None, recv, patience);
                     streams.spawn(served.in_current_span());
                 }

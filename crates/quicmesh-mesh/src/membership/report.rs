@@ -82,9 +82,7 @@ impl Inner {
         }
         let connections = self.endpoint.open_connections();
         let counters = self.counters.snapshot();
-        self.counters
-            .stats
-            .snapshot(peers, connections, counters, live)
+        self.stats.snapshot(peers, connections, counters, live)
     }
 
     pub(super) fn status(&self) -> Status {
