@@ -373,6 +373,17 @@
 //! `[topologies.NAME]` tables or from code ([`Builder::topology`] with
 //! your own [`discovery::Strategy`]). See [`discovery`].
 //!
+//! # Metrics
+//!
+//! [`Node::register_metrics`] adds the node's Prometheus metrics (peers,
+//! handshakes, authentication failures, node ups and downs by reason,
+//! heartbeat RTT, bytes and streams, refusals by limit, RPC calls by
+//! service and outcome with their latency, locks, registry size, leader
+//! changes: every name starts with `quicmesh_`) to the application's own
+//! [`prometheus_client`] registry; the library keeps none. They are read
+//! from the node at each scrape. `quicmesh node --metrics ADDR` serves
+//! them over HTTP; the README lists every family and its labels.
+//!
 //! # Errors
 //!
 //! Each layer has its own error enum with variants a caller can act on:
