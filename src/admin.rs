@@ -102,7 +102,7 @@ pub struct NodeReport {
     /// Elections it knows of.
     pub elections: usize,
     /// Its counters since it started, by name: the mesh's (`auth_failures`,
-    /// `handshake_failures`, `protocol_violations`, `duplicates`,
+    /// `handshake_failures`, `protocol_violations`, `revoked`, `duplicates`,
     /// `peers_refused`, `names_in_use`, `handshakes_retried`,
     /// `handshakes_refused`, `handshakes_refused_per_source`) and
     /// coordination's (`claims_refused`, `clocks_refused`,
@@ -364,6 +364,7 @@ fn node_report(coord: &Arc<Coord>) -> NodeReport {
         ("auth_failures", m.auth_failures),
         ("handshake_failures", m.handshake_failures),
         ("protocol_violations", m.protocol_violations),
+        ("revoked", m.revoked),
         ("duplicates", m.duplicates),
         ("peers_refused", m.peers_refused),
         ("names_in_use", m.names_in_use),

@@ -73,6 +73,12 @@ pub struct NodeConfig {
     /// wait their turn. Default 32.
     #[serde(default = "defaults::max_dials")]
     pub max_dials: usize,
+    /// Where `quicmesh node` serves Prometheus metrics (`GET /metrics`,
+    /// e.g. `"127.0.0.1:9464"`). The library serves nothing itself: an
+    /// application embedding a node calls `Node::register_metrics` on its
+    /// own registry. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for NodeConfig {
@@ -93,6 +99,7 @@ impl Default for NodeConfig {
             shutdown_timeout: defaults::shutdown_timeout(),
             max_peers: defaults::max_peers(),
             max_dials: defaults::max_dials(),
+            metrics: None,
         }
     }
 }

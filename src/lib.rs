@@ -380,6 +380,17 @@
 //! `[topologies.NAME]` tables or from code ([`Builder::topology`] with
 //! your own [`discovery::Strategy`]). See [`discovery`].
 //!
+//! # Metrics
+//!
+//! [`Node::register_metrics`] adds the node's Prometheus metrics (peers,
+//! handshakes, authentication failures, node ups and downs by reason,
+//! heartbeat RTT, bytes and streams, refusals by limit, RPC calls by
+//! service and outcome with their latency, locks, registry size, leader
+//! changes: every name starts with `quicmesh_`) to the application's own
+//! [`prometheus_client`] registry; the library keeps none. They are read
+//! from the node at each scrape. `quicmesh node --metrics ADDR` serves
+//! them over HTTP; the README lists every family and its labels.
+//!
 //! # Errors
 //!
 //! Each layer has its own error enum with variants a caller can act on:
@@ -413,6 +424,7 @@
 pub mod admin;
 mod config;
 mod error;
+mod metrics;
 mod node;
 
 /// Discovery: topologies whose strategies report candidate peers, which
@@ -437,6 +449,10 @@ pub mod discovery {
 pub use config::{ConfigError, IdentityConfig, NodeConfig};
 pub use error::StartError;
 pub use node::{Builder, Node, Reloaded};
+/// The metrics library whose [`Registry`](prometheus_client::registry::Registry)
+/// [`Node::register_metrics`] fills, re-exported so an application uses the
+/// same version.
+pub use prometheus_client;
 pub use quicmesh_coord::{
     AlreadyRegistered, CoordCounters, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
     Leadership, LocalRegistry, LockError, LockGuard, LockOptions, MAX_CLOCK_DRIFT, Member,

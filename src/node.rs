@@ -22,6 +22,7 @@ use tracing::info;
 
 use crate::config::{ConfigError, IdentityConfig, NodeConfig};
 use crate::error::StartError;
+use crate::metrics::{self, Measured};
 
 /// A running quicmesh node. Cheap to clone; every clone is the same node.
 ///
@@ -59,6 +60,16 @@ struct Layers {
     /// Where the identity is read from again on reload; the lock also
     /// makes reloads take turns.
     identity: tokio::sync::Mutex<IdentityConfig>,
+}
+
+impl Measured for Layers {
+    fn sources(&self) -> metrics::Sources<'_> {
+        metrics::Sources {
+            mesh: &self.mesh,
+            rpc: &self.rpc,
+            coord: &self.coord,
+        }
+    }
 }
 
 impl Drop for Layers {
@@ -208,6 +219,30 @@ impl Node {
     /// their caps) and the locks this node lost, since it started.
     pub fn coordination_counters(&self) -> CoordCounters {
         self.coord().counters()
+    }
+
+    /// Adds this node's metrics to `registry`, the application's own (the
+    /// library keeps none): peers by state, handshakes and authentication
+    /// failures, node ups and downs by reason, heartbeat RTT, bytes and
+    /// streams, refusals by limit, RPC calls by service and outcome with
+    /// their latency, lock attempts and waits, registry size and leader
+    /// changes, every name starting with `quicmesh_` (the README lists
+    /// them). They are read from the node at each scrape; the registry
+    /// does not keep the node running, and encodes nothing for it once it
+    /// is gone. Call it once per node and registry: a second call would
+    /// encode every family twice.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: quicmesh::Node) -> Result<(), std::fmt::Error> {
+    /// use quicmesh::prometheus_client::{encoding::text::encode, registry::Registry};
+    /// let mut registry = Registry::default();
+    /// node.register_metrics(&mut registry);
+    /// let mut text = String::new();
+    /// encode(&mut text, &registry)?; // serve this at /metrics
+    /// # Ok(()) }
+    /// ```
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        metrics::register(registry, Arc::downgrade(&self.layers));
     }
 
     /// Bytes of RPC request bodies this node holds now, from every peer

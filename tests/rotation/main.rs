@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use quicmesh::identity::{CertificateAuthority, IssuedCert, Ledger, serial_of, write_issued};
+use quicmesh::prometheus_client::encoding::text::encode;
+use quicmesh::prometheus_client::registry::Registry;
 use quicmesh::{
     AuthFailure, CertFiles, ConnectError, DownReason, EventStream, IdentityConfig, IdentityError,
     Node, NodeEvent, NodeName,
@@ -344,6 +346,8 @@ async fn a_revoked_node_is_dropped_with_revoked_and_refused_afterwards() {
         let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
         mesh(&[a, b, c]).await;
         let (mut ea, mut eb) = (a.events(), b.events());
+        let mut registry = Registry::default();
+        a.register_metrics(&mut registry);
 
         let serial = serial_of(&sites[1].cert()).expect("serial");
         let crl = ledger.revoke(&ca, &[serial], 30).expect("revoke b");
@@ -353,6 +357,20 @@ async fn a_revoked_node_is_dropped_with_revoked_and_refused_afterwards() {
         assert_eq!(wait_down(&mut ea, b.name()).await, DownReason::Revoked);
         assert_eq!(wait_down(&mut eb, a.name()).await, DownReason::Revoked);
         assert!(a.status().counters.revoked >= 1);
+        // The metrics say so too.
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encode metrics");
+        assert!(
+            text.lines()
+                .any(|l| l == "quicmesh_node_down_total{reason=\"revoked\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(
+                |l| l.starts_with("quicmesh_revoked_total ") && l != "quicmesh_revoked_total 0"
+            ),
+            "{text}"
+        );
         // c has not reloaded: it keeps b, and a keeps c.
         assert!(c.nodes().contains(b.name()) && a.nodes().contains(c.name()));
 

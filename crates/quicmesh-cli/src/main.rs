@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod certs;
 mod demo;
+mod metrics;
 mod node;
 
 use std::io::IsTerminal;

@@ -20,6 +20,10 @@ pub(crate) struct NodeArgs {
     /// A hidden node: never propagated to other nodes.
     #[arg(long)]
     hidden: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free
+    /// one; the address is printed as `metrics on http://ADDR/metrics`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Before the actions below, wait until this many other nodes are
     /// connected.
     #[arg(long, default_value_t = 0)]
@@ -153,6 +157,9 @@ impl NodeArgs {
     fn into_config(self) -> anyhow::Result<NodeConfig> {
         let mut cfg = self.cluster.into_config()?;
         cfg.hidden |= self.hidden;
+        if let Some(metrics) = self.metrics {
+            cfg.metrics = Some(metrics);
+        }
         if cfg.name.is_none() {
             anyhow::bail!(
                 "give the node a name: --name app1@127.0.0.1:4370 (or `name` in --config)"
@@ -168,9 +175,19 @@ pub(crate) async fn run(mut args: NodeArgs) -> anyhow::Result<()> {
     // Taken before the node starts: a SIGHUP meant as a reload must not
     // end a node that is still starting (it is then read once running).
     let mut hup = signal(SignalKind::hangup())?;
+    let metrics = config.metrics;
     let node = quicmesh::Builder::from_config(config).start().await?;
     // The first line on stdout says where the node is (scripts read it).
     say(format_args!("listening {}", node.addr()));
+    // Served until this function returns.
+    let _metrics = match metrics {
+        Some(addr) => {
+            let server = crate::metrics::serve(addr, &node).await?;
+            say(format_args!("metrics on http://{}/metrics", server.addr));
+            Some(server)
+        }
+        None => None,
+    };
     let mut events = node.events();
     // Seeds are dialled as the node starts: one may be up before the event
     // stream opened. Say so once, whichever way it is learnt.

@@ -1,6 +1,9 @@
 //! What coordination refused from its peers, counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use quicmesh_mesh::{Histogram, HistogramSnapshot};
 
 /// Live counters (one set per node).
 #[derive(Debug, Default)]
@@ -11,6 +14,10 @@ pub(crate) struct Counters {
     pub(crate) names_refused: AtomicU64,
     pub(crate) locks_refused: AtomicU64,
     pub(crate) locks_lost: AtomicU64,
+    /// Lock attempts of this node's callers and how long each waited.
+    pub(crate) locks_acquired: AtomicU64,
+    pub(crate) locks_failed: AtomicU64,
+    pub(crate) lock_wait: Histogram,
 }
 
 /// Adds one.
@@ -53,4 +60,39 @@ impl Counters {
             locks_lost: get(&self.locks_lost),
         }
     }
+}
+
+impl Counters {
+    /// Counts a lock attempt of this node's that ended after `waited`.
+    pub(crate) fn lock_attempt(&self, acquired: bool, waited: Duration) {
+        count(if acquired {
+            &self.locks_acquired
+        } else {
+            &self.locks_failed
+        });
+        self.lock_wait.record(waited);
+    }
+}
+
+/// What coordination measured, at one moment
+/// (`quicmesh::Node::register_metrics` reads it at each scrape).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CoordMetrics {
+    /// What coordination refused and lost.
+    pub counters: CoordCounters,
+    /// Locks this node's callers took with `Coord::lock` (an election's
+    /// campaign retries its lock until it leads: those attempts are not
+    /// counted here, its leader changes are).
+    pub locks_acquired: u64,
+    /// `Coord::lock` calls that failed (timed out, refused).
+    pub locks_failed: u64,
+    /// How long each `Coord::lock` call waited, acquired or not.
+    pub lock_wait: HistogramSnapshot,
+    /// Locks held in this node's lock table (its own and its peers').
+    pub locks_held: usize,
+    /// Names in the global registry, as this node knows them.
+    pub registry_names: usize,
+    /// Changes of leader this node saw, over every election.
+    pub leader_changes: u64,
 }

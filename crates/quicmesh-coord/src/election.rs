@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,26 +51,31 @@ pub(crate) struct State {
     views: Mutex<HashMap<String, View>>,
     /// Per election: the term this node leads in, if it does.
     mine: Mutex<HashMap<String, Token>>,
+    /// Changes of leader seen here, in every election (for the metrics).
+    changes: Arc<AtomicU64>,
 }
 
 struct View {
     current: LeaderChange,
     changes: broadcast::Sender<LeaderChange>,
+    counted: Arc<AtomicU64>,
 }
 
 impl View {
-    fn new() -> Self {
+    fn new(counted: &Arc<AtomicU64>) -> Self {
         Self {
             current: LeaderChange {
                 leader: None,
                 term: Token::NONE,
             },
             changes: broadcast::channel(256).0,
+            counted: counted.clone(),
         }
     }
 
     fn set(&mut self, change: LeaderChange) {
         if change != self.current {
+            self.counted.fetch_add(1, Ordering::Relaxed);
             self.current = change.clone();
             let _ = self.changes.send(change);
         }
@@ -81,12 +87,20 @@ impl State {
         Self {
             views: Mutex::new(HashMap::new()),
             mine: Mutex::new(HashMap::new()),
+            changes: Arc::default(),
         }
+    }
+
+    /// Changes of leader seen here since the node started.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 
     fn with_view<T>(&self, election: &str, f: impl FnOnce(&mut View) -> T) -> T {
         let mut views = locked(&self.views);
-        f(views.entry(election.to_owned()).or_insert_with(View::new))
+        f(views
+            .entry(election.to_owned())
+            .or_insert_with(|| View::new(&self.changes)))
     }
 
     /// Takes in what `from` says of its leadership (checked against the

@@ -22,6 +22,7 @@
 //! holder whose lock was given away meanwhile.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ mod lock;
 mod registry;
 mod token;
 
-pub use counters::CoordCounters;
+pub use counters::{CoordCounters, CoordMetrics};
 pub use election::{Election, LeaderChange, Leadership};
 pub use groups::{GroupEvent, Groups, Member};
 pub use local_registry::{AlreadyRegistered, Keys, LocalRegistry, Registered};
@@ -143,7 +144,11 @@ impl Coord {
         resource: &str,
         options: &LockOptions,
     ) -> Result<LockGuard, LockError> {
-        lock::acquire(self, resource, options).await
+        let started = std::time::Instant::now();
+        let taken = lock::acquire(self, resource, options).await;
+        let waited = started.elapsed();
+        self.counters.lock_attempt(taken.is_ok(), waited);
+        taken
     }
 
     /// Every lock in this node's table (held by any node, this one
@@ -161,6 +166,20 @@ impl Coord {
     /// What coordination refused from peers, and what it lost.
     pub fn counters(&self) -> CoordCounters {
         self.counters.snapshot()
+    }
+
+    /// What coordination measured: its counters, lock attempts and waits,
+    /// the sizes of the lock table and the registry, leader changes.
+    pub fn metrics(&self) -> CoordMetrics {
+        CoordMetrics {
+            counters: self.counters.snapshot(),
+            locks_acquired: self.counters.locks_acquired.load(Ordering::Relaxed),
+            locks_failed: self.counters.locks_failed.load(Ordering::Relaxed),
+            lock_wait: self.counters.lock_wait.snapshot(),
+            locks_held: locked(&self.locks).len(),
+            registry_names: self.registry.len(),
+            leader_changes: self.elections.changes(),
+        }
     }
 
     /// Moves the clock past `seen` from a peer (see [`clock::Clock::observe`]),

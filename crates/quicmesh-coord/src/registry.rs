@@ -423,6 +423,11 @@ impl State {
         }
     }
 
+    /// Names registered now, as this node knows them.
+    pub(crate) fn len(&self) -> usize {
+        locked(&self.names).by_name.len()
+    }
+
     fn emit(&self, event: RegistryEvent) {
         let _ = self.events.send(event);
     }

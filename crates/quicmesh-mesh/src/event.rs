@@ -63,6 +63,25 @@ pub enum DownReason {
     Revoked,
 }
 
+impl DownReason {
+    /// A short, fixed name for the reason, without its detail: a metric
+    /// label (`quicmesh_node_down_total{reason}`) or a log key.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::Shutdown => "shutdown",
+            Self::DisconnectedByUs => "disconnected_by_us",
+            Self::DisconnectedByPeer => "disconnected_by_peer",
+            Self::Restarted => "restarted",
+            Self::ProtocolViolation { .. } => "protocol_violation",
+            Self::ClosedByPeer { .. } => "closed_by_peer",
+            Self::ConnectionLost { .. } => "connection_lost",
+            Self::LocalShutdown => "local_shutdown",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
 impl std::fmt::Display for DownReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -43,6 +43,7 @@ use crate::config::MeshConfig;
 use crate::error::{BindError, ConnectError, PingError, WaitError};
 use crate::event::{DownReason, EventStream, NodeEvent};
 use crate::log_limit::LogLimit;
+use crate::metrics::{MeshMetrics, Stats};
 use crate::peer::Peer;
 use crate::router::Router;
 use crate::status::{Counters, Status};
@@ -92,6 +93,8 @@ struct Inner {
     changed: watch::Sender<u64>,
     events: broadcast::Sender<NodeEvent>,
     counters: Arc<Counters>,
+    /// What only the metrics report.
+    stats: Stats,
     /// Set once by `start`; the link tasks route streams with it.
     router: OnceLock<Arc<Router>>,
     tasks: Tasks,
@@ -167,6 +170,7 @@ impl Mesh {
             changed: watch::Sender::new(0),
             events: broadcast::Sender::new(EVENT_QUEUE),
             counters: Arc::default(),
+            stats: Stats::default(),
             router: OnceLock::new(),
             tasks: Tasks::default(),
             handshakes: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
@@ -349,6 +353,12 @@ impl Mesh {
         self.inner.status()
     }
 
+    /// What the mesh measured, for a metrics endpoint: cheap enough to
+    /// call on every scrape (one short hold of the peer table).
+    pub fn metrics(&self) -> MeshMetrics {
+        self.inner.metrics()
+    }
+
     /// Closes every connection with `Shutdown` and tells the tasks to
     /// stop, without waiting (for a node dropped without `shutdown`).
     pub fn close(&self, reason: &str) {
@@ -387,6 +397,11 @@ impl Inner {
     }
 
     fn emit(&self, event: NodeEvent) {
+        let stats = &self.stats;
+        match &event {
+            NodeEvent::NodeUp { .. } => count(&stats.nodes_up),
+            NodeEvent::NodeDown { reason, .. } => stats.node_down(reason),
+        }
         // No subscriber is fine: events are for whoever listens.
         let _ = self.events.send(event);
     }

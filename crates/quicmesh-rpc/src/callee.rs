@@ -25,4 +25,6 @@ pub(crate) struct Callee {
     /// Longest wait for a stream's header.
     pub(crate) patience: Duration,
     pub(crate) tasks: Tasks,
+    /// Calls made and refused, for the metrics.
+    pub(crate) stats: crate::metrics::Stats,
 }

@@ -37,6 +37,7 @@ mod connections;
 mod error;
 mod handlers;
 mod lane;
+mod metrics;
 mod rpc;
 mod server;
 mod service;
@@ -47,6 +48,7 @@ use quicmesh_wire::NodeName;
 pub use app::{IncomingStream, OpenError, ProtocolListener, is_unknown_protocol};
 pub use config::RpcConfig;
 pub use error::{RegisterError, RpcError, Side};
+pub use metrics::{MAX_SERVICES, OTHER_SERVICE, OUTCOMES, RpcMetrics, ServiceCalls};
 pub use rpc::{RESERVED_PREFIX, Rpc};
 pub use stream::{Requests, Responses, StreamingCall};
 

@@ -2,7 +2,7 @@
 //! protocols.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quicmesh_mesh::{Mesh, Peer, Router};
@@ -18,6 +18,7 @@ use crate::client::Call;
 use crate::codec::{decode_response, encode_request};
 use crate::connections::Connections;
 use crate::handlers::{AppStreams, CallStreams, LaneReplies, Lanes};
+use crate::metrics::RpcMetrics;
 use crate::service::Services;
 use crate::{CallContext, Requests, Responses, RpcConfig, RpcError, Side, StreamingCall};
 use crate::{RegisterError, check_name};
@@ -52,6 +53,7 @@ impl Rpc {
             max_message: config.max_message,
             patience: mesh.config().handshake_timeout,
             tasks,
+            stats: Default::default(),
         };
         Self {
             mesh,
@@ -102,6 +104,12 @@ impl Rpc {
         self.config
             .max_buffered
             .saturating_sub(self.callee.buffered.available_permits())
+    }
+
+    /// What RPC measured: the calls this node made by service and
+    /// outcome, with their latency, and the calls it refused.
+    pub fn metrics(&self) -> RpcMetrics {
+        self.callee.stats.snapshot()
     }
 
     /// The limits in force.
@@ -295,8 +303,24 @@ impl Rpc {
     }
 
     /// The request path of every call and cast: `body` to `service` on
-    /// `peer`, and for a call the response body.
+    /// `peer`, and for a call the response body. Counted for the metrics.
     async fn send(
+        &self,
+        peer: &NodeName,
+        service: &str,
+        body: Bytes,
+        timeout: Duration,
+        mode: RpcMode,
+    ) -> Result<Vec<u8>, RpcError> {
+        let started = Instant::now();
+        let result = self
+            .send_uncounted(peer, service, body, timeout, mode)
+            .await;
+        self.callee.stats.call(service, &result, started.elapsed());
+        result
+    }
+
+    async fn send_uncounted(
         &self,
         peer: &NodeName,
         service: &str,

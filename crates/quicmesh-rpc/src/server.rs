@@ -14,6 +14,7 @@ use tracing::debug;
 
 use crate::budget::{BodyError, read_body};
 use crate::callee::Callee;
+use crate::metrics::count;
 use crate::service::{CatchUnwind, Outcome, Service, StreamService, panic_message};
 use crate::{CallContext, priority_for, stream};
 
@@ -76,6 +77,7 @@ async fn answer(
     // The permit bounds this caller's calls in progress, and so the memory
     // its requests and handlers can hold here.
     let Ok(_permit) = permits.try_acquire_owned() else {
+        count(&callee.stats.refused_per_peer);
         return refuse(send, recv, RpcFailure::Overloaded).await;
     };
     // The body's bytes stay charged to the node's and this caller's
@@ -93,6 +95,7 @@ async fn answer(
             return refuse(send, recv, failure).await;
         }
         Ok(Err(BodyError::OverBudget)) => {
+            count(&callee.stats.refused_buffered);
             return refuse(send, recv, RpcFailure::Overloaded).await;
         }
         // The caller cancelled or the connection went.

@@ -170,7 +170,6 @@ impl Table {
     }
 
     /// How many resources are held here.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.held.len()
     }

@@ -99,8 +99,9 @@ impl Inner {
                 if transport::revoked(&e) {
                     count(&self.counters.revoked);
                 }
-                if transport::auth_refusal(&e).is_some() {
+                if let Some(reason) = transport::auth_refusal(&e) {
                     count(&self.counters.auth_failures);
+                    self.stats.auth_failure(&reason);
                     warn!("refused a connection: authentication failed: {e}");
                 } else {
                     count(&self.counters.handshake_failures);
@@ -115,6 +116,7 @@ impl Inner {
             Ok(name) => name,
             Err(reason) => {
                 count(&self.counters.auth_failures);
+                self.stats.auth_failure(&reason);
                 warn!("refused a connection: {reason}");
                 transport::close(&conn, CloseCode::NotAuthenticated, &reason.to_string());
                 return;
@@ -160,6 +162,7 @@ impl Inner {
             hello,
         };
         let Err((mut send, refusal)) = self.install(handshake, Role::Listener { welcome }) else {
+            count(&self.stats.handshakes_accepted);
             return;
         };
         match &refusal {
@@ -205,6 +208,7 @@ impl Inner {
         let (send, mut recv) = conn.accept_bi().await.map_err(|e| {
             if let Some(reason) = transport::auth_refusal(&e) {
                 count(&self.counters.auth_failures);
+                self.stats.auth_failure(&reason);
                 warn!(peer = %name, "connection refused during the handshake: {reason}");
             }
             Refuse::Quietly

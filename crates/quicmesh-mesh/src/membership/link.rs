@@ -18,9 +18,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span};
 
-use super::Inner;
 use super::gossip::{TooManyUseless, USELESS_PEERS_WINDOW, UselessPeers};
-use crate::config::HeartbeatConfig;
+use super::{Inner, count};
 use crate::event::DownReason;
 use crate::io::{self, StreamError, within};
 use crate::peer::{Peer, Violation};
@@ -64,7 +63,7 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
             e = conn.closed() => peer
                 .closed_by_us()
                 .unwrap_or_else(|| transport::down_reason(&e)),
-            () = heartbeat(&peer, inner.config.heartbeat, inner.me < *peer.name()) => {
+            () = heartbeat(&peer, &inner, inner.me < *peer.name()) => {
                 let reason = DownReason::HeartbeatTimeout;
                 peer.close(CloseCode::HeartbeatTimeout, reason.clone(), "no heartbeat");
                 reason
@@ -72,6 +71,8 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
         };
         jobs.abort_all();
         inner.link_closed(peer.name(), conn.stable_id(), reason);
+        // Out of the table now: its bytes move to the ended totals.
+        inner.stats.connection_ended(&conn);
     };
     tasks.spawn(task.instrument(span));
 }
@@ -81,8 +82,11 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
 /// ends of a link only one (`sends`: the smaller name) sends a heartbeat
 /// datagram every interval: the other end hears it, and hears back the
 /// acknowledgement QUIC sends for it (within its ACK delay), so each
-/// side hears the other with half the packets of both sending.
-async fn heartbeat(peer: &Peer, hb: HeartbeatConfig, sends: bool) {
+/// side hears the other with half the packets of both sending. Both ends
+/// record the connection's RTT estimate once an interval for the
+/// metrics' heartbeat RTT histogram.
+async fn heartbeat(peer: &Peer, inner: &Inner, sends: bool) {
+    let hb = inner.config.heartbeat;
     let conn = peer.connection();
     const CHECKS_PER_INTERVAL: u32 = 4;
     let mut tick = tokio::time::interval(hb.interval / CHECKS_PER_INTERVAL);
@@ -93,6 +97,9 @@ async fn heartbeat(peer: &Peer, hb: HeartbeatConfig, sends: bool) {
     let mut last_heard = Instant::now();
     loop {
         tick.tick().await;
+        if ticks % CHECKS_PER_INTERVAL == 0 {
+            inner.stats.heartbeat_rtt.record(conn.rtt());
+        }
         if sends && ticks % CHECKS_PER_INTERVAL == 0 {
             if let Err(e) = conn.send_datagram(Datagram::Heartbeat { seq }.encode().into()) {
                 debug!("heartbeat not sent: {e}");
@@ -223,6 +230,7 @@ async fn serve_streams(inner: Arc<Inner>, peer: Peer) {
         tokio::select! {
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
+                    count(&inner.stats.streams_bi);
                     let served = route(inner.clone(), peer.clone(), Some(send), recv, patience);
                     streams.spawn(served.in_current_span());
                 }
@@ -230,6 +238,7 @@ async fn serve_streams(inner: Arc<Inner>, peer: Peer) {
             },
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
+                    count(&inner.stats.streams_uni);
                     let served = route(inner.clone(), peer.clone(), None, recv, patience);
                     streams.spawn(served.in_current_span());
                 }

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use quicmesh_wire::NodeName;
 
-use super::Inner;
+use super::{Inner, table};
 use crate::error::WaitError;
+use crate::metrics::{MeshMetrics, PeerCounts};
+use crate::peer::Peer;
 use crate::status::{PeerState, PeerStatus, Status};
 
 impl Inner {
@@ -62,19 +64,34 @@ impl Inner {
         }
     }
 
+    /// Peers by state and the bytes of live connections, read under one
+    /// short hold of the table; the rest from the counters.
+    pub(super) fn metrics(&self) -> MeshMetrics {
+        let (mut peers, mut live) = (PeerCounts::default(), (0, 0));
+        for (_, p) in self.table().iter() {
+            match state(p) {
+                PeerState::Up => peers.up += 1,
+                PeerState::Connecting => peers.connecting += 1,
+                PeerState::Down => peers.down += 1,
+            }
+            if let Some(u) = &p.up {
+                let s = u.link.connection().stats();
+                live.0 += s.udp_tx.bytes;
+                live.1 += s.udp_rx.bytes;
+            }
+        }
+        let connections = self.endpoint.open_connections();
+        let counters = self.counters.snapshot();
+        self.stats.snapshot(peers, connections, counters, live)
+    }
+
     pub(super) fn status(&self) -> Status {
         let t = self.table();
         let mut peers: Vec<PeerStatus> = t
             .iter()
             .map(|(name, p)| PeerStatus {
                 node: name.clone(),
-                state: if p.up.is_some() {
-                    PeerState::Up
-                } else if p.dialing > 0 || p.queued {
-                    PeerState::Connecting
-                } else {
-                    PeerState::Down
-                },
+                state: state(p),
                 rtt: p.up.as_ref().map(|u| u.link.connection().rtt()),
                 connected_since: p.up.as_ref().map(|u| u.since),
                 incarnation: p.incarnation,
@@ -96,5 +113,16 @@ impl Inner {
             peers,
             counters: self.counters.snapshot(),
         }
+    }
+}
+
+/// Up, connecting (a dial running or queued) or down.
+fn state(p: &table::Peer<Peer>) -> PeerState {
+    if p.up.is_some() {
+        PeerState::Up
+    } else if p.dialing > 0 || p.queued {
+        PeerState::Connecting
+    } else {
+        PeerState::Down
     }
 }

@@ -20,6 +20,7 @@ use super::calls::CallTable;
 use super::{BATCH, Frames, Lane, QUEUE, Reply};
 use crate::CallContext;
 use crate::callee::Callee;
+use crate::metrics::count;
 use crate::priority_for;
 use crate::service::{Outcome, Service};
 
@@ -152,7 +153,10 @@ impl LaneServer {
             (RpcMode::Call | RpcMode::Cast, Some(Service::Unary(h))) if body.len() <= self.max => {
                 match self.permits.clone().try_acquire_owned() {
                     Ok(permit) => Ok((h, permit)),
-                    Err(_) => Err(RpcFailure::Overloaded),
+                    Err(_) => {
+                        count(&self.callee.stats.refused_per_peer);
+                        Err(RpcFailure::Overloaded)
+                    }
                 }
             }
             (_, None) => {
