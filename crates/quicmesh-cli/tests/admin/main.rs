@@ -139,13 +139,13 @@ impl Cluster {
         let mut b = start(args(
             "b",
             &["--register", "svc", "--lock", "res"],
-            Some(&a.addr),
+            Some(&a.addr.to_string()),
         ))
         .await;
         let mut c = start(args(
             "c",
             &["--wait-for", "2", "--campaign", "boss"],
-            Some(&a.addr),
+            Some(&a.addr.to_string()),
         ))
         .await;
         let got = b.expect_starts(&["registered svc", "locked res "]).await;
@@ -168,7 +168,7 @@ impl Cluster {
 /// Every command against a running cluster, then after `c` is killed.
 async fn check_every_command(cluster: Cluster, id: &Identity) {
     let [a, b, c] = cluster.names();
-    let (a_addr, b_addr) = (cluster.a.addr.clone(), cluster.b.addr.clone());
+    let (a_addr, b_addr) = (cluster.a.addr.to_string(), cluster.b.addr.to_string());
 
     // members: a's view, every node up (the admin node itself left out).
     let members = id
@@ -263,7 +263,13 @@ async fn check_every_command(cluster: Cluster, id: &Identity) {
     // ping: the node itself, directly.
     let pings = id
         .ask(
-            &["ping", &cluster.c.addr, "--count", "2", "--json"],
+            &[
+                "ping",
+                &cluster.c.addr.to_string(),
+                "--count",
+                "2",
+                "--json",
+            ],
             &a_addr,
         )
         .await
@@ -272,7 +278,7 @@ async fn check_every_command(cluster: Cluster, id: &Identity) {
     assert_eq!(pings["rtts_us"].as_array().expect("rtts").len(), 2);
 
     // c killed: a sees it down, its leadership and election lock gone.
-    let c_addr = cluster.c.addr.clone();
+    let c_addr = cluster.c.addr.to_string();
     cluster.c.signal("-KILL");
     let members = id
         .ask_until(&["members", "--json"], &a_addr, "c down", |m| {
@@ -315,7 +321,7 @@ async fn check_every_command(cluster: Cluster, id: &Identity) {
 async fn admin_commands_report_a_cookie_cluster_as_it_is() {
     let env = [("QUICMESH_COOKIE", COOKIE)];
     let cluster = Cluster::start(|_| Vec::new(), &env).await;
-    let a_addr = cluster.a.addr.clone();
+    let a_addr = cluster.a.addr.to_string();
     let id = Identity::cookie(COOKIE);
 
     // Another cookie: refused by name, whichever side notices.
@@ -369,7 +375,7 @@ async fn admin_commands_report_a_certificate_cluster_with_an_operator_certificat
         ]
     };
     let cluster = Cluster::start(files, &[]).await;
-    let a_addr = cluster.a.addr.clone();
+    let a_addr = cluster.a.addr.to_string();
     // The operator's name comes from its certificate.
     let id = Identity {
         flags: files("ops"),

@@ -4,6 +4,8 @@
 #[path = "../../../../tests/support/probe.rs"]
 mod probe;
 mod rotation;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,109 +13,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use quicmesh::{CertFiles, DownReason, EventStream, Node, NodeEvent, NodeName, PeerState};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-const EXE: &str = env!("CARGO_BIN_EXE_quicmesh");
-const WAIT: Duration = Duration::from_secs(20);
-const COOKIE: &str = "process-test-cookie";
-
-/// A running `quicmesh node` child, killed when dropped.
-struct NodeProcess {
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-    name: NodeName,
-    /// Where it listens, as it printed.
-    addr: quicmesh::NodeAddr,
-}
-
-impl NodeProcess {
-    async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(EXE);
-        cmd.arg("node")
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn quicmesh node");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = tokio::time::timeout(WAIT, stdout.next_line())
-            .await
-            .expect("node printed its address")
-            .expect("read")
-            .expect("a line");
-        let addr = first
-            .strip_prefix("listening ")
-            .expect("first line is `listening ADDR`");
-        let addr = addr.parse::<quicmesh::NodeAddr>().expect("an address");
-        Self {
-            child,
-            stdout,
-            name: addr.name.clone(),
-            addr,
-        }
-    }
-
-    /// Waits for an event line such as `up a@127.0.0.1`.
-    async fn expect_line(&mut self, want: &str) {
-        self.expect_lines(&[want]).await;
-    }
-
-    /// Waits until every line of `want` has been printed, in any order.
-    async fn expect_lines(&mut self, want: &[&str]) {
-        let mut missing: Vec<&str> = want.to_vec();
-        let wait = async {
-            while let Some(line) = self.stdout.next_line().await.expect("read") {
-                missing.retain(|w| *w != line);
-                if missing.is_empty() {
-                    return;
-                }
-            }
-            panic!("process ended before printing {missing:?}");
-        };
-        tokio::time::timeout(WAIT, wait)
-            .await
-            .unwrap_or_else(|_| panic!("not all of {want:?} printed"));
-    }
-
-    /// Waits until, for every entry of `prefixes`, a line starting with
-    /// it has been printed, in any order; the rest of each such line.
-    async fn expect_starts(&mut self, prefixes: &[&str]) -> Vec<String> {
-        let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
-        let wait = async {
-            while let Some(line) = self.stdout.next_line().await.expect("read") {
-                for (prefix, slot) in prefixes.iter().zip(found.iter_mut()) {
-                    if slot.is_none()
-                        && let Some(rest) = line.strip_prefix(prefix)
-                    {
-                        *slot = Some(rest.trim().to_owned());
-                    }
-                }
-                if found.iter().all(Option::is_some) {
-                    return;
-                }
-            }
-            panic!("process ended before printing {prefixes:?}");
-        };
-        tokio::time::timeout(WAIT, wait)
-            .await
-            .unwrap_or_else(|_| panic!("not all of {prefixes:?} printed"));
-        found.into_iter().flatten().collect()
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-    }
-}
+use support::{COOKIE, EXE, NodeProcess, WAIT, quicmesh};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 
 async fn local_node(short: &str) -> Node {
     cookie_node(short, COOKIE).await
@@ -247,13 +149,6 @@ async fn sigterm_is_seen_as_shutdown_within_one_second() {
         .expect("status");
     assert!(status.success(), "{status}");
     a.shutdown().await;
-}
-
-fn quicmesh(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(EXE)
-        .args(args)
-        .output()
-        .expect("run quicmesh")
 }
 
 fn mode(p: &Path) -> u32 {

@@ -19,8 +19,8 @@ pub struct NodeProcess {
     pub child: Child,
     pub stdout: Lines<BufReader<ChildStdout>>,
     pub name: NodeName,
-    /// Its address as it printed it (`name@host:port`).
-    pub addr: String,
+    /// Where it listens, as it printed.
+    pub addr: quicmesh::NodeAddr,
 }
 
 impl NodeProcess {
@@ -45,13 +45,12 @@ impl NodeProcess {
             .expect("a line");
         let addr = first
             .strip_prefix("listening ")
-            .expect("first line is `listening ADDR`")
-            .to_owned();
-        let name = addr.parse::<quicmesh::NodeAddr>().expect("an address").name;
+            .expect("first line is `listening ADDR`");
+        let addr = addr.parse::<quicmesh::NodeAddr>().expect("an address");
         Self {
             child,
             stdout,
-            name,
+            name: addr.name.clone(),
             addr,
         }
     }
