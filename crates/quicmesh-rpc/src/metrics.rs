@@ -6,13 +6,12 @@
 //! caller's own code, never from a peer. A program that builds service
 //! names at run time could still make the label set grow: past
 //! [`MAX_SERVICES`] names, further ones are counted under
-//! [`OTHER_SERVICE`]. A call costs one read lock of the service map (a
-//! write lock the first time a service is called), two clock readings and
-//! four relaxed atomic additions.
+//! [`OTHER_SERVICE`]. A call costs a hash of its service name, a few plain
+//! loads (a mutex the first time a service is called), two clock readings
+//! and three relaxed atomic additions.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use quicmesh_mesh::{Histogram, HistogramSnapshot};
@@ -80,11 +79,25 @@ impl Default for Service {
     }
 }
 
+/// Slots of the service table: twice [`MAX_SERVICES`], so probing stays
+/// short.
+const SLOTS: usize = 2 * MAX_SERVICES;
+
 /// The live counts of one node (held by its `Rpc`).
-#[derive(Debug, Default)]
+///
+/// Services sit in an open-addressed table of write-once slots: a call
+/// finds its service with plain loads (no lock, no reference count, so
+/// threads calling at once do not contend on anything but the counters
+/// themselves), and the first call to a new service takes a mutex to fill
+/// a slot.
+#[derive(Debug)]
 pub(crate) struct Stats {
-    services: RwLock<HashMap<String, Arc<Service>>>,
-    other: Arc<Service>,
+    slots: Box<[OnceLock<(String, Service)>]>,
+    /// Taken to fill a slot.
+    filling: Mutex<()>,
+    /// Services named so far (at most [`MAX_SERVICES`]).
+    named: AtomicUsize,
+    other: Service,
     /// Calls refused here because their caller had `max_inbound_per_peer`
     /// in progress.
     pub(crate) refused_per_peer: AtomicU64,
@@ -93,21 +106,56 @@ pub(crate) struct Stats {
     pub(crate) refused_buffered: AtomicU64,
 }
 
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+            filling: Mutex::new(()),
+            named: AtomicUsize::new(0),
+            other: Service::default(),
+            refused_per_peer: AtomicU64::new(0),
+            refused_buffered: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Stats {
-    fn service(&self, name: &str) -> Arc<Service> {
-        let read = self.services.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = read.get(name) {
-            return s.clone();
+    /// The slots `name` may be in, in probing order.
+    fn probe(&self, name: &str) -> impl Iterator<Item = &OnceLock<(String, Service)>> {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(name, &mut h);
+        let start = std::hash::Hasher::finish(&h) as usize % SLOTS;
+        (0..SLOTS).map(move |i| &self.slots[(start + i) % SLOTS])
+    }
+
+    fn service(&self, name: &str) -> &Service {
+        for slot in self.probe(name) {
+            match slot.get() {
+                Some((n, s)) if n == name => return s,
+                Some(_) => {}
+                None if self.named.load(Ordering::Relaxed) >= MAX_SERVICES => break,
+                None => return self.add(name),
+            }
         }
-        drop(read);
-        let mut write = self.services.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = write.get(name) {
-            return s.clone();
+        &self.other
+    }
+
+    /// Fills a slot for `name` (unless another call just did), or gives
+    /// [`OTHER_SERVICE`]'s counts past [`MAX_SERVICES`] names.
+    fn add(&self, name: &str) -> &Service {
+        let _filling = self.filling.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in self.probe(name) {
+            match slot.get() {
+                Some((n, s)) if n == name => return s,
+                Some(_) => {}
+                None if self.named.load(Ordering::Relaxed) >= MAX_SERVICES => break,
+                None => {
+                    self.named.fetch_add(1, Ordering::Relaxed);
+                    return &slot.get_or_init(|| (name.to_owned(), Service::default())).1;
+                }
+            }
         }
-        if write.len() >= MAX_SERVICES {
-            return self.other.clone();
-        }
-        write.entry(name.to_owned()).or_default().clone()
+        &self.other
     }
 
     /// Counts a call to `service` that took `elapsed`.
@@ -119,12 +167,12 @@ impl Stats {
     }
 
     pub(crate) fn snapshot(&self) -> RpcMetrics {
-        let read = self.services.read().unwrap_or_else(|e| e.into_inner());
-        let mut calls: Vec<ServiceCalls> = read
+        let mut calls: Vec<ServiceCalls> = self
+            .slots
             .iter()
+            .filter_map(OnceLock::get)
             .map(|(name, s)| ServiceCalls::of(name, s))
             .collect();
-        drop(read);
         let other = ServiceCalls::of(OTHER_SERVICE, &self.other);
         if other.latency.count > 0 {
             calls.push(other);
