@@ -621,13 +621,13 @@ fn ratios(runs: &[Run], big_calls: u64) -> Vec<(String, f64)> {
         raw_best(64, 1, |r| r.p50_us as f64, false),
     );
     push(
-        "calls/s, 64B x64 (target ≥ 0.7)".into(),
+        "calls/s, 64B x64 (target ≥ 0.8)".into(),
         q(64, 64, |r| r.calls_per_s),
         raw_best(64, 64, |r| r.calls_per_s, true),
     );
     let cpu = |r: &Run| r.cpu_us_per_call_client + r.cpu_us_per_call_server;
     push(
-        "CPU per call, 64B x64 (target ≤ 1.5)".into(),
+        "CPU per call, 64B x64 (target ≤ 1.3)".into(),
         q(64, 64, cpu),
         raw_best(64, 64, cpu, false),
     );
