@@ -195,14 +195,32 @@ impl Consensus {
     /// names, if a quorum answers within `request_timeout`), then stops
     /// the Raft member and the services.
     pub async fn shutdown(&self) {
-        let session = *self.inner.session.borrow();
-        if let Some(session) = session {
-            let deadline = Instant::now() + self.inner.config.request_timeout;
-            if let Err(e) = self.write(Op::CloseSession { session }, deadline).await {
-                warn!("could not close the session: {e}");
-            }
+        if let Err(e) = self.close_session().await {
+            warn!("could not close the session: {e}");
         }
         self.halt().await;
+    }
+
+    /// Closes this node's session, if it has one, within `request_timeout`:
+    /// its locks, leaderships and names are released and its guards report
+    /// the loss. The next operation opens a new session.
+    pub async fn close_session(&self) -> Result<(), ConsensusError> {
+        let session = *self.inner.session.borrow();
+        let Some(session) = session else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        let closed = self.write(Op::CloseSession { session }, deadline).await;
+        client::forget(&self.inner, session);
+        match closed? {
+            Reply::Ended { .. } | Reply::NoSession => Ok(()),
+            other => Err(ConsensusError::Refused {
+                peer: self
+                    .current_leader()
+                    .unwrap_or_else(|| self.inner.me.clone()),
+                detail: format!("unexpected reply {other:?}"),
+            }),
+        }
     }
 
     /// Stops the Raft member, the services and the keep-alives *without*

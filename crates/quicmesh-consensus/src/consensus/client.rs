@@ -300,17 +300,20 @@ impl Consensus {
     }
 }
 
-/// Forgets `session` if it is still this node's: what it held is gone.
-fn lose(inner: &Inner, session: SessionId) {
-    let lost = inner.session.send_if_modified(|s| {
-        if *s == Some(session) {
+/// Forgets `session` if it is still this node's; `true` if it was.
+pub(super) fn forget(inner: &Inner, session: SessionId) -> bool {
+    inner.session.send_if_modified(|s| {
+        let mine = *s == Some(session);
+        if mine {
             *s = None;
-            true
-        } else {
-            false
         }
-    });
-    if lost {
+        mine
+    })
+}
+
+/// Forgets `session`, which the group no longer has: what it held is gone.
+fn lose(inner: &Inner, session: SessionId) {
+    if forget(inner, session) {
         warn!(
             session,
             "session ended; its locks, leaderships and names are released"
