@@ -44,6 +44,11 @@ pub struct ConsensusConfig {
     /// the snapshot is purged). Default 5000.
     #[serde(default = "defaults::snapshot_every")]
     pub snapshot_every: u64,
+    /// Entries kept in the log below the latest snapshot, so a follower a
+    /// little behind catches up from the log instead of a whole snapshot.
+    /// Default 1000.
+    #[serde(default = "defaults::logs_kept")]
+    pub logs_kept_after_snapshot: u64,
 }
 
 impl Default for ConsensusConfig {
@@ -56,6 +61,7 @@ impl Default for ConsensusConfig {
             election_timeout: defaults::election_timeout(),
             request_timeout: defaults::request_timeout(),
             snapshot_every: defaults::snapshot_every(),
+            logs_kept_after_snapshot: defaults::logs_kept(),
         }
     }
 }
@@ -76,6 +82,9 @@ mod defaults {
     }
     pub(super) fn snapshot_every() -> u64 {
         5000
+    }
+    pub(super) fn logs_kept() -> u64 {
+        1000
     }
 }
 

@@ -26,7 +26,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::machine::{Command, Grant, Key, Op, Reply, SessionId};
 use crate::network::{self, Network};
 use crate::storage::{LogStore, Shared, StateStore, Store};
-use crate::{ConsensusConfig, ConsensusError, Member, NodeId, Raft, StartError, Voters};
+use crate::{ConsensusConfig, ConsensusError, Member, NodeId, Raft, StartError, Voters, locked};
 
 mod client;
 mod expiry;
@@ -115,6 +115,9 @@ struct Inner {
     session: watch::Sender<Option<SessionId>>,
     /// Serialises opening the session.
     opening: tokio::sync::Mutex<()>,
+    /// The session whose lease this node counts, and when it began: the
+    /// start of the last request for it that the group acknowledged.
+    lease: Mutex<Option<(SessionId, Instant)>>,
     /// The voter that last answered as leader.
     leader_hint: Mutex<Option<NodeName>>,
     /// Stops this node's consensus tasks.
@@ -145,6 +148,7 @@ impl Consensus {
                 voter,
                 session: watch::channel(None).0,
                 opening: tokio::sync::Mutex::new(()),
+                lease: Mutex::new(None),
                 leader_hint: Mutex::new(None),
                 cancel: CancellationToken::new(),
             }),
@@ -238,19 +242,11 @@ impl Consensus {
     }
 
     fn hint(&self) -> Option<NodeName> {
-        self.inner
-            .leader_hint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        locked(&self.inner.leader_hint).clone()
     }
 
     fn set_hint(&self, leader: Option<NodeName>) {
-        *self
-            .inner
-            .leader_hint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = leader;
+        *locked(&self.inner.leader_hint) = leader;
     }
 
     /// Commits `op` through the leader, waiting until `deadline`.
@@ -510,6 +506,7 @@ async fn start_voter(
         election_timeout_min: millis(config.election_timeout),
         election_timeout_max: millis(config.election_timeout * 2),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
         ..Default::default()
     }
     .validate()

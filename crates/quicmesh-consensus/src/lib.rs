@@ -110,3 +110,8 @@ openraft::declare_raft_types!(
 
 /// openraft's handle, with quicmesh's types.
 pub(crate) type Raft = openraft::Raft<TypeConfig>;
+
+/// Locks a mutex, whether or not a panicking thread poisoned it.
+pub(crate) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

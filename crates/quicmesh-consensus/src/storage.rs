@@ -347,7 +347,7 @@ impl Shared {
 
     /// The applied state, whether or not a panicking thread poisoned it.
     pub(crate) fn state(&self) -> MutexGuard<'_, Applied> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locked(&self.state)
     }
 
     /// Follows the index of the last entry applied.

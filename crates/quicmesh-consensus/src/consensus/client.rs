@@ -48,14 +48,16 @@ impl LockGuard {
         k
     }
 
-    /// Whether the session that holds it is still this node's (as this
-    /// node knows: it learns of an expiry at its next keep-alive).
+    /// Whether the session that holds it is still this node's, as this
+    /// node knows (see [`LockGuard::lost`]).
     pub fn is_held(&self) -> bool {
         *self.consensus.inner.session.borrow() == Some(self.session)
     }
 
-    /// Resolves once the session that held this ended (expired or
-    /// closed): from then on another node may hold it.
+    /// Resolves once the session that held this ended: closed, refused
+    /// by the group as expired, or not renewed for a whole TTL by this
+    /// node's clock (cut off or paused; the group may then give the grant
+    /// to another node, so stop using it).
     pub async fn lost(&self) {
         let mut session = self.consensus.inner.session.subscribe();
         // An error means the consensus is gone, and the grant with it.
@@ -201,10 +203,11 @@ impl Consensus {
                     session,
                     resource: resource.clone(),
                 },
-                Key::Leader(election) | Key::Name(election) => Op::Campaign {
+                Key::Leader(election) => Op::Campaign {
                     session,
                     election: election.clone(),
                 },
+                Key::Name(_) => return Err(ConsensusError::Invalid),
             };
             match self.write(op, deadline).await? {
                 Reply::Granted { token } => {
@@ -249,10 +252,14 @@ impl Consensus {
                 resource: resource.clone(),
                 token,
             },
-            Key::Leader(election) | Key::Name(election) => Op::Resign {
+            Key::Leader(election) => Op::Resign {
                 session,
                 election: election.clone(),
                 term: token,
+            },
+            Key::Name(name) => Op::Unregister {
+                session,
+                name: name.clone(),
             },
         };
         match self.write(op, deadline).await? {
@@ -268,8 +275,10 @@ impl Consensus {
             return Ok(s);
         }
         let ttl_ms = super::millis(self.inner.config.session_ttl);
+        let started = Instant::now();
         match self.write(Op::OpenSession { ttl_ms }, deadline).await? {
             Reply::Opened { session } => {
+                self.renewed(session, started);
                 self.inner.session.send_replace(Some(session));
                 debug!(session, "session opened");
                 Ok(session)
@@ -324,24 +333,38 @@ fn lose(inner: &Inner, session: SessionId) {
 /// Renews this node's session every third of its TTL while the node's
 /// consensus runs; a renewal refused because the session is gone ends it
 /// here too (guards report the loss).
+///
+/// The node also keeps the lease by its own clock: once a whole TTL has
+/// passed since the start of the last request the group acknowledged (the
+/// opening or a renewal), it counts the session as lost, since the leader,
+/// whose count started no earlier, may expire it any moment. So a node
+/// cut off learns of its loss without hearing from the group.
 pub(super) async fn keep_alive(inner: Weak<Inner>) {
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let period = strong.config.session_ttl / 3;
+        let ttl = strong.config.session_ttl;
+        let period = ttl / 3;
         let (cancel, tasks) = (strong.cancel.clone(), strong.rpc.mesh().tasks().clone());
         let session = *strong.session.borrow();
         if let Some(session) = session {
             let this = Consensus {
                 inner: Arc::clone(&strong),
             };
-            let deadline = Instant::now() + period;
-            match this.write(Op::KeepAlive { session }, deadline).await {
-                Ok(Reply::Renewed) => {}
+            let started = Instant::now();
+            match this
+                .write(Op::KeepAlive { session }, started + period)
+                .await
+            {
+                Ok(Reply::Renewed) => this.renewed(session, started),
                 Ok(Reply::NoSession | Reply::NotOwner) => lose(&strong, session),
                 Ok(other) => warn!(session, "unexpected keep-alive reply {other:?}"),
                 Err(e) => debug!(session, "keep-alive failed: {e}"),
+            }
+            let since = this.lease_start(session);
+            if since.is_some_and(|at| at.elapsed() >= ttl) {
+                lose(&strong, session);
             }
         }
         drop(strong);
@@ -350,6 +373,22 @@ pub(super) async fn keep_alive(inner: Weak<Inner>) {
             _ = cancel.cancelled() => return,
             _ = tasks.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+impl Consensus {
+    /// Notes that the group acknowledged a request for `session` sent at
+    /// `at`: the lease runs from then.
+    fn renewed(&self, session: SessionId, at: Instant) {
+        *crate::locked(&self.inner.lease) = Some((session, at));
+    }
+
+    /// When `session`'s lease began, by this node's clock.
+    fn lease_start(&self, session: SessionId) -> Option<Instant> {
+        match *crate::locked(&self.inner.lease) {
+            Some((s, at)) if s == session => Some(at),
+            _ => None,
         }
     }
 }

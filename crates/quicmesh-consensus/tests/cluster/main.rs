@@ -118,10 +118,30 @@ async fn a_leader_left_alone_never_grants() {
             .register("alone")
             .await
             .expect("registered with a quorum");
+        let held = nodes[leader]
+            .consensus
+            .lock("held", LONG)
+            .await
+            .expect("granted with a quorum");
         let alone = nodes.remove(leader);
         for n in nodes {
             n.kill().await;
         }
+        let cut = Instant::now();
+        // Cut off, it can renew no more: by its own clock it counts the
+        // lock as lost within a TTL (and a renewal period) of the cut.
+        tokio::time::timeout(support::WAIT, held.lost())
+            .await
+            .expect("the cut-off holder is told of the loss");
+        let told = cut.elapsed();
+        println!("cut off: the holder counted its lock lost {told:?} after the cut");
+        let ttl = group.config.session_ttl;
+        assert!(
+            told <= ttl + ttl / 3 + Duration::from_millis(500),
+            "told late: {told:?}"
+        );
+        assert!(!held.is_held());
+        std::mem::forget(held);
         let asked = Instant::now();
         match alone.consensus.lock("r", Duration::from_secs(2)).await {
             Err(ConsensusError::NoQuorum { waited }) => {
@@ -271,6 +291,47 @@ async fn raft_messages_are_refused_from_a_node_that_is_not_the_voter_they_claim(
         }
         shutdown_all(nodes).await;
         client.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_from_a_snapshot() {
+    bounded(async {
+        let mut group = Group::new(&["a", "b", "c"]);
+        group.config.snapshot_every = 10;
+        group.config.logs_kept_after_snapshot = 0;
+        let mut nodes = group.start_all().await;
+        let refs: Vec<&TestNode> = nodes.iter().collect();
+        let leader = agreed_leader(&refs).await;
+        let behind = follower(leader);
+        let behind_name = nodes[behind].name().to_string();
+        let short = behind_name.split('@').next().unwrap_or_default().to_owned();
+        nodes.remove(behind).kill().await;
+        // Enough entries for snapshots that purge what the follower lacks.
+        nodes[0]
+            .consensus
+            .register("snap")
+            .await
+            .expect("registered");
+        let mut last = 0;
+        for _ in 0..15 {
+            let g = nodes[0].consensus.lock("r", LONG).await.expect("granted");
+            last = g.token();
+            g.release().await.expect("released");
+        }
+        let refs: Vec<&TestNode> = nodes.iter().collect();
+        let back = group.start(&short, &refs).await;
+        let owner = nodes[0].name().clone();
+        support::eventually("the follower has the state from the snapshot", || {
+            (back.consensus.whereis_stale("snap").ok()? == Some(owner.clone())).then_some(())
+        })
+        .await;
+        let g = back.consensus.lock("r", LONG).await.expect("granted");
+        assert!(g.token() > last);
+        g.release().await.expect("released");
+        nodes.push(back);
+        shutdown_all(nodes).await;
     })
     .await;
 }
