@@ -141,29 +141,29 @@ impl Consensus {
     /// Registers `name` for this node's session, within `request_timeout`.
     /// `Taken` if another node has it; registering it again is fine.
     pub async fn register(&self, name: &str) -> Result<(), ConsensusError> {
-        let deadline = self.deadline(None);
-        let session = self.session(deadline).await?;
-        let op = Op::Register {
-            session,
-            name: name.to_owned(),
-        };
-        match self.write(op, deadline).await? {
-            Reply::Registered => Ok(()),
-            Reply::Taken { owner } => Err(ConsensusError::Taken { owner }),
-            other => Err(self.refusal(session, other)),
-        }
+        let name = name.to_owned();
+        self.name_op(|session| Op::Register { session, name }, Reply::Registered)
+            .await
     }
 
     /// Unregisters `name`; `NotHeld` if it is not this node's.
     pub async fn unregister(&self, name: &str) -> Result<(), ConsensusError> {
+        let name = name.to_owned();
+        self.name_op(|session| Op::Unregister { session, name }, Reply::Released)
+            .await
+    }
+
+    /// Commits the operation `op` makes for this node's session, expecting
+    /// `hoped` as the reply.
+    async fn name_op(
+        &self,
+        op: impl FnOnce(SessionId) -> Op,
+        hoped: Reply,
+    ) -> Result<(), ConsensusError> {
         let deadline = self.deadline(None);
         let session = self.session(deadline).await?;
-        let op = Op::Unregister {
-            session,
-            name: name.to_owned(),
-        };
-        match self.write(op, deadline).await? {
-            Reply::Released => Ok(()),
+        match self.write(op(session), deadline).await? {
+            r if r == hoped => Ok(()),
             other => Err(self.refusal(session, other)),
         }
     }

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use quicmesh_consensus::{ConsensusError, Voters};
-use support::{Group, TestNode, agreed_leader, bounded, name, shutdown_all};
+use support::{Group, TestNode, bounded, name, shutdown_all};
 use tokio::time::Instant;
 
 /// The lock wait of tests that expect a grant.
@@ -21,9 +21,7 @@ fn follower(leader: usize) -> usize {
 async fn a_lock_taken_through_a_follower_is_held_once_and_tokens_increase() {
     bounded(async {
         let group = Group::new(&["a", "b", "c"]);
-        let nodes = group.start_all().await;
-        let refs: Vec<&TestNode> = nodes.iter().collect();
-        let leader = agreed_leader(&refs).await;
+        let (nodes, leader) = group.start_led().await;
         let f = follower(leader);
         let other = (leader + 2) % 3;
 
@@ -72,9 +70,7 @@ async fn a_lock_taken_through_a_follower_is_held_once_and_tokens_increase() {
 async fn a_killed_leader_is_replaced_and_the_survivors_grant_again() {
     bounded(async {
         let group = Group::new(&["a", "b", "c"]);
-        let mut nodes = group.start_all().await;
-        let refs: Vec<&TestNode> = nodes.iter().collect();
-        let leader = agreed_leader(&refs).await;
+        let (mut nodes, leader) = group.start_led().await;
         let before = nodes[follower(leader)]
             .consensus
             .lock("before", LONG)
@@ -109,9 +105,7 @@ async fn a_killed_leader_is_replaced_and_the_survivors_grant_again() {
 async fn a_leader_left_alone_never_grants() {
     bounded(async {
         let group = Group::new(&["a", "b", "c"]);
-        let mut nodes = group.start_all().await;
-        let refs: Vec<&TestNode> = nodes.iter().collect();
-        let leader = agreed_leader(&refs).await;
+        let (mut nodes, leader) = group.start_led().await;
         // Open the leader's session while there is a quorum.
         nodes[leader]
             .consensus
@@ -187,9 +181,7 @@ async fn a_whole_group_restart_keeps_the_state_and_tokens_go_on_increasing() {
             n.kill().await;
         }
 
-        let nodes = group.start_all().await;
-        let refs: Vec<&TestNode> = nodes.iter().collect();
-        agreed_leader(&refs).await;
+        let (nodes, _) = group.start_led().await;
         // Right after the election every old session has a full TTL: the
         // state from before the restart is all there.
         nodes[2].consensus.register("c").await.expect("c's session");
@@ -218,11 +210,9 @@ async fn a_whole_group_restart_keeps_the_state_and_tokens_go_on_increasing() {
 async fn a_session_not_kept_alive_expires_and_its_lock_goes_to_the_next_asker() {
     bounded(async {
         let group = Group::new(&["a", "b", "c"]);
-        let nodes = group.start_all().await;
-        let refs: Vec<&TestNode> = nodes.iter().collect();
-        agreed_leader(&refs).await;
+        let (nodes, _) = group.start_led().await;
         // A client node (not a voter): its requests go to the leader.
-        let client = group.start("d", &refs).await;
+        let client = group.start("d", &nodes.iter().collect::<Vec<_>>()).await;
         assert!(!client.consensus.is_voter());
         let held = client
             .consensus
@@ -301,9 +291,7 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot() {
         let mut group = Group::new(&["a", "b", "c"]);
         group.config.snapshot_every = 10;
         group.config.logs_kept_after_snapshot = 0;
-        let mut nodes = group.start_all().await;
-        let refs: Vec<&TestNode> = nodes.iter().collect();
-        let leader = agreed_leader(&refs).await;
+        let (mut nodes, leader) = group.start_led().await;
         let behind = follower(leader);
         let behind_name = nodes[behind].name().to_string();
         let short = behind_name.split('@').next().unwrap_or_default().to_owned();

@@ -18,19 +18,16 @@ pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The bound on one awaited condition.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-pub fn init_tracing() {
+/// Runs a test body under [`TEST_TIMEOUT`], logging to the test's output
+/// (filtered by RUST_LOG; default: warnings, nothing from openraft, whose
+/// errors for peers not yet connected are expected here).
+pub async fn bounded<F: Future<Output = ()>>(body: F) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off"));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off")),
-        )
+        .with_env_filter(filter)
         .with_test_writer()
         .try_init();
-}
-
-/// Runs a test body under [`TEST_TIMEOUT`].
-pub async fn bounded<F: Future<Output = ()>>(body: F) {
-    init_tracing();
     tokio::time::timeout(TEST_TIMEOUT, body)
         .await
         .expect("test exceeded its time bound");
@@ -134,6 +131,14 @@ impl Group {
             rpc,
             consensus,
         }
+    }
+
+    /// Starts every voter and waits until they agree on a leader; the
+    /// nodes, and the index of the leader among them.
+    pub async fn start_led(&self) -> (Vec<TestNode>, usize) {
+        let nodes = self.start_all().await;
+        let leader = agreed_leader(&nodes.iter().collect::<Vec<_>>()).await;
+        (nodes, leader)
     }
 
     /// Starts every voter, connected to each other.
