@@ -39,7 +39,8 @@ const CLIENT: &str = "quicmesh.raft.client";
 /// answer within it is skipped for the next.
 const ATTEMPT: Duration = Duration::from_secs(2);
 
-/// What a node asks a voter.
+/// What a node asks a voter. On the wire (postcard): append variants
+/// only, never reorder or retype.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Request {
     /// Commit `op` on the caller's behalf.

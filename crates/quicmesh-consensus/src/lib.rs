@@ -49,6 +49,12 @@
 //! chunks (openraft's chunked transfer) so no message passes the RPC
 //! size limit.
 //!
+//! The messages are openraft's own request types and this crate's
+//! `Request`/`Answer` enums, encoded by RPC with postcard, and they live
+//! here rather than in `quicmesh-wire`: that crate would otherwise depend
+//! on openraft. As with every postcard enum, variants are only ever
+//! appended.
+//!
 //! # Membership and bootstrap
 //!
 //! Voters are named in [`ConsensusConfig::voters`]; a voter's Raft node id
