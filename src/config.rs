@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use quicmesh_consensus::ConsensusConfig;
 use quicmesh_discovery::TopologyConfig;
 use quicmesh_mesh::{HeartbeatConfig, MeshConfig, ReconnectConfig, duration};
 use quicmesh_rpc::RpcConfig;
@@ -79,6 +80,31 @@ pub struct NodeConfig {
     /// own registry. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
+    /// Which coordination the node runs: `"global"` (`:global`
+    /// semantics: `Node::lock`, `Node::registry`, `Node::election`) or
+    /// `"consensus"` (a Raft group of the `[consensus]` voters, through
+    /// `Node::consensus`). Default `"global"`.
+    #[serde(default)]
+    pub coordination: Coordination,
+    /// Consensus mode's voters, data directory and timings; required when
+    /// `coordination = "consensus"`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<ConsensusConfig>,
+}
+
+/// Which coordination a node runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Coordination {
+    /// `:global` semantics among the connected nodes; each side of a
+    /// partition goes on alone (see `quicmesh_coord`).
+    #[default]
+    Global,
+    /// Global mode, plus a Raft group over the mesh whose locks, elections
+    /// and names are linearizable and never granted on a minority side
+    /// (see `quicmesh_consensus`).
+    Consensus,
 }
 
 impl Default for NodeConfig {
@@ -100,6 +126,8 @@ impl Default for NodeConfig {
             max_peers: defaults::max_peers(),
             max_dials: defaults::max_dials(),
             metrics: None,
+            coordination: Coordination::Global,
+            consensus: None,
         }
     }
 }
@@ -166,6 +194,12 @@ pub enum ConfigError {
     /// The node name does not parse.
     #[error("invalid node name: {0}")]
     BadName(#[from] quicmesh_wire::NameError),
+    /// `coordination = "consensus"` without a `[consensus]` section.
+    #[error("coordination = \"consensus\" needs a [consensus] section naming the voters")]
+    MissingConsensus,
+    /// A `[consensus]` setting cannot work.
+    #[error("consensus: {0}")]
+    Consensus(#[from] quicmesh_consensus::ConfigError),
     /// No node name was given.
     #[error("the node needs a name: set `name = \"app1@host\"`")]
     MissingName,
@@ -244,6 +278,12 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_none() {
             return Err(ConfigError::MissingName);
+        }
+        if self.coordination == Coordination::Consensus {
+            self.consensus
+                .as_ref()
+                .ok_or(ConfigError::MissingConsensus)?
+                .validate()?;
         }
         for (topology, t) in &self.topologies {
             quicmesh_discovery::validate(t).map_err(|e| ConfigError::Topology {
@@ -417,6 +457,38 @@ mod tests {
             "0.0.0.0:4370".parse().unwrap(),
             "a DNS host listens on all addresses"
         );
+    }
+
+    #[test]
+    fn consensus_mode_needs_its_section_and_global_stays_the_default() {
+        let global = NodeConfig::from_toml("name = \"a@h\"").unwrap();
+        assert_eq!(global.coordination, Coordination::Global);
+        assert_eq!(global.consensus, None);
+        assert!(!toml::to_string(&global).unwrap().contains("[consensus]"));
+        let e = NodeConfig::from_toml("name = \"a@h\"\ncoordination = \"consensus\"");
+        assert_eq!(e.unwrap().validate(), Err(ConfigError::MissingConsensus));
+        let cfg = NodeConfig::from_toml(
+            r#"
+            name = "a@h"
+            coordination = "consensus"
+            [consensus]
+            voters = ["a@h", "b@h", "c@h"]
+            data_dir = "/var/lib/quicmesh"
+            session_ttl = "4s"
+            "#,
+        )
+        .unwrap();
+        let c = cfg.consensus.as_ref().unwrap();
+        assert_eq!(c.voters.len(), 3);
+        assert_eq!(c.session_ttl, Duration::from_secs(4));
+        assert_eq!(cfg.validate(), Ok(()));
+        let back = NodeConfig::from_toml(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+        let e = NodeConfig::from_toml(
+            "name = \"a@h\"\ncoordination = \"consensus\"\n[consensus]\nvoters = []",
+        );
+        let e = e.unwrap().validate();
+        assert!(matches!(e, Err(ConfigError::Consensus(_))), "{e:?}");
     }
 
     #[test]

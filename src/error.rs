@@ -15,6 +15,9 @@ pub enum StartError {
     /// The identity (cookie or certificate files) could not be loaded.
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
+    /// Consensus mode could not start (its store, or openraft).
+    #[error("consensus: {0}")]
+    Consensus(#[from] quicmesh_consensus::StartError),
     /// The UDP socket could not be bound (address in use?).
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -446,13 +446,17 @@ pub mod discovery {
     };
 }
 
-pub use config::{ConfigError, IdentityConfig, NodeConfig};
+pub use config::{ConfigError, Coordination, IdentityConfig, NodeConfig};
 pub use error::StartError;
 pub use node::{Builder, Node, Reloaded};
 /// The metrics library whose [`Registry`](prometheus_client::registry::Registry)
 /// [`Node::register_metrics`] fills, re-exported so an application uses the
 /// same version.
 pub use prometheus_client;
+pub use quicmesh_consensus::{
+    Consensus, ConsensusConfig, ConsensusError, Leader as ConsensusLeader,
+    LockGuard as ConsensusGuard,
+};
 pub use quicmesh_coord::{
     AlreadyRegistered, CoordCounters, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
     Leadership, LocalRegistry, LockError, LockGuard, LockOptions, MAX_CLOCK_DRIFT, Member,

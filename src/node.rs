@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use quicmesh_consensus::{Consensus, ConsensusConfig};
 use quicmesh_coord::{
     Coord, CoordCounters, Election, Groups, LockError, LockGuard, LockOptions, Registry, Token,
 };
@@ -20,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::info;
 
-use crate::config::{ConfigError, IdentityConfig, NodeConfig};
+use crate::config::{ConfigError, Coordination, IdentityConfig, NodeConfig};
 use crate::error::StartError;
 use crate::metrics::{self, Measured};
 
@@ -57,6 +58,8 @@ struct Layers {
     mesh: Mesh,
     rpc: Rpc,
     coord: Arc<Coord>,
+    /// Consensus mode's Raft voter or client, if the mode is on.
+    consensus: Option<Consensus>,
     /// Where the identity is read from again on reload; the lock also
     /// makes reloads take turns.
     identity: tokio::sync::Mutex<IdentityConfig>,
@@ -471,7 +474,19 @@ impl Node {
     /// once. Idempotent; later calls wait for the first to finish. The UDP
     /// port is released when the last handle to the node is dropped.
     pub async fn shutdown(&self) {
+        // Consensus first, while the mesh still carries its last requests
+        // (closing the session releases what it held).
+        if let Some(c) = &self.layers.consensus {
+            c.shutdown().await;
+        }
         self.mesh().shutdown().await;
+    }
+
+    /// Consensus mode's handle (`coordination = "consensus"`): locks,
+    /// elections and names agreed by the Raft group of the configured
+    /// voters. `None` in global mode.
+    pub fn consensus(&self) -> Option<&Consensus> {
+        self.layers.consensus.as_ref()
     }
 
     /// Whether [`Node::shutdown`] has been called.
@@ -572,6 +587,15 @@ impl Builder {
         self
     }
 
+    /// Consensus mode with `config` (its voters, data directory, TTL): the
+    /// node starts a Raft voter if it is one of the voters, else a client
+    /// of them; see [`Node::consensus`].
+    pub fn consensus(mut self, config: ConsensusConfig) -> Self {
+        self.config.coordination = Coordination::Consensus;
+        self.config.consensus = Some(config);
+        self
+    }
+
     /// Changes any other setting.
     pub fn configure(mut self, f: impl FnOnce(&mut NodeConfig)) -> Self {
         f(&mut self.config);
@@ -606,6 +630,10 @@ impl Builder {
         let rpc = Rpc::new(mesh.clone(), config.rpc);
         let coord = Coord::start(&rpc);
         crate::admin::serve(&rpc, &coord);
+        let consensus = match (&config.coordination, &config.consensus) {
+            (Coordination::Consensus, Some(c)) => Some(Consensus::start(&rpc, c.clone()).await?),
+            _ => None,
+        };
         mesh.start(rpc.route(Router::default()));
         let discovery = Discovery::new(mesh.clone());
         for topology in topologies {
@@ -616,6 +644,7 @@ impl Builder {
                 mesh,
                 rpc,
                 coord,
+                consensus,
                 identity: tokio::sync::Mutex::new(config.identity),
             }),
         })

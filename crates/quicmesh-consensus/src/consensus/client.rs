@@ -1,0 +1,394 @@
+//! The client API of [`Consensus`]: the node's session, locks, elections
+//! and names.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use quicmesh_wire::NodeName;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{Consensus, Inner};
+use crate::ConsensusError;
+use crate::machine::{Key, Op, Reply, SessionId};
+
+/// The leader of an election and its term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Leader {
+    /// The leading node.
+    pub node: NodeName,
+    /// Its term: the log index of the entry that made it leader.
+    pub term: u64,
+}
+
+/// A lock or leadership held by this node's session. Give it up with
+/// [`LockGuard::release`]; dropping it releases it in the background.
+/// It is lost if the session expires ([`LockGuard::lost`]).
+#[derive(Debug)]
+#[must_use = "a lock is released when its guard is dropped"]
+pub struct LockGuard {
+    consensus: Consensus,
+    key: Key,
+    token: u64,
+    session: SessionId,
+    released: bool,
+}
+
+impl LockGuard {
+    /// The fencing token (or the term, for a leadership): the log index
+    /// of the granting entry. Every later grant has a larger one.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The lock's resource or the election's name.
+    pub fn name(&self) -> &str {
+        let (Key::Lock(k) | Key::Leader(k) | Key::Name(k)) = &self.key;
+        k
+    }
+
+    /// Whether the session that holds it is still this node's, as this
+    /// node knows (see [`LockGuard::lost`]).
+    pub fn is_held(&self) -> bool {
+        *self.consensus.inner.session.borrow() == Some(self.session)
+    }
+
+    /// Resolves once the session that held this ended: closed, refused
+    /// by the group as expired, or not renewed for a whole TTL by this
+    /// node's clock (cut off or paused; the group may then give the grant
+    /// to another node, so stop using it).
+    pub async fn lost(&self) {
+        let mut session = self.consensus.inner.session.subscribe();
+        // An error means the consensus is gone, and the grant with it.
+        let _ = session.wait_for(|s| *s != Some(self.session)).await;
+    }
+
+    /// Gives the lock or leadership up, within `request_timeout`.
+    pub async fn release(mut self) -> Result<(), ConsensusError> {
+        self.released = true;
+        let deadline = Instant::now() + self.consensus.inner.config.request_timeout;
+        self.consensus
+            .give_up(&self.key, self.session, self.token, deadline)
+            .await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (consensus, key) = (self.consensus.clone(), self.key.clone());
+        let (session, token) = (self.session, self.token);
+        let tasks = consensus.inner.rpc.mesh().tasks().clone();
+        if tasks.is_cancelled() {
+            return;
+        }
+        tasks.spawn(async move {
+            let deadline = Instant::now() + consensus.inner.config.request_timeout;
+            if let Err(e) = consensus.give_up(&key, session, token, deadline).await {
+                debug!("dropped guard not released: {e}");
+            }
+        });
+    }
+}
+
+impl Consensus {
+    /// Takes the cluster lock of `resource`, waiting up to `timeout` while
+    /// another node holds it. Fails with `NoQuorum` if no leader with a
+    /// quorum commits it in time (this node is cut off, or most voters are
+    /// down), `Timeout` if it stayed held by another node.
+    pub async fn lock(
+        &self,
+        resource: &str,
+        timeout: Duration,
+    ) -> Result<LockGuard, ConsensusError> {
+        self.take(Key::Lock(resource.to_owned()), timeout).await
+    }
+
+    /// Becomes the leader of `election`, waiting up to `timeout` while
+    /// another node leads it; the guard's token is the term.
+    pub async fn campaign(
+        &self,
+        election: &str,
+        timeout: Duration,
+    ) -> Result<LockGuard, ConsensusError> {
+        self.take(Key::Leader(election.to_owned()), timeout).await
+    }
+
+    /// The leader of `election`, read linearizably (through the Raft
+    /// leader, confirming its leadership with a quorum).
+    pub async fn leader(&self, election: &str) -> Result<Option<Leader>, ConsensusError> {
+        let deadline = self.deadline(None);
+        let key = Key::Leader(election.to_owned());
+        Ok(self.holder(key, deadline).await?.map(|g| Leader {
+            node: g.owner,
+            term: g.token,
+        }))
+    }
+
+    /// The leader of `election` in this voter's own applied state: no
+    /// round trip, but possibly behind the group. `NotVoter` on a client.
+    pub fn leader_stale(&self, election: &str) -> Result<Option<Leader>, ConsensusError> {
+        let key = Key::Leader(election.to_owned());
+        Ok(self.holder_stale(&key)?.map(|g| Leader {
+            node: g.owner,
+            term: g.token,
+        }))
+    }
+
+    /// Registers `name` for this node's session, within `request_timeout`.
+    /// `Taken` if another node has it; registering it again is fine.
+    pub async fn register(&self, name: &str) -> Result<(), ConsensusError> {
+        let name = name.to_owned();
+        self.name_op(|session| Op::Register { session, name }, Reply::Registered)
+            .await
+    }
+
+    /// Unregisters `name`; `NotHeld` if it is not this node's.
+    pub async fn unregister(&self, name: &str) -> Result<(), ConsensusError> {
+        let name = name.to_owned();
+        self.name_op(|session| Op::Unregister { session, name }, Reply::Released)
+            .await
+    }
+
+    /// Commits the operation `op` makes for this node's session, expecting
+    /// `hoped` as the reply.
+    async fn name_op(
+        &self,
+        op: impl FnOnce(SessionId) -> Op,
+        hoped: Reply,
+    ) -> Result<(), ConsensusError> {
+        let deadline = self.deadline(None);
+        let session = self.session(deadline).await?;
+        match self.write(op(session), deadline).await? {
+            r if r == hoped => Ok(()),
+            other => Err(self.refusal(session, other)),
+        }
+    }
+
+    /// The node that registered `name`, read linearizably.
+    pub async fn whereis(&self, name: &str) -> Result<Option<NodeName>, ConsensusError> {
+        let deadline = self.deadline(None);
+        let grant = self.holder(Key::Name(name.to_owned()), deadline).await?;
+        Ok(grant.map(|g| g.owner))
+    }
+
+    /// The node that registered `name` in this voter's own applied state:
+    /// no round trip, but possibly behind the group. `NotVoter` on a
+    /// client.
+    pub fn whereis_stale(&self, name: &str) -> Result<Option<NodeName>, ConsensusError> {
+        Ok(self
+            .holder_stale(&Key::Name(name.to_owned()))?
+            .map(|g| g.owner))
+    }
+
+    /// This node's session, if one is open (as far as it knows).
+    pub fn session_id(&self) -> Option<SessionId> {
+        *self.inner.session.borrow()
+    }
+
+    fn deadline(&self, timeout: Option<Duration>) -> Instant {
+        Instant::now() + timeout.unwrap_or(self.inner.config.request_timeout)
+    }
+
+    async fn take(&self, key: Key, timeout: Duration) -> Result<LockGuard, ConsensusError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let session = self.session(deadline).await?;
+        loop {
+            let op = match &key {
+                Key::Lock(resource) => Op::Acquire {
+                    session,
+                    resource: resource.clone(),
+                },
+                Key::Leader(election) => Op::Campaign {
+                    session,
+                    election: election.clone(),
+                },
+                Key::Name(_) => return Err(ConsensusError::Invalid),
+            };
+            match self.write(op, deadline).await? {
+                Reply::Granted { token } => {
+                    return Ok(LockGuard {
+                        consensus: self.clone(),
+                        key,
+                        token,
+                        session,
+                        released: false,
+                    });
+                }
+                Reply::Held { owner, token } => {
+                    if Instant::now() >= deadline {
+                        return Err(ConsensusError::Timeout {
+                            owner,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    self.wait_change(key.clone(), token, deadline).await?;
+                    if Instant::now() >= deadline {
+                        return Err(ConsensusError::Timeout {
+                            owner,
+                            waited: started.elapsed(),
+                        });
+                    }
+                }
+                other => return Err(self.refusal(session, other)),
+            }
+        }
+    }
+
+    async fn give_up(
+        &self,
+        key: &Key,
+        session: SessionId,
+        token: u64,
+        deadline: Instant,
+    ) -> Result<(), ConsensusError> {
+        let op = match key {
+            Key::Lock(resource) => Op::Release {
+                session,
+                resource: resource.clone(),
+                token,
+            },
+            Key::Leader(election) => Op::Resign {
+                session,
+                election: election.clone(),
+                term: token,
+            },
+            Key::Name(name) => Op::Unregister {
+                session,
+                name: name.clone(),
+            },
+        };
+        match self.write(op, deadline).await? {
+            Reply::Released => Ok(()),
+            other => Err(self.refusal(session, other)),
+        }
+    }
+
+    /// This node's session, opening one if there is none.
+    async fn session(&self, deadline: Instant) -> Result<SessionId, ConsensusError> {
+        let _opening = self.inner.opening.lock().await;
+        if let Some(s) = *self.inner.session.borrow() {
+            return Ok(s);
+        }
+        let ttl_ms = super::millis(self.inner.config.session_ttl);
+        let started = Instant::now();
+        match self.write(Op::OpenSession { ttl_ms }, deadline).await? {
+            Reply::Opened { session } => {
+                self.renewed(session, started);
+                self.inner.session.send_replace(Some(session));
+                debug!(session, "session opened");
+                Ok(session)
+            }
+            other => Err(self.refusal(0, other)),
+        }
+    }
+
+    /// The error for a reply that is not the one hoped for; a reply saying
+    /// the session is gone ends it here too.
+    fn refusal(&self, session: SessionId, reply: Reply) -> ConsensusError {
+        match reply {
+            Reply::NoSession => {
+                lose(&self.inner, session);
+                ConsensusError::SessionExpired
+            }
+            Reply::NotHeld => ConsensusError::NotHeld,
+            Reply::Taken { owner } => ConsensusError::Taken { owner },
+            Reply::Invalid => ConsensusError::Invalid,
+            Reply::Limit => ConsensusError::Limit,
+            other => ConsensusError::Refused {
+                peer: self
+                    .current_leader()
+                    .unwrap_or_else(|| self.inner.me.clone()),
+                detail: format!("unexpected reply {other:?}"),
+            },
+        }
+    }
+}
+
+/// Forgets `session` if it is still this node's; `true` if it was.
+pub(super) fn forget(inner: &Inner, session: SessionId) -> bool {
+    inner.session.send_if_modified(|s| {
+        let mine = *s == Some(session);
+        if mine {
+            *s = None;
+        }
+        mine
+    })
+}
+
+/// Forgets `session`, which the group no longer has: what it held is gone.
+fn lose(inner: &Inner, session: SessionId) {
+    if forget(inner, session) {
+        warn!(
+            session,
+            "session ended; its locks, leaderships and names are released"
+        );
+    }
+}
+
+/// Renews this node's session every third of its TTL while the node's
+/// consensus runs; a renewal refused because the session is gone ends it
+/// here too (guards report the loss).
+///
+/// The node also keeps the lease by its own clock: once a whole TTL has
+/// passed since the start of the last request the group acknowledged (the
+/// opening or a renewal), it counts the session as lost, since the leader,
+/// whose count started no earlier, may expire it any moment. So a node
+/// cut off learns of its loss without hearing from the group.
+pub(super) async fn keep_alive(inner: Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let ttl = strong.config.session_ttl;
+        let period = ttl / 3;
+        let (cancel, tasks) = (strong.cancel.clone(), strong.rpc.mesh().tasks().clone());
+        let session = *strong.session.borrow();
+        if let Some(session) = session {
+            let this = Consensus {
+                inner: Arc::clone(&strong),
+            };
+            let started = Instant::now();
+            match this
+                .write(Op::KeepAlive { session }, started + period)
+                .await
+            {
+                Ok(Reply::Renewed) => this.renewed(session, started),
+                Ok(Reply::NoSession | Reply::NotOwner) => lose(&strong, session),
+                Ok(other) => warn!(session, "unexpected keep-alive reply {other:?}"),
+                Err(e) => debug!(session, "keep-alive failed: {e}"),
+            }
+            let since = this.lease_start(session);
+            if since.is_some_and(|at| at.elapsed() >= ttl) {
+                lose(&strong, session);
+            }
+        }
+        drop(strong);
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = tasks.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+impl Consensus {
+    /// Notes that the group acknowledged a request for `session` sent at
+    /// `at`: the lease runs from then.
+    fn renewed(&self, session: SessionId, at: Instant) {
+        *crate::locked(&self.inner.lease) = Some((session, at));
+    }
+
+    /// When `session`'s lease began, by this node's clock.
+    fn lease_start(&self, session: SessionId) -> Option<Instant> {
+        match *crate::locked(&self.inner.lease) {
+            Some((s, at)) if s == session => Some(at),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Consensus mode of quicmesh: one Raft group (openraft) over the mesh,
+//! running etcd's lease + lock + election model, with fencing tokens and
+//! terms that are Raft log indices.
+//!
+//! Layer: above `quicmesh-rpc` and `quicmesh-mesh`, below the facade; it
+//! knows nothing of the global-mode coordination crate.
+//!
+//! # Parts
+//!
+//! - [`machine`]: the replicated state machine as data (sessions, locks,
+//!   elections, names); sans-IO, unit-tested alone.
+//! - `storage`: the log, the vote and the snapshot in one redb file; the
+//!   state machine's applied state.
+//! - `network`: openraft's RPCs as reserved RPC services
+//!   (`quicmesh.raft.append`, `.vote`, `.snapshot`), peers named by their
+//!   certificates.
+//! - [`Consensus`]: the handle, with the client API (`lock`, `register`,
+//!   `whereis`, `campaign`, `leader`) and the client service
+//!   (`quicmesh.raft.client`) that forwards a node's requests to the
+//!   leader.
+//!
+//! # Storage: redb
+//!
+//! The log, vote, committed and purged markers and the latest snapshot
+//! live in one redb database (`<data_dir>/raft.redb`). redb is pure Rust,
+//! one file, with ACID write transactions that are fsync'd on commit by
+//! default (`Durability::Immediate`): the vote and appended entries are
+//! committed that way before openraft is told they are durable. fjall is
+//! an LSM tree tuned for write-heavy, larger-than-memory data, with a
+//! journal whose fsync is a separate, opt-in step per write batch, and a
+//! directory of files; a Raft log of lock operations is small, append-only
+//! and wants each append durable at once, which is redb's default
+//! behaviour and fewer ways to get durability wrong. Only the committed
+//! marker is written without fsync: losing it is harmless (openraft learns
+//! the commit index again from the leader).
+//!
+//! The state machine is held in memory; it is rebuilt at start from the
+//! latest snapshot (persisted in the same file whenever one is built or
+//! installed) plus the log entries after it, which are never purged
+//! before a snapshot covers them.
+//!
+//! # Transport: RPC services
+//!
+//! Raft's messages ride the RPC layer's streams (reserved services) rather
+//! than a stream kind of their own: RPC already gives per-call timeouts,
+//! size limits, bounded inbound calls per peer and the verified caller
+//! name, which are what a Raft transport needs. Append-entries and votes
+//! are small and share the caller's RPC lane; snapshots are sent in
+//! chunks (openraft's chunked transfer) so no message passes the RPC
+//! size limit.
+//!
+//! The messages are openraft's own request types and this crate's
+//! `Request`/`Answer` enums, encoded by RPC with postcard, and they live
+//! here rather than in `quicmesh-wire`: that crate would otherwise depend
+//! on openraft. As with every postcard enum, variants are only ever
+//! appended.
+//!
+//! # Membership and bootstrap
+//!
+//! Voters are named in [`ConsensusConfig::voters`]; a voter's Raft node id
+//! is a hash of its name ([`Voters`]). A Raft message is accepted only
+//! from the voter it claims to come from, as the caller's certificate
+//! names it. The group is bootstrapped once, by the voter whose name
+//! sorts first, when its store is empty: it initializes the group with the
+//! configured voters; the others wait to be contacted by a leader. A node
+//! that is not a voter runs no Raft member: it is a client, and sends each
+//! request to the leader.
+//!
+//! # Sessions and expiry
+//!
+//! Each node holds one session, a lease of [`ConsensusConfig::session_ttl`]
+//! renewed by a committed keep-alive every third of it. Locks,
+//! leaderships and names belong to a session. The Raft leader watches
+//! the sessions by its own clock and proposes `Expire` for one it has not
+//! seen renewed within its TTL (counted from when it became leader at the
+//! earliest); the entry expires the session only if no renewal was
+//! committed meanwhile, and releases what the session held.
+//!
+//! # Tokens
+//!
+//! A lock's fencing token and an election's term are the log index of the
+//! entry that granted it: strictly increasing across every grant in the
+//! group, across leader changes and restarts.
+
+use std::io::Cursor;
+
+mod config;
+mod consensus;
+mod error;
+pub mod machine;
+mod network;
+mod storage;
+
+pub use config::{ConfigError, ConsensusConfig, Voters};
+pub use consensus::{Consensus, Leader, LockGuard};
+pub use error::{ConsensusError, StartError};
+
+/// A Raft node id: see [`Voters`].
+pub type NodeId = u64;
+
+/// A Raft member as openraft's membership records it: the voter's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    /// The voter's node name.
+    pub name: String,
+}
+
+openraft::declare_raft_types!(
+    /// The openraft types of quicmesh's group.
+    pub TypeConfig:
+        D = machine::Command,
+        R = machine::Reply,
+        NodeId = NodeId,
+        Node = Member,
+);
+
+/// openraft's handle, with quicmesh's types.
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+
+/// Locks a mutex, whether or not a panicking thread poisoned it.
+pub(crate) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

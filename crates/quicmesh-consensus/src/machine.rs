@@ -1,0 +1,374 @@
+//! The replicated state machine, as data: sessions (leases), locks,
+//! elections and names, in etcd's model.
+//!
+//! Every replica applies the same committed entries in the same order and
+//! reaches the same state; nothing here reads a clock or does I/O. The
+//! only input besides the command is the Raft log index of the entry that
+//! carries it, and that index is what a grant is stamped with: a lock's
+//! fencing token and an election's term are the index of the granting
+//! entry, so every later grant (of anything, on any node, after any
+//! number of restarts) has a larger one.
+//!
+//! Time enters only through [`Command::Expire`]: the Raft leader, by its
+//! own clock, proposes the expiry of a session it has not seen renewed
+//! for its TTL, naming the renewal it last saw; the machine expires the
+//! session only if no renewal was applied since (a keep-alive that won the
+//! race keeps the session). Expiring or closing a session releases
+//! everything it held, in that same entry.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use quicmesh_wire::NodeName;
+use serde::{Deserialize, Serialize};
+
+/// A session's id: the log index of the entry that opened it.
+pub type SessionId = u64;
+
+/// Longest lock, election or name, in bytes.
+pub const MAX_KEY: usize = 255;
+/// Most sessions open at once in the whole group.
+pub const MAX_SESSIONS: usize = 4096;
+/// Most sessions one node may hold open at once.
+pub const MAX_SESSIONS_PER_NODE: usize = 16;
+/// Most locks, leaderships and names one session may hold at once.
+pub const MAX_HELD_PER_SESSION: usize = 1024;
+/// Shortest and longest session TTL accepted, in milliseconds.
+pub const TTL_RANGE_MS: (u64, u64) = (100, 3_600_000);
+
+/// What a client asks of the group, on its own behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Op {
+    /// Opens a session that lives while it is renewed within `ttl_ms`.
+    OpenSession {
+        /// The lease, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// Renews a session's lease.
+    KeepAlive {
+        /// The session.
+        session: SessionId,
+    },
+    /// Closes a session, releasing all it holds.
+    CloseSession {
+        /// The session.
+        session: SessionId,
+    },
+    /// Takes the lock `resource` for `session` if it is free.
+    Acquire {
+        /// The holding session.
+        session: SessionId,
+        /// The lock.
+        resource: String,
+    },
+    /// Releases the lock `resource` if `session` holds it with `token`.
+    Release {
+        /// The holding session.
+        session: SessionId,
+        /// The lock.
+        resource: String,
+        /// The token of the grant being released.
+        token: u64,
+    },
+    /// Becomes the leader of `election` for `session` if it has none.
+    Campaign {
+        /// The campaigning session.
+        session: SessionId,
+        /// The election.
+        election: String,
+    },
+    /// Steps down from `election` if `session` leads it in `term`.
+    Resign {
+        /// The leading session.
+        session: SessionId,
+        /// The election.
+        election: String,
+        /// The term being given up.
+        term: u64,
+    },
+    /// Registers `name` for `session` if it is free.
+    Register {
+        /// The owning session.
+        session: SessionId,
+        /// The name.
+        name: String,
+    },
+    /// Unregisters `name` if `session` owns it.
+    Unregister {
+        /// The owning session.
+        session: SessionId,
+        /// The name.
+        name: String,
+    },
+}
+
+/// One entry of the log's application data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Command {
+    /// A client's operation; `from` is the node that asked, as its
+    /// certificate names it (the leader fills it in, never the client).
+    Client {
+        /// The asking node.
+        from: NodeName,
+        /// What it asks.
+        op: Op,
+    },
+    /// The leader saw `session` last renewed by the entry at `renewed`
+    /// and not since, for longer than its TTL.
+    Expire {
+        /// The session.
+        session: SessionId,
+        /// The index of the last renewal the leader saw.
+        renewed: u64,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Reply {
+    /// A membership or blank entry: nothing for the application.
+    Nothing,
+    /// The session was opened.
+    Opened {
+        /// Its id.
+        session: SessionId,
+    },
+    /// The lease was renewed.
+    Renewed,
+    /// The session was closed or expired; it held this many grants.
+    Ended {
+        /// Locks, leaderships and names released.
+        released: usize,
+    },
+    /// The expiry lost to a renewal applied after the one it names.
+    StillAlive,
+    /// The lock or leadership is this session's, with this token or term
+    /// (the index of the granting entry; asking again returns the same).
+    Granted {
+        /// The fencing token or term.
+        token: u64,
+    },
+    /// Another session holds the lock or leads the election.
+    Held {
+        /// The holder's node.
+        owner: NodeName,
+        /// The holder's token or term.
+        token: u64,
+    },
+    /// The lock, leadership or name was given up.
+    Released,
+    /// The session does not hold that lock or leadership with that token,
+    /// or does not own that name.
+    NotHeld,
+    /// The name is this session's now (or was already).
+    Registered,
+    /// Another session owns the name.
+    Taken {
+        /// The owner's node.
+        owner: NodeName,
+    },
+    /// No such session: it expired, was closed, or never existed.
+    NoSession,
+    /// The session belongs to another node.
+    NotOwner,
+    /// A key was empty or longer than [`MAX_KEY`] bytes, or a TTL out of
+    /// [`TTL_RANGE_MS`].
+    Invalid,
+    /// A bound was reached: [`MAX_SESSIONS`], [`MAX_SESSIONS_PER_NODE`]
+    /// or [`MAX_HELD_PER_SESSION`].
+    Limit,
+}
+
+/// A lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The node that opened it.
+    pub owner: NodeName,
+    /// The lease, in milliseconds.
+    pub ttl_ms: u64,
+    /// The index of the entry that last opened or renewed it.
+    pub renewed: u64,
+    /// What it holds.
+    pub held: BTreeSet<Key>,
+}
+
+/// Something a session can hold.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Key {
+    /// A lock.
+    Lock(String),
+    /// The leadership of an election.
+    Leader(String),
+    /// A registered name.
+    Name(String),
+}
+
+/// Who holds a lock, leadership or name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The holding session.
+    pub session: SessionId,
+    /// Its node.
+    pub owner: NodeName,
+    /// The index of the granting entry: the fencing token or term.
+    pub token: u64,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    sessions: BTreeMap<SessionId, Session>,
+    grants: BTreeMap<Key, Grant>,
+}
+
+impl Machine {
+    /// Applies `command`, carried by the log entry at `index`.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Reply {
+        match command {
+            Command::Expire { session, renewed } => self.expire(*session, *renewed),
+            Command::Client { from, op } => self.client(index, from, op),
+        }
+    }
+
+    /// The open sessions.
+    pub fn sessions(&self) -> &BTreeMap<SessionId, Session> {
+        &self.sessions
+    }
+
+    /// Who holds `key`, if anyone.
+    pub fn holder(&self, key: &Key) -> Option<&Grant> {
+        self.grants.get(key)
+    }
+
+    fn client(&mut self, index: u64, from: &NodeName, op: &Op) -> Reply {
+        let session = match op {
+            Op::OpenSession { ttl_ms } => return self.open(index, from, *ttl_ms),
+            Op::KeepAlive { session }
+            | Op::CloseSession { session }
+            | Op::Acquire { session, .. }
+            | Op::Release { session, .. }
+            | Op::Campaign { session, .. }
+            | Op::Resign { session, .. }
+            | Op::Register { session, .. }
+            | Op::Unregister { session, .. } => *session,
+        };
+        match self.sessions.get(&session) {
+            None => return Reply::NoSession,
+            Some(s) if s.owner != *from => return Reply::NotOwner,
+            Some(_) => {}
+        }
+        match op {
+            Op::OpenSession { .. } => Reply::Invalid,
+            Op::KeepAlive { .. } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.renewed = index;
+                }
+                Reply::Renewed
+            }
+            Op::CloseSession { .. } => self.end(session),
+            Op::Acquire { resource, .. } => self.take(index, session, Key::Lock(resource.clone())),
+            Op::Campaign { election, .. } => {
+                self.take(index, session, Key::Leader(election.clone()))
+            }
+            Op::Release {
+                resource, token, ..
+            } => self.give_up(session, Key::Lock(resource.clone()), Some(*token)),
+            Op::Resign { election, term, .. } => {
+                self.give_up(session, Key::Leader(election.clone()), Some(*term))
+            }
+            Op::Register { name, .. } => match self.take(index, session, Key::Name(name.clone())) {
+                Reply::Granted { .. } => Reply::Registered,
+                Reply::Held { owner, .. } => Reply::Taken { owner },
+                other => other,
+            },
+            Op::Unregister { name, .. } => self.give_up(session, Key::Name(name.clone()), None),
+        }
+    }
+
+    fn open(&mut self, index: u64, from: &NodeName, ttl_ms: u64) -> Reply {
+        if !(TTL_RANGE_MS.0..=TTL_RANGE_MS.1).contains(&ttl_ms) {
+            return Reply::Invalid;
+        }
+        let mine = self.sessions.values().filter(|s| s.owner == *from).count();
+        if self.sessions.len() >= MAX_SESSIONS || mine >= MAX_SESSIONS_PER_NODE {
+            return Reply::Limit;
+        }
+        self.sessions.insert(
+            index,
+            Session {
+                owner: from.clone(),
+                ttl_ms,
+                renewed: index,
+                held: BTreeSet::new(),
+            },
+        );
+        Reply::Opened { session: index }
+    }
+
+    fn expire(&mut self, session: SessionId, renewed: u64) -> Reply {
+        match self.sessions.get(&session) {
+            None => Reply::NoSession,
+            Some(s) if s.renewed != renewed => Reply::StillAlive,
+            Some(_) => self.end(session),
+        }
+    }
+
+    fn end(&mut self, session: SessionId) -> Reply {
+        let Some(s) = self.sessions.remove(&session) else {
+            return Reply::NoSession;
+        };
+        let released = s.held.len();
+        for key in s.held {
+            self.grants.remove(&key);
+        }
+        Reply::Ended { released }
+    }
+
+    fn take(&mut self, index: u64, session: SessionId, key: Key) -> Reply {
+        let (Key::Lock(k) | Key::Leader(k) | Key::Name(k)) = &key;
+        if k.is_empty() || k.len() > MAX_KEY {
+            return Reply::Invalid;
+        }
+        if let Some(g) = self.grants.get(&key) {
+            return if g.session == session {
+                Reply::Granted { token: g.token }
+            } else {
+                Reply::Held {
+                    owner: g.owner.clone(),
+                    token: g.token,
+                }
+            };
+        }
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return Reply::NoSession;
+        };
+        if s.held.len() >= MAX_HELD_PER_SESSION {
+            return Reply::Limit;
+        }
+        s.held.insert(key.clone());
+        let grant = Grant {
+            session,
+            owner: s.owner.clone(),
+            token: index,
+        };
+        self.grants.insert(key, grant);
+        Reply::Granted { token: index }
+    }
+
+    fn give_up(&mut self, session: SessionId, key: Key, token: Option<u64>) -> Reply {
+        match self.grants.get(&key) {
+            Some(g) if g.session == session && token.is_none_or(|t| t == g.token) => {}
+            _ => return Reply::NotHeld,
+        }
+        self.grants.remove(&key);
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.held.remove(&key);
+        }
+        Reply::Released
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,510 @@
+//! The durable half of a voter: the log, the vote, the committed and
+//! purged markers and the latest snapshot, in one redb file; and the
+//! state machine's applied state in memory, rebuilt from them at start.
+//!
+//! Every write openraft must find again after a crash (the vote, appended
+//! entries, truncation, purge, snapshots) is one redb write transaction
+//! committed with `Durability::Immediate` (fsync) before the call returns
+//! or, for appends, before the flush callback is called.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::machine::{Machine, Reply};
+use crate::{Member, NodeId, TypeConfig};
+
+type StoreError = StorageError<NodeId>;
+
+/// Entries by index, postcard-encoded.
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+/// The vote, markers and snapshot, postcard-encoded, by the keys below.
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "purged";
+const SNAPSHOT: &str = "snapshot";
+
+/// The store's file inside the data directory.
+pub(crate) const FILE: &str = "raft.redb";
+
+/// The database, shared by the log and the state machine halves.
+#[derive(Clone)]
+pub(crate) struct Store {
+    db: Arc<Database>,
+}
+
+impl Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// A snapshot as stored: openraft's metadata and the encoded machine.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, Member>,
+    data: Vec<u8>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
+    postcard::to_allocvec(v).map_err(|e| AnyError::new(&e))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AnyError> {
+    postcard::from_bytes(bytes).map_err(|e| AnyError::new(&e))
+}
+
+fn any(e: impl std::error::Error + 'static) -> AnyError {
+    AnyError::new(&e)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub(crate) fn open(dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the directory: {e}"))?;
+        let db = Database::create(dir.join(FILE)).map_err(|e| e.to_string())?;
+        // Create the tables so later reads find them.
+        let tx = db.begin_write().map_err(|e| e.to_string())?;
+        tx.open_table(LOG).map_err(|e| e.to_string())?;
+        tx.open_table(META).map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on a thread that may block, as redb does on fsync.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, AnyError> + Send + 'static,
+    ) -> Result<T, AnyError> {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || f(&db)).await {
+            Ok(r) => r,
+            Err(e) => Err(any(e)),
+        }
+    }
+
+    async fn read_meta<T: DeserializeOwned + Send + 'static>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>, AnyError> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(any)?;
+            let table = tx.open_table(META).map_err(any)?;
+            match table.get(key).map_err(any)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), AnyError> {
+        let bytes = encode(value)?;
+        self.blocking(move |db| {
+            let mut tx = db.begin_write().map_err(any)?;
+            tx.set_durability(durability);
+            tx.open_table(META)
+                .map_err(any)?
+                .insert(key, bytes.as_slice())
+                .map_err(any)?;
+            tx.commit().map_err(any)
+        })
+        .await
+    }
+}
+
+/// The log half, handed to openraft (its reader is a clone).
+#[derive(Debug, Clone)]
+pub(crate) struct LogStore {
+    store: Store,
+}
+
+impl LogStore {
+    pub(crate) fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StoreError> {
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        self.store
+            .blocking(move |db| {
+                let tx = db.begin_read().map_err(any)?;
+                let table = tx.open_table(LOG).map_err(any)?;
+                let mut entries = Vec::new();
+                for row in table.range::<u64>(bounds).map_err(any)? {
+                    let (_, v) = row.map_err(any)?;
+                    entries.push(decode(v.value())?);
+                }
+                Ok(entries)
+            })
+            .await
+            .map_err(|e| StorageIOError::read_logs(e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StoreError> {
+        let purged: Option<LogId<NodeId>> = self
+            .store
+            .read_meta(PURGED)
+            .await
+            .map_err(StorageIOError::read_logs)?;
+        let last: Option<Entry<TypeConfig>> = self
+            .store
+            .blocking(|db| {
+                let tx = db.begin_read().map_err(any)?;
+                let table = tx.open_table(LOG).map_err(any)?;
+                match table.last().map_err(any)? {
+                    Some((_, v)) => Ok(Some(decode(v.value())?)),
+                    None => Ok(None),
+                }
+            })
+            .await
+            .map_err(StorageIOError::read_logs)?;
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last.map(|e| e.log_id).or(purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StoreError> {
+        self.store
+            .write_meta(VOTE, vote, Durability::Immediate)
+            .await
+            .map_err(|e| StorageIOError::write_vote(e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StoreError> {
+        self.store
+            .read_meta(VOTE)
+            .await
+            .map_err(|e| StorageIOError::read_vote(e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StoreError> {
+        // Not synced: losing it only means learning it again from the leader.
+        self.store
+            .write_meta(COMMITTED, &committed, Durability::None)
+            .await
+            .map_err(|e| StorageIOError::write(e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        let committed: Option<Option<LogId<NodeId>>> = self
+            .store
+            .read_meta(COMMITTED)
+            .await
+            .map_err(StorageIOError::read)?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StoreError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for entry in entries {
+            rows.push((
+                entry.log_id.index,
+                encode(&entry).map_err(StorageIOError::write_logs)?,
+            ));
+        }
+        let written = self
+            .store
+            .blocking(move |db| {
+                let mut tx = db.begin_write().map_err(any)?;
+                tx.set_durability(Durability::Immediate);
+                {
+                    let mut table = tx.open_table(LOG).map_err(any)?;
+                    for (index, bytes) in &rows {
+                        table.insert(*index, bytes.as_slice()).map_err(any)?;
+                    }
+                }
+                tx.commit().map_err(any)
+            })
+            .await;
+        // Only now, after the fsync'd commit, may openraft count them.
+        match written {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
+        self.remove((Bound::Included(log_id.index), Bound::Unbounded), None)
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
+        self.remove(
+            (Bound::Unbounded, Bound::Included(log_id.index)),
+            Some(log_id),
+        )
+        .await
+    }
+}
+
+impl LogStore {
+    /// Deletes the entries in `range`, recording `purged` if given, in one
+    /// synced transaction.
+    async fn remove(
+        &mut self,
+        range: (Bound<u64>, Bound<u64>),
+        purged: Option<LogId<NodeId>>,
+    ) -> Result<(), StoreError> {
+        let marker = purged
+            .map(|p| encode(&p))
+            .transpose()
+            .map_err(StorageIOError::write_logs)?;
+        self.store
+            .blocking(move |db| {
+                let mut tx = db.begin_write().map_err(any)?;
+                tx.set_durability(Durability::Immediate);
+                {
+                    if let Some(bytes) = &marker {
+                        let mut meta = tx.open_table(META).map_err(any)?;
+                        meta.insert(PURGED, bytes.as_slice()).map_err(any)?;
+                    }
+                    let mut table = tx.open_table(LOG).map_err(any)?;
+                    table
+                        .retain_in::<u64, _>(range, |_, _| false)
+                        .map_err(any)?;
+                }
+                tx.commit().map_err(any)
+            })
+            .await
+            .map_err(|e| StorageIOError::write_logs(e).into())
+    }
+}
+
+/// The state machine's applied state.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Applied {
+    /// The last entry applied.
+    pub(crate) last: Option<LogId<NodeId>>,
+    /// The last membership applied.
+    pub(crate) membership: StoredMembership<NodeId, Member>,
+    /// The machine.
+    pub(crate) machine: Machine,
+}
+
+/// The applied state, shared by openraft's state machine half and the
+/// [`crate::Consensus`] handle (local reads, expiry, waits).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<Applied>,
+    /// The index of the last entry applied, for waiting on changes.
+    applied: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(Applied::default()),
+            applied: watch::channel(0).0,
+        })
+    }
+
+    /// The applied state, whether or not a panicking thread poisoned it.
+    pub(crate) fn state(&self) -> MutexGuard<'_, Applied> {
+        crate::locked(&self.state)
+    }
+
+    /// Follows the index of the last entry applied.
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn replace(&self, applied: Applied) {
+        let index = applied.last.map_or(0, |l| l.index);
+        *self.state() = applied;
+        self.applied.send_replace(index);
+    }
+}
+
+/// The state machine half, handed to openraft.
+#[derive(Debug, Clone)]
+pub(crate) struct StateStore {
+    store: Store,
+    shared: Arc<Shared>,
+}
+
+impl StateStore {
+    /// The state machine, restored from the store's snapshot if it has one.
+    pub(crate) async fn restore(store: Store, shared: Arc<Shared>) -> Result<Self, String> {
+        let this = Self { store, shared };
+        let stored: Option<StoredSnapshot> = this
+            .store
+            .read_meta(SNAPSHOT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(s) = stored {
+            let machine: Machine = decode(&s.data).map_err(|e| e.to_string())?;
+            this.shared.replace(Applied {
+                last: s.meta.last_log_id,
+                membership: s.meta.last_membership,
+                machine,
+            });
+        }
+        Ok(this)
+    }
+
+    async fn save_snapshot(
+        &self,
+        meta: SnapshotMeta<NodeId, Member>,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let signature = meta.signature();
+        self.store
+            .write_meta(
+                SNAPSHOT,
+                &StoredSnapshot { meta, data },
+                Durability::Immediate,
+            )
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(signature), e).into())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let (last, membership, data) = {
+            let state = self.shared.state();
+            let data = encode(&state.machine).map_err(StorageIOError::read_state_machine)?;
+            (state.last, state.membership.clone(), data)
+        };
+        let snapshot_id = match last {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_owned(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.save_snapshot(meta.clone(), data.clone()).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>), StoreError> {
+        let state = self.shared.state();
+        Ok((state.last, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StoreError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let last = {
+            let mut state = self.shared.state();
+            for entry in entries {
+                state.last = Some(entry.log_id);
+                replies.push(match entry.payload {
+                    EntryPayload::Blank => Reply::Nothing,
+                    EntryPayload::Normal(command) => {
+                        state.machine.apply(entry.log_id.index, &command)
+                    }
+                    EntryPayload::Membership(m) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), m);
+                        Reply::Nothing
+                    }
+                });
+            }
+            state.last.map_or(0, |l| l.index)
+        };
+        self.shared.applied.send_replace(last);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StoreError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
+        let data = snapshot.into_inner();
+        let machine: Machine =
+            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
+        // Durable first: a crash after this finds the snapshot again.
+        self.save_snapshot(meta.clone(), data).await?;
+        self.shared.replace(Applied {
+            last: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            machine,
+        });
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let stored: Option<StoredSnapshot> = self
+            .store
+            .read_meta(SNAPSHOT)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, e))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;
