@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use quicmesh_consensus::{Consensus, WeakConsensus};
 use quicmesh_coord::Coord;
 use quicmesh_mesh::{PeerStatus, Status};
 use quicmesh_rpc::{Rpc, RpcError};
@@ -109,6 +110,28 @@ pub struct NodeReport {
     /// `announcements_refused`, `names_refused`, `locks_refused`,
     /// `locks_lost`).
     pub counters: BTreeMap<String, u64>,
+    /// Its Raft group as it sees it, in consensus mode; `None` in global
+    /// mode.
+    pub consensus: Option<ConsensusReport>,
+}
+
+/// A node's view of its Raft group (consensus mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ConsensusReport {
+    /// `leader`, `follower`, `candidate`, `learner`, `stopped`, or
+    /// `client` (a node that is no voter).
+    pub role: String,
+    /// The leader as the node knows it.
+    pub leader: Option<NodeName>,
+    /// A voter's Raft term.
+    pub term: Option<u64>,
+    /// The index of a voter's last log entry.
+    pub last_log_index: Option<u64>,
+    /// The index of the last entry a voter applied.
+    pub last_applied: Option<u64>,
+    /// The voters of the group, as configured.
+    pub voters: Vec<NodeName>,
 }
 
 impl NodeReport {
@@ -217,7 +240,7 @@ impl Admin<'_> {
     async fn ask(&self, question: Question) -> Result<Answer, RpcError> {
         let timeout = self.node.rpc().config().timeout;
         if self.peer == *self.node.name() {
-            return Ok(answer(self.node.coord(), question));
+            return Ok(answer(self.node.coord(), self.node.consensus(), question));
         }
         self.node
             .rpc()
@@ -298,19 +321,21 @@ impl Node {
 }
 
 /// Serves admin questions on `rpc` for as long as `coord` lives.
-pub(crate) fn serve(rpc: &Rpc, coord: &Arc<Coord>) {
+pub(crate) fn serve(rpc: &Rpc, coord: &Arc<Coord>, consensus: Option<&Consensus>) {
     let weak: Weak<Coord> = Arc::downgrade(coord);
+    let consensus: Option<WeakConsensus> = consensus.map(Consensus::downgrade);
     let registered = rpc.register_reserved(SERVICE, move |_ctx, question: Question| {
+        let consensus = consensus.as_ref().and_then(WeakConsensus::upgrade);
         let answer = weak
             .upgrade()
-            .map(|coord| answer(&coord, question))
+            .map(|coord| answer(&coord, consensus.as_ref(), question))
             .ok_or("the node is stopping");
         async move { answer }
     });
     debug_assert!(registered.is_ok(), "{SERVICE} registered twice");
 }
 
-fn answer(coord: &Arc<Coord>, question: Question) -> Answer {
+fn answer(coord: &Arc<Coord>, consensus: Option<&Consensus>, question: Question) -> Answer {
     let registry = coord.registry(None);
     let name_report = |name: &str| {
         registry.whereis(name).map(|r| NameReport {
@@ -320,7 +345,7 @@ fn answer(coord: &Arc<Coord>, question: Question) -> Answer {
         })
     };
     match question {
-        Question::Status => Answer::Status(Box::new(node_report(coord))),
+        Question::Status => Answer::Status(Box::new(node_report(coord, consensus))),
         Question::Whereis { name } => Answer::Whereis(name_report(&name)),
         Question::Names { limit } => {
             let mut names = registry.registered_names();
@@ -356,7 +381,7 @@ fn answer(coord: &Arc<Coord>, question: Question) -> Answer {
     }
 }
 
-fn node_report(coord: &Arc<Coord>) -> NodeReport {
+fn node_report(coord: &Arc<Coord>, consensus: Option<&Consensus>) -> NodeReport {
     let status: Status = coord.mesh().status();
     let m = status.counters;
     let c = coord.counters();
@@ -397,6 +422,17 @@ fn node_report(coord: &Arc<Coord>) -> NodeReport {
         locks: coord.locks().len(),
         elections: coord.leaders().len(),
         counters,
+        consensus: consensus.map(|c| {
+            let s = c.status();
+            ConsensusReport {
+                role: s.role.to_owned(),
+                leader: s.leader,
+                term: s.term,
+                last_log_index: s.last_log_index,
+                last_applied: s.last_applied,
+                voters: s.voters,
+            }
+        }),
     }
 }
 

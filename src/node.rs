@@ -629,11 +629,11 @@ impl Builder {
         // mesh accepts its first stream.
         let rpc = Rpc::new(mesh.clone(), config.rpc);
         let coord = Coord::start(&rpc);
-        crate::admin::serve(&rpc, &coord);
         let consensus = match (&config.coordination, &config.consensus) {
             (Coordination::Consensus, Some(c)) => Some(Consensus::start(&rpc, c.clone()).await?),
             _ => None,
         };
+        crate::admin::serve(&rpc, &coord, consensus.as_ref());
         mesh.start(rpc.route(Router::default()));
         let discovery = Discovery::new(mesh.clone());
         for topology in topologies {

@@ -64,6 +64,30 @@ async fn nodes_in_consensus_mode_agree_on_locks_and_names() {
         assert!(again.token() > t1);
         again.release().await.expect("released");
 
+        // The admin report shows each node's view of the group.
+        let voter = client.admin(a.name()).status().await.expect("a's status");
+        let raft = voter.consensus.expect("consensus mode is reported");
+        assert!(
+            ["leader", "follower"].contains(&raft.role.as_str()),
+            "{raft:?}"
+        );
+        assert!(raft.leader.is_some() && raft.term.is_some() && raft.last_applied.is_some());
+        assert_eq!(raft.voters.len(), 3);
+        let own = client
+            .admin(client.name())
+            .status()
+            .await
+            .expect("own status");
+        let own = own.consensus.expect("consensus mode is reported");
+        assert_eq!((own.role.as_str(), own.term), ("client", None));
+        let global = builder("g", COOKIE)
+            .start()
+            .await
+            .expect("a global-mode node");
+        let report = global.admin(global.name()).status().await.expect("status");
+        assert!(report.consensus.is_none(), "global mode reports no group");
+        global.shutdown().await;
+
         // Global mode's calls still work beside consensus mode.
         let global = a.lock("g").await.expect("global lock");
         drop(global);

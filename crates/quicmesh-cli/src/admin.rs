@@ -394,6 +394,19 @@ fn status_table(r: &NodeReport) -> String {
     line("names", r.names.to_string());
     line("locks", r.locks.to_string());
     line("elections", r.elections.to_string());
+    if let Some(c) = &r.consensus {
+        let leader = c
+            .leader
+            .as_ref()
+            .map_or_else(|| "none known".to_owned(), ToString::to_string);
+        let mut v = format!("{}, leader {leader}", c.role);
+        if let (Some(term), Some(applied)) = (c.term, c.last_applied) {
+            let _ = write!(v, ", term {term}, applied {applied}");
+        }
+        let voters: Vec<String> = c.voters.iter().map(ToString::to_string).collect();
+        let _ = write!(v, " (voters {})", voters.join(" "));
+        line("consensus", v);
+    }
     let counters: Vec<String> = r.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
     line("counters", counters.join(" "));
     out
@@ -498,5 +511,50 @@ fn print_out(text: &str) -> anyhow::Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status report as a node sends it, from JSON (the report types
+    /// cannot be built field by field outside the library).
+    fn report(consensus: serde_json::Value) -> NodeReport {
+        serde_json::from_value(serde_json::json!({
+            "node": "a@h", "version": "0.1.0", "incarnation": 7, "listen": "127.0.0.1:4370",
+            "ca_fingerprint": "ab12", "hidden": false, "connections": 2,
+            "peers": [
+                {"node": "b@h", "state": "up", "rtt_us": 410, "up_since_ms": 1, "incarnation": 3,
+                 "hidden": false, "seed": true, "addrs": ["127.0.0.1:4371"], "last_down": null,
+                 "last_dial_error": null},
+                {"node": "admin-1@h", "state": "up", "rtt_us": null, "up_since_ms": 1,
+                 "incarnation": 9, "hidden": true, "seed": false, "addrs": [],
+                 "last_down": null, "last_dial_error": null}
+            ],
+            "names": 1, "locks": 0, "elections": 0, "counters": {"auth_failures": 0},
+            "consensus": consensus
+        }))
+        .expect("a report")
+    }
+
+    #[test]
+    fn status_table_counts_visible_peers_and_shows_consensus_mode() {
+        let global = status_table(&report(serde_json::Value::Null));
+        assert!(
+            global.contains("peers        1 up, 0 connecting, 0 down, 1 hidden"),
+            "{global}"
+        );
+        assert!(!global.contains("consensus"), "{global}");
+        let consensus = status_table(&report(serde_json::json!({
+            "role": "follower", "leader": "b@h", "term": 3, "last_log_index": 18,
+            "last_applied": 17, "voters": ["a@h", "b@h", "c@h"]
+        })));
+        assert!(
+            consensus.contains(
+                "consensus    follower, leader b@h, term 3, applied 17 (voters a@h b@h c@h)\n"
+            ),
+            "{consensus}"
+        );
     }
 }

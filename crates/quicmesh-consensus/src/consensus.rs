@@ -97,6 +97,38 @@ impl std::fmt::Debug for Voter {
     }
 }
 
+/// A [`Consensus`] that may have stopped ([`Consensus::downgrade`]).
+#[derive(Debug, Clone)]
+pub struct WeakConsensus(std::sync::Weak<Inner>);
+
+impl WeakConsensus {
+    /// The consensus handle, while its node runs.
+    pub fn upgrade(&self) -> Option<Consensus> {
+        self.0.upgrade().map(|inner| Consensus { inner })
+    }
+}
+
+/// A node's view of its Raft group at one moment ([`Consensus::status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsensusStatus {
+    /// Whether the node is a voter.
+    pub voter: bool,
+    /// `leader`, `follower`, `candidate`, `learner`, `stopped`, or
+    /// `client` for a node that is no voter.
+    pub role: &'static str,
+    /// The leader as the node knows it.
+    pub leader: Option<NodeName>,
+    /// A voter's current Raft term.
+    pub term: Option<u64>,
+    /// The index of a voter's last log entry.
+    pub last_log_index: Option<u64>,
+    /// The index of the last entry a voter's state machine applied.
+    pub last_applied: Option<u64>,
+    /// The voters of the group, as configured.
+    pub voters: Vec<NodeName>,
+}
+
 /// Consensus mode on one node: a Raft voter (if the node is one of
 /// [`ConsensusConfig::voters`]) or a client of the voters, with the lock,
 /// election and registry API. Cheap to clone; every clone is the same.
@@ -172,6 +204,13 @@ impl Consensus {
         &self.inner.me
     }
 
+    /// A handle that does not keep consensus mode running (for services
+    /// registered on the node's own RPC, which would otherwise keep it
+    /// alive for ever).
+    pub fn downgrade(&self) -> WeakConsensus {
+        WeakConsensus(Arc::downgrade(&self.inner))
+    }
+
     /// Whether this node is a voter.
     pub fn is_voter(&self) -> bool {
         self.inner.voter.is_some()
@@ -189,6 +228,35 @@ impl Consensus {
                 .and_then(|id| self.inner.voters.name(id).cloned()),
             None => self.hint(),
         }
+    }
+
+    /// What this node's Raft member reports now (for a client: what it
+    /// knows of the leader), without asking anyone.
+    pub fn status(&self) -> ConsensusStatus {
+        let mut status = ConsensusStatus {
+            voter: self.is_voter(),
+            role: "client",
+            leader: self.current_leader(),
+            term: None,
+            last_log_index: None,
+            last_applied: None,
+            voters: self.inner.config.voters.clone(),
+        };
+        if let Some(v) = &self.inner.voter {
+            let m = v.raft.metrics();
+            let m = m.borrow();
+            status.role = match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Candidate => "candidate",
+                ServerState::Follower => "follower",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "stopped",
+            };
+            status.term = Some(m.current_term);
+            status.last_log_index = m.last_log_index;
+            status.last_applied = m.last_applied.map(|id| id.index);
+        }
+        status
     }
 
     /// The settings in force.

@@ -92,7 +92,7 @@ mod network;
 mod storage;
 
 pub use config::{ConfigError, ConsensusConfig, Voters};
-pub use consensus::{Consensus, Leader, LockGuard};
+pub use consensus::{Consensus, ConsensusStatus, Leader, LockGuard, WeakConsensus};
 pub use error::{ConsensusError, StartError};
 
 /// A Raft node id: see [`Voters`].
