@@ -9,14 +9,14 @@
 //! node of the cluster could not already learn, so asking needs no more
 //! rights than being a node. [`Node::admin`] asks from code.
 //!
-//! The reports are plain data with `serde` derives: the commands print
-//! them as JSON with `--json`, and their field names and meanings are kept
-//! stable (fields may be added; none is renamed or removed within a major
-//! version). Times are milliseconds since the Unix epoch, round trips are
-//! microseconds, and tokens and terms are decimal strings (128-bit numbers
-//! do not fit a JSON reader's doubles).
+//! The reports are plain data with `serde` derives (defined with the other
+//! wire messages): the commands print them as JSON with `--json`. Their
+//! shapes change only with the protocol's major version, and then only by
+//! added fields. Times are
+//! milliseconds since the Unix epoch, round trips are microseconds, and
+//! tokens and terms are decimal strings (128-bit numbers do not fit a JSON
+//! reader's doubles).
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,208 +25,14 @@ use quicmesh_coord::Coord;
 use quicmesh_mesh::{PeerStatus, Status};
 use quicmesh_rpc::{Rpc, RpcError};
 use quicmesh_wire::NodeName;
-use serde::{Deserialize, Serialize};
+use quicmesh_wire::admin::SERVICE;
 
 use crate::Node;
 
-/// The service every node answers admin questions on.
-const SERVICE: &str = "quicmesh.admin";
-
-/// The most rows one answer carries unless the asker asks for fewer: an
-/// answer stays far below the largest RPC message.
-pub const MAX_ROWS: usize = 100_000;
-
-/// A question to a node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum Question {
-    Status,
-    Names { limit: usize },
-    Whereis { name: String },
-    Leaders { limit: usize },
-    Locks { limit: usize },
-}
-
-/// A node's answer, of the kind asked.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum Answer {
-    Status(Box<NodeReport>),
-    Names(Rows<NameReport>),
-    Whereis(Option<NameReport>),
-    Leaders(Rows<LeaderReport>),
-    Locks(Rows<LockReport>),
-}
-
-/// Up to a limit of rows, and how many there are in all.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Rows<T> {
-    /// The first rows, sorted.
-    pub rows: Vec<T>,
-    /// How many rows the node has; more than `rows.len()` when the limit
-    /// cut the list short.
-    pub total: usize,
-}
-
-impl<T> Rows<T> {
-    fn first(mut all: Vec<T>, limit: usize) -> Self {
-        let total = all.len();
-        all.truncate(limit.min(MAX_ROWS));
-        Self { rows: all, total }
-    }
-}
-
-/// A node's status (`quicmesh status`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct NodeReport {
-    /// The node.
-    pub node: NodeName,
-    /// The quicmesh version it runs.
-    pub version: String,
-    /// Its incarnation (a new one at every start).
-    pub incarnation: u64,
-    /// Where it listens.
-    pub listen: String,
-    /// The fingerprint of the CA it trusts (equal on every node of a
-    /// cluster).
-    pub ca_fingerprint: String,
-    /// Whether it is hidden.
-    pub hidden: bool,
-    /// Open QUIC connections (including ones handshaking or closing).
-    pub connections: usize,
-    /// Every node it knows, sorted by name.
-    pub peers: Vec<PeerReport>,
-    /// Names in its registry.
-    pub names: usize,
-    /// Locks in its lock table.
-    pub locks: usize,
-    /// Elections it knows of.
-    pub elections: usize,
-    /// Its counters since it started, by name: the mesh's (`auth_failures`,
-    /// `handshake_failures`, `protocol_violations`, `revoked`, `duplicates`,
-    /// `peers_refused`, `names_in_use`, `handshakes_retried`,
-    /// `handshakes_refused`, `handshakes_refused_per_source`) and
-    /// coordination's (`claims_refused`, `clocks_refused`,
-    /// `announcements_refused`, `names_refused`, `locks_refused`,
-    /// `locks_lost`).
-    pub counters: BTreeMap<String, u64>,
-    /// Its Raft group as it sees it, in consensus mode; `None` in global
-    /// mode.
-    pub consensus: Option<ConsensusReport>,
-}
-
-/// A node's view of its Raft group (consensus mode).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct ConsensusReport {
-    /// `leader`, `follower`, `candidate`, `learner`, `stopped`, or
-    /// `client` (a node that is no voter).
-    pub role: String,
-    /// The leader as the node knows it.
-    pub leader: Option<NodeName>,
-    /// A voter's Raft term.
-    pub term: Option<u64>,
-    /// The index of a voter's last log entry.
-    pub last_log_index: Option<u64>,
-    /// The index of the last entry a voter applied.
-    pub last_applied: Option<u64>,
-    /// The voters of the group, as configured.
-    pub voters: Vec<NodeName>,
-}
-
-impl NodeReport {
-    /// The node as one of its peers would list it: up, at its listening
-    /// address.
-    pub fn as_peer(&self) -> PeerReport {
-        PeerReport {
-            node: self.node.clone(),
-            state: "up".to_owned(),
-            rtt_us: None,
-            up_since_ms: None,
-            incarnation: Some(self.incarnation),
-            hidden: self.hidden,
-            seed: false,
-            addrs: vec![self.listen.clone()],
-            last_down: None,
-            last_dial_error: None,
-        }
-    }
-}
-
-/// One peer as a node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct PeerReport {
-    /// The peer.
-    pub node: NodeName,
-    /// `up`, `connecting` or `down`.
-    pub state: String,
-    /// Smoothed round trip in microseconds, while up.
-    pub rtt_us: Option<u64>,
-    /// When its connection came up, while up.
-    pub up_since_ms: Option<u64>,
-    /// Its incarnation, once known.
-    pub incarnation: Option<u64>,
-    /// Whether it is hidden.
-    pub hidden: bool,
-    /// Whether it is one of the node's seeds (kept connected).
-    pub seed: bool,
-    /// Where it listens.
-    pub addrs: Vec<String>,
-    /// Why and when it last went down.
-    pub last_down: Option<DownReport>,
-    /// Why the last dial to it failed, if it did.
-    pub last_dial_error: Option<String>,
-}
-
-/// Why and when a peer went down.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct DownReport {
-    /// The reason, as `NodeDown` events print it.
-    pub reason: String,
-    /// When.
-    pub at_ms: u64,
-}
-
-/// A registered name (`quicmesh names`, `quicmesh whereis`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct NameReport {
-    /// The name.
-    pub name: String,
-    /// The node it is registered on.
-    pub node: NodeName,
-    /// The RPC service it stands for there.
-    pub service: String,
-}
-
-/// Who leads an election, as one node knows it (`quicmesh leaders`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct LeaderReport {
-    /// The election.
-    pub election: String,
-    /// Its leader; `None` when it has none now.
-    pub leader: Option<NodeName>,
-    /// The leader's term, or the last leader's ("0" before the first).
-    pub term: String,
-}
-
-/// A lock in one node's lock table (`quicmesh locks`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct LockReport {
-    /// The resource (`quicmesh.election/NAME` for an election's lock).
-    pub resource: String,
-    /// The node holding it.
-    pub holder: NodeName,
-    /// The holder's incarnation.
-    pub incarnation: u64,
-    /// Its fencing token; `None` while the holder is still collecting
-    /// grants.
-    pub token: Option<String>,
-}
+pub use quicmesh_wire::admin::{
+    Answer, ConsensusReport, DownReport, LeaderReport, LockReport, MAX_ROWS, NameReport,
+    NodeReport, PeerReport, Question, Rows,
+};
 
 /// Asks one node admin questions ([`Node::admin`]). Every question has the
 /// RPC timeout, and fails with the RPC error that says why.

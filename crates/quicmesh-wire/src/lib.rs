@@ -15,6 +15,7 @@
 //!   [`AppHeader`] for application protocols;
 //! - [`coord`]: the messages of locks, the global registry, process
 //!   groups and elections;
+//! - [`admin`]: the admin service's questions and reports;
 //! - [`CloseCode`]: the QUIC application error codes quicmesh closes
 //!   connections and resets streams with.
 //!
@@ -27,6 +28,7 @@
 //! never retyped; a decoder that meets an unknown variant fails cleanly
 //! with [`FrameError::Malformed`].
 
+pub mod admin;
 mod codes;
 mod control;
 pub mod coord;
