@@ -461,3 +461,52 @@ pub(crate) fn say(line: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<NodeConfig> {
+        let flags = Flags::try_parse_from(["node", "--name", "a@127.0.0.1:0"].iter().chain(args))?;
+        flags.node.into_config()
+    }
+
+    #[test]
+    fn consensus_flags_turn_the_mode_on_and_override_the_defaults() {
+        let global = config(&[]).expect("global config");
+        assert_eq!(global.coordination, Coordination::Global);
+        assert_eq!(global.consensus, None);
+        let cfg = config(&[
+            "--consensus-voter",
+            "a@127.0.0.1",
+            "--consensus-voter",
+            "b@127.0.0.1",
+            "--data-dir",
+            "/tmp/a",
+            "--session-ttl",
+            "1500ms",
+        ])
+        .expect("consensus config");
+        assert_eq!(cfg.coordination, Coordination::Consensus);
+        let c = cfg.consensus.expect("a [consensus] section");
+        assert_eq!(c.voters.len(), 2);
+        assert_eq!(c.data_dir, Some(PathBuf::from("/tmp/a")));
+        assert_eq!(c.session_ttl, Duration::from_millis(1500));
+        assert_eq!(c.heartbeat, ConsensusConfig::default().heartbeat);
+    }
+
+    #[test]
+    fn consensus_settings_without_the_mode_are_refused() {
+        let e = config(&["--data-dir", "/tmp/a"]).expect_err("no voters");
+        assert!(e.to_string().contains("--consensus-voter"), "{e}");
+        let e = config(&["--session-ttl", "3 s"]).expect_err("bad duration");
+        assert!(e.to_string().contains("invalid duration"), "{e}");
+    }
+}

@@ -91,6 +91,25 @@ impl Cluster {
         NodeProcess::start(&refs, &env).await
     }
 
+    /// Waits until a voter has applied the log entry `token` names: the
+    /// grant went through the group.
+    async fn in_log(&self, token: u128) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let applied =
+                status(&self.voters[0].addr.to_string()).await["consensus"]["last_applied"]
+                    .as_u64();
+            if applied.is_some_and(|a| u128::from(a) >= token) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "token {token} is no entry of the log: applied {applied:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The voter every live voter names as the Raft leader, asked with
     /// `quicmesh status --json` until they agree (or the deadline).
     async fn leader(&self) -> usize {
@@ -138,8 +157,9 @@ async fn status(addr: &str) -> Value {
     serde_json::from_slice(&out.stdout).expect("status is JSON")
 }
 
-/// Waits for `locked RESOURCE TOKEN` from `node`; the token.
-async fn locked(node: &mut NodeProcess, resource: &str) -> u64 {
+/// Waits for `locked RESOURCE TOKEN` from `node`; the token (any number:
+/// global mode's are larger than a log index).
+async fn locked(node: &mut NodeProcess, resource: &str) -> u128 {
     let got = node.expect_starts(&[&format!("locked {resource} ")]).await;
     got[0]
         .parse()
@@ -181,6 +201,7 @@ async fn sigkilled_leader_process_writes_served_again_through_the_survivors() {
         "tokens increase: res {res}, then other {other}"
     );
     let _ = cluster.voters.remove(leader);
+    cluster.in_log(other).await;
     let now = cluster.leader().await;
     assert_ne!(cluster.voters[now].name, killed, "a survivor leads");
 }
@@ -204,6 +225,7 @@ async fn sigkilled_client_process_lock_granted_to_the_next_after_its_ttl() {
          {handed_over:?} (session TTL {TTL:?}, heartbeat {HEARTBEAT_MS} ms)"
     );
     assert!(after > before, "tokens increase: {before}, then {after}");
+    cluster.in_log(after).await;
     // e renewed its session every third of the TTL, and the group expires
     // it a whole TTL after the last renewal it saw: never sooner than two
     // thirds of the TTL after the kill.
