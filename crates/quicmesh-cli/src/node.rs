@@ -56,7 +56,7 @@ pub(crate) struct NodeArgs {
     /// Consensus mode: how long this node's session lives without a
     /// keep-alive (e.g. 3s, 1500ms; default 3s); what it holds is released
     /// when it runs out.
-    #[arg(long, value_name = "DURATION", value_parser = crate::bench::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     session_ttl: Option<Duration>,
 }
 
@@ -451,6 +451,17 @@ fn say_registered<E: std::fmt::Display>(name: &str, outcome: Result<(), E>) {
     match outcome {
         Ok(()) => say(format_args!("registered {name}")),
         Err(e) => say(format_args!("not registered {name}: {e}")),
+    }
+}
+
+/// A duration flag: whole milliseconds (`1500ms`) or seconds (`3s`, `3`).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("invalid duration {s:?}: use ms or s")),
     }
 }
 
