@@ -11,8 +11,8 @@ use quicmesh::admin::{NodeReport, PeerReport, Rows};
 use quicmesh::{IdentityConfig, Node, NodeAddr, NodeConfig, NodeName};
 use serde::Serialize;
 
-use crate::bench::parse_duration;
 use crate::node::ClusterArgs;
+use crate::node::parse_duration;
 
 /// The questions, one command each.
 #[derive(Debug, Subcommand)]

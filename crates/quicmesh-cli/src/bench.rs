@@ -81,7 +81,7 @@ pub(crate) struct RpcArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     concurrency: Vec<usize>,
     /// Length of each measured run (e.g. 10s, 500ms).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::node::parse_duration)]
     duration: Duration,
     /// How many times to measure everything; with more than one, the
     /// median of each ratio is reported too.
@@ -90,16 +90,6 @@ pub(crate) struct RpcArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("invalid duration {s:?}: use ms or s")),
-    }
 }
 
 fn cookie(flag: Option<String>) -> anyhow::Result<Cookie> {

@@ -51,7 +51,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Node(_) => "info",
+        // openraft's info lines dump its whole state at each start and
+        // election: a node in consensus mode says what matters itself.
+        Command::Node(_) => "info,openraft=warn",
         _ => "warn",
     };
     // Colour only for a person at a terminal, and never with NO_COLOR set.

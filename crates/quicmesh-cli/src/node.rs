@@ -9,7 +9,8 @@ use clap::Args;
 use std::time::Duration;
 
 use quicmesh::{
-    IdentityConfig, LockOptions, Node, NodeAddr, NodeConfig, NodeEvent, NodeName, RegistryEvent,
+    Consensus, ConsensusConfig, ConsensusError, ConsensusGuard, Coordination, IdentityConfig,
+    LockOptions, Node, NodeAddr, NodeConfig, NodeEvent, NodeName, RegistryEvent,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -41,6 +42,22 @@ pub(crate) struct NodeArgs {
     /// prints `leading ELECTION TERM`. Repeatable.
     #[arg(long = "campaign", value_name = "ELECTION")]
     campaign: Vec<String>,
+    /// Consensus mode: a voter of the Raft group, by name (name@host, no
+    /// port). Repeatable; giving any turns consensus mode on, and every
+    /// node of the cluster needs the same list. --register, --lock and
+    /// --campaign then go through the group, and TOKEN and TERM are the
+    /// Raft log index of the grant.
+    #[arg(long = "consensus-voter", value_name = "NAME")]
+    consensus_voter: Vec<NodeName>,
+    /// Consensus mode: where a voter keeps its Raft log, vote and snapshot
+    /// (default ./quicmesh-data/<node name>).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Consensus mode: how long this node's session lives without a
+    /// keep-alive (e.g. 3s, 1500ms; default 3s); what it holds is released
+    /// when it runs out.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    session_ttl: Option<Duration>,
 }
 
 /// Who a process is in the cluster and whom it meets: the flags `quicmesh
@@ -160,6 +177,27 @@ impl NodeArgs {
         if let Some(metrics) = self.metrics {
             cfg.metrics = Some(metrics);
         }
+        if !self.consensus_voter.is_empty() {
+            cfg.coordination = Coordination::Consensus;
+            cfg.consensus
+                .get_or_insert_with(ConsensusConfig::default)
+                .voters = self.consensus_voter;
+        }
+        if self.data_dir.is_some() || self.session_ttl.is_some() {
+            let on = cfg.coordination == Coordination::Consensus;
+            let Some(consensus) = cfg.consensus.as_mut().filter(|_| on) else {
+                anyhow::bail!(
+                    "--data-dir and --session-ttl are for consensus mode: name the voters \
+                     with --consensus-voter (or coordination = \"consensus\" in --config)"
+                );
+            };
+            if let Some(dir) = self.data_dir {
+                consensus.data_dir = Some(dir);
+            }
+            if let Some(ttl) = self.session_ttl {
+                consensus.session_ttl = ttl;
+            }
+        }
         if cfg.name.is_none() {
             anyhow::bail!(
                 "give the node a name: --name app1@127.0.0.1:4370 (or `name` in --config)"
@@ -255,8 +293,8 @@ async fn reload(node: &Node) {
     }
 }
 
-/// Registers, locks and campaigns as the flags say, then holds what it got
-/// until aborted.
+/// Registers, locks and campaigns as the flags say (through the Raft
+/// group in consensus mode), then holds what it got until aborted.
 async fn act(node: Node, actions: Actions) {
     if actions.wait_for > 0 {
         if let Err(e) = node
@@ -267,15 +305,21 @@ async fn act(node: Node, actions: Actions) {
             return;
         }
     }
-    for name in &actions.register {
-        match node.registry().register(name, name).await {
-            Ok(_) => say(format_args!("registered {name}")),
-            Err(e) => say(format_args!("not registered {name}: {e}")),
-        }
-    }
     // What it holds, each in a task that says when it is lost; aborting
     // `act` drops the set, and with it every guard and leadership.
     let mut held = tokio::task::JoinSet::new();
+    match node.consensus() {
+        Some(consensus) => act_in_consensus(consensus, &actions, &mut held).await,
+        None => act_in_global(&node, &actions, &mut held).await,
+    }
+    std::future::pending::<()>().await;
+}
+
+async fn act_in_global(node: &Node, actions: &Actions, held: &mut tokio::task::JoinSet<()>) {
+    for name in &actions.register {
+        let registered = node.registry().register(name, name).await.map(|_| ());
+        say_registered(name, registered);
+    }
     for resource in &actions.lock {
         match node
             .lock_with(resource, &LockOptions::default().timeout(Duration::MAX))
@@ -315,7 +359,110 @@ async fn act(node: Node, actions: Actions) {
             Err(e) => say(format_args!("not leading {election}: {e}")),
         }
     }
-    std::future::pending::<()>().await;
+}
+
+/// The same actions through the Raft group: locks and leaderships are
+/// waited for until granted, one `request_timeout` per attempt.
+async fn act_in_consensus(
+    consensus: &Consensus,
+    actions: &Actions,
+    held: &mut tokio::task::JoinSet<()>,
+) {
+    for name in &actions.register {
+        say_registered(name, consensus.register(name).await);
+    }
+    let kinds = [
+        (Grant::Lock, &actions.lock),
+        (Grant::Leadership, &actions.campaign),
+    ];
+    for (kind, keys) in kinds {
+        for key in keys {
+            match take(consensus, kind, key).await {
+                Ok(guard) => {
+                    let (key, token) = (key.clone(), guard.token());
+                    say(format_args!("{} {key} {token}", kind.granted()));
+                    held.spawn(async move {
+                        guard.lost().await;
+                        say(format_args!("lost {} {key} {token}", kind.noun()));
+                    });
+                }
+                Err(e) => say(format_args!("{} {key}: {e}", kind.refused())),
+            }
+        }
+    }
+}
+
+/// What a consensus-mode action takes.
+#[derive(Debug, Clone, Copy)]
+enum Grant {
+    Lock,
+    Leadership,
+}
+
+impl Grant {
+    fn granted(self) -> &'static str {
+        match self {
+            Self::Lock => "locked",
+            Self::Leadership => "leading",
+        }
+    }
+
+    fn refused(self) -> &'static str {
+        match self {
+            Self::Lock => "not locked",
+            Self::Leadership => "not leading",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Lock => "lock",
+            Self::Leadership => "leadership",
+        }
+    }
+}
+
+/// Takes the lock or leadership `key`, retrying while another node holds
+/// it or no quorum answers (the group may be electing a leader); any
+/// other error ends the wait.
+async fn take(
+    consensus: &Consensus,
+    kind: Grant,
+    key: &str,
+) -> Result<ConsensusGuard, ConsensusError> {
+    let attempt = consensus.config().request_timeout;
+    loop {
+        let taken = match kind {
+            Grant::Lock => consensus.lock(key, attempt).await,
+            Grant::Leadership => consensus.campaign(key, attempt).await,
+        };
+        match taken {
+            Err(ConsensusError::Timeout { .. }) => {}
+            Err(e @ (ConsensusError::NoQuorum { .. } | ConsensusError::SessionExpired)) => {
+                tracing::warn!("{} {key}: {e}; trying again", kind.noun());
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Prints `registered NAME` or `not registered NAME: why`.
+fn say_registered<E: std::fmt::Display>(name: &str, outcome: Result<(), E>) {
+    match outcome {
+        Ok(()) => say(format_args!("registered {name}")),
+        Err(e) => say(format_args!("not registered {name}: {e}")),
+    }
+}
+
+/// A duration flag: whole milliseconds (`1500ms`) or seconds (`3s`, `3`).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("invalid duration {s:?}: use ms or s")),
+    }
 }
 
 /// Prints one line to stdout; a reader that went away (closed pipe) must
@@ -324,4 +471,53 @@ pub(crate) fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<NodeConfig> {
+        let flags = Flags::try_parse_from(["node", "--name", "a@127.0.0.1:0"].iter().chain(args))?;
+        flags.node.into_config()
+    }
+
+    #[test]
+    fn consensus_flags_turn_the_mode_on_and_override_the_defaults() {
+        let global = config(&[]).expect("global config");
+        assert_eq!(global.coordination, Coordination::Global);
+        assert_eq!(global.consensus, None);
+        let cfg = config(&[
+            "--consensus-voter",
+            "a@127.0.0.1",
+            "--consensus-voter",
+            "b@127.0.0.1",
+            "--data-dir",
+            "/tmp/a",
+            "--session-ttl",
+            "1500ms",
+        ])
+        .expect("consensus config");
+        assert_eq!(cfg.coordination, Coordination::Consensus);
+        let c = cfg.consensus.expect("a [consensus] section");
+        assert_eq!(c.voters.len(), 2);
+        assert_eq!(c.data_dir, Some(PathBuf::from("/tmp/a")));
+        assert_eq!(c.session_ttl, Duration::from_millis(1500));
+        assert_eq!(c.heartbeat, ConsensusConfig::default().heartbeat);
+    }
+
+    #[test]
+    fn consensus_settings_without_the_mode_are_refused() {
+        let e = config(&["--data-dir", "/tmp/a"]).expect_err("no voters");
+        assert!(e.to_string().contains("--consensus-voter"), "{e}");
+        let e = config(&["--session-ttl", "3 s"]).expect_err("bad duration");
+        assert!(e.to_string().contains("invalid duration"), "{e}");
+    }
 }
