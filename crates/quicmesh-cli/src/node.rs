@@ -369,7 +369,8 @@ async fn act_in_consensus(
     held: &mut tokio::task::JoinSet<()>,
 ) {
     for name in &actions.register {
-        say_registered(name, consensus.register(name).await);
+        let registered = until_quorum("registration", name, || consensus.register(name)).await;
+        say_registered(name, registered);
     }
     let kinds = [
         (Grant::Lock, &actions.lock),
@@ -423,8 +424,7 @@ impl Grant {
 }
 
 /// Takes the lock or leadership `key`, retrying while another node holds
-/// it or no quorum answers (the group may be electing a leader); any
-/// other error ends the wait.
+/// it or no quorum answers; any other error ends the wait.
 async fn take(
     consensus: &Consensus,
     kind: Grant,
@@ -432,14 +432,32 @@ async fn take(
 ) -> Result<ConsensusGuard, ConsensusError> {
     let attempt = consensus.config().request_timeout;
     loop {
-        let taken = match kind {
-            Grant::Lock => consensus.lock(key, attempt).await,
-            Grant::Leadership => consensus.campaign(key, attempt).await,
-        };
+        let taken = until_quorum(kind.noun(), key, || async {
+            match kind {
+                Grant::Lock => consensus.lock(key, attempt).await,
+                Grant::Leadership => consensus.campaign(key, attempt).await,
+            }
+        })
+        .await;
         match taken {
             Err(ConsensusError::Timeout { .. }) => {}
+            other => return other,
+        }
+    }
+}
+
+/// Runs `attempt` again for as long as it fails for want of a quorum or
+/// a session (the group may be electing a leader); any other outcome is
+/// returned.
+async fn until_quorum<T, F, Fut>(what: &str, key: &str, attempt: F) -> Result<T, ConsensusError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, ConsensusError>>,
+{
+    loop {
+        match attempt().await {
             Err(e @ (ConsensusError::NoQuorum { .. } | ConsensusError::SessionExpired)) => {
-                tracing::warn!("{} {key}: {e}; trying again", kind.noun());
+                tracing::warn!("{what} {key}: {e}; trying again");
             }
             other => return other,
         }

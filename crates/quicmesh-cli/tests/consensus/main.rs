@@ -33,22 +33,28 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(c_flags: &[&str]) -> Self {
+    /// No node started yet; every node's config file holds the Raft
+    /// timings and `extra` (more `[consensus]` settings).
+    fn new(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         let config = dir.path().join("node.toml");
         std::fs::write(
             &config,
             format!(
                 "[consensus]\nheartbeat = \"{HEARTBEAT_MS}ms\"\n\
-                 election_timeout = \"{ELECTION_TIMEOUT_MS}ms\"\n"
+                 election_timeout = \"{ELECTION_TIMEOUT_MS}ms\"\n{extra}"
             ),
         )
         .expect("config written");
-        let mut cluster = Self {
+        Self {
             config: config.to_string_lossy().into_owned(),
             dir,
             voters: Vec::new(),
-        };
+        }
+    }
+
+    async fn start(c_flags: &[&str]) -> Self {
+        let mut cluster = Self::new("");
         for short in VOTERS {
             let connect = cluster.voters.first().map(|a| a.addr.to_string());
             let extra = if short == "c" { c_flags } else { &[] };
@@ -238,4 +244,35 @@ async fn sigkilled_client_process_lock_granted_to_the_next_after_its_ttl() {
         handed_over <= TTL + Duration::from_secs(2),
         "granted only {handed_over:?} after the kill"
     );
+}
+
+#[tokio::test]
+async fn a_client_started_before_the_group_has_a_quorum_registers_once_it_has_one() {
+    let _serial = SERIAL.lock().await;
+    let attempt = Duration::from_millis(500);
+    let mut cluster = Cluster::new(&format!(
+        "request_timeout = \"{}ms\"\n",
+        attempt.as_millis()
+    ));
+    let a = cluster.node("a", None, &[]).await;
+    let a_addr = a.addr.to_string();
+    cluster.voters.push(a);
+    // One voter of three: no leader, so every attempt ends in NoQuorum.
+    let mut client = cluster
+        .node("d", Some(&a_addr), &["--register", "svc"])
+        .await;
+    let window = async {
+        while let Ok(Some(line)) = client.stdout.next_line().await {
+            assert!(
+                !line.contains("registered"),
+                "no answer while there is no quorum (the client keeps asking): {line}"
+            );
+        }
+    };
+    let _ = tokio::time::timeout(attempt * 4, window).await;
+    for short in ["b", "c"] {
+        let voter = cluster.node(short, Some(&a_addr), &[]).await;
+        cluster.voters.push(voter);
+    }
+    client.expect_line("registered svc").await;
 }
