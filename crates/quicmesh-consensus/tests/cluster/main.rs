@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use quicmesh_consensus::{ConsensusError, Voters};
-use support::{Group, TestNode, bounded, name, shutdown_all};
+use support::{Group, TestNode, agreed_leader, bounded, name, shutdown_all};
 use tokio::time::Instant;
 
 /// The lock wait of tests that expect a grant.
@@ -95,6 +95,64 @@ async fn a_killed_leader_is_replaced_and_the_survivors_grant_again() {
         assert!(g.token() > t0);
         let new_leader = nodes[0].consensus.current_leader().expect("a leader");
         assert_ne!(new_leader, old_name);
+        g.release().await.expect("released");
+        shutdown_all(nodes).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_restarted_from_its_data_dir_carries_the_next_failover() {
+    bounded(async {
+        let group = Group::new(&["a", "b", "c"]);
+        let (mut nodes, leader) = group.start_led().await;
+        let t0 = nodes[follower(leader)]
+            .consensus
+            .lock("x", LONG)
+            .await
+            .expect("granted");
+        let t0 = {
+            let token = t0.token();
+            t0.release().await.expect("released");
+            token
+        };
+
+        // The first leader goes; the two others carry on.
+        let first = nodes.remove(leader);
+        let first_name = first.name().clone();
+        first.kill().await;
+        let g = nodes[0].consensus.lock("x", LONG).await.expect("granted");
+        let t1 = g.token();
+        g.release().await.expect("released");
+        let second = agreed_leader(&nodes.iter().collect::<Vec<_>>()).await;
+        let second_name = nodes[second].name().clone();
+        assert_ne!(second_name, first_name);
+
+        // It comes back from its data dir and follows the new leader...
+        let peers: Vec<&TestNode> = nodes.iter().collect();
+        let back = group.start(first_name.short(), &peers).await;
+        nodes.push(back);
+        let all: Vec<&TestNode> = nodes.iter().collect();
+        let agreed = agreed_leader(&all).await;
+        assert_eq!(
+            *nodes[agreed].name(),
+            second_name,
+            "it follows, it does not take over"
+        );
+
+        // ...so when the second leader goes, it and the third voter are a
+        // quorum: a third leader, and tokens still growing.
+        let second = nodes.remove(agreed);
+        second.kill().await;
+        let back = nodes.len() - 1;
+        let g = nodes[back]
+            .consensus
+            .lock("x", LONG)
+            .await
+            .expect("granted by the restarted voter and the third");
+        assert!(t0 < t1 && t1 < g.token(), "{t0} < {t1} < {}", g.token());
+        let third = agreed_leader(&nodes.iter().collect::<Vec<_>>()).await;
+        assert_ne!(*nodes[third].name(), second_name);
         g.release().await.expect("released");
         shutdown_all(nodes).await;
     })
