@@ -189,32 +189,13 @@ fn answer(coord: &Arc<Coord>, consensus: Option<&Consensus>, question: Question)
 
 fn node_report(coord: &Arc<Coord>, consensus: Option<&Consensus>) -> NodeReport {
     let status: Status = coord.mesh().status();
-    let m = status.counters;
-    let c = coord.counters();
-    let counters = [
-        ("auth_failures", m.auth_failures),
-        ("handshake_failures", m.handshake_failures),
-        ("protocol_violations", m.protocol_violations),
-        ("revoked", m.revoked),
-        ("duplicates", m.duplicates),
-        ("peers_refused", m.peers_refused),
-        ("names_in_use", m.names_in_use),
-        ("handshakes_retried", m.handshakes_retried),
-        ("handshakes_refused", m.handshakes_refused),
-        (
-            "handshakes_refused_per_source",
-            m.handshakes_refused_per_source,
-        ),
-        ("claims_refused", c.claims_refused),
-        ("clocks_refused", c.clocks_refused),
-        ("announcements_refused", c.announcements_refused),
-        ("names_refused", c.names_refused),
-        ("locks_refused", c.locks_refused),
-        ("locks_lost", c.locks_lost),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let counters = status
+        .counters
+        .named()
+        .into_iter()
+        .chain(coord.counters().named())
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     NodeReport {
         node: status.node,
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -48,6 +48,30 @@ pub struct CoordCounters {
     pub locks_lost: u64,
 }
 
+impl CoordCounters {
+    /// Every counter with its field's name, in declaration order (what
+    /// `quicmesh status` lists).
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        // Destructured whole: a new counter does not compile until named.
+        let Self {
+            claims_refused,
+            clocks_refused,
+            announcements_refused,
+            names_refused,
+            locks_refused,
+            locks_lost,
+        } = *self;
+        [
+            ("claims_refused", claims_refused),
+            ("clocks_refused", clocks_refused),
+            ("announcements_refused", announcements_refused),
+            ("names_refused", names_refused),
+            ("locks_refused", locks_refused),
+            ("locks_lost", locks_lost),
+        ]
+    }
+}
+
 impl Counters {
     pub(crate) fn snapshot(&self) -> CoordCounters {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

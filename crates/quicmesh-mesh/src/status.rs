@@ -130,6 +130,41 @@ pub struct CounterSnapshot {
     pub revoked: u64,
 }
 
+impl CounterSnapshot {
+    /// Every counter with its field's name, in declaration order (what
+    /// `quicmesh status` lists).
+    pub fn named(&self) -> [(&'static str, u64); 10] {
+        // Destructured whole: a new counter does not compile until named.
+        let Self {
+            auth_failures,
+            handshake_failures,
+            protocol_violations,
+            duplicates,
+            peers_refused,
+            names_in_use,
+            handshakes_retried,
+            handshakes_refused,
+            handshakes_refused_per_source,
+            revoked,
+        } = *self;
+        [
+            ("auth_failures", auth_failures),
+            ("handshake_failures", handshake_failures),
+            ("protocol_violations", protocol_violations),
+            ("duplicates", duplicates),
+            ("peers_refused", peers_refused),
+            ("names_in_use", names_in_use),
+            ("handshakes_retried", handshakes_retried),
+            ("handshakes_refused", handshakes_refused),
+            (
+                "handshakes_refused_per_source",
+                handshakes_refused_per_source,
+            ),
+            ("revoked", revoked),
+        ]
+    }
+}
+
 impl Counters {
     pub(crate) fn snapshot(&self) -> CounterSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
