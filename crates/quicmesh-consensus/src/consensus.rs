@@ -153,6 +153,10 @@ struct Inner {
     lease: Mutex<Option<(SessionId, Instant)>>,
     /// The voter that last answered as leader.
     leader_hint: Mutex<Option<NodeName>>,
+    /// One turn per key among this node's own callers: the session is the
+    /// node's, so the group would grant a lock or leadership it holds to
+    /// every task of the node at once.
+    turns: client::Turns,
     /// Stops this node's consensus tasks.
     cancel: CancellationToken,
 }
@@ -183,6 +187,7 @@ impl Consensus {
                 opening: tokio::sync::Mutex::new(()),
                 lease: Mutex::new(None),
                 leader_hint: Mutex::new(None),
+                turns: client::Turns::default(),
                 cancel: CancellationToken::new(),
             }),
         };

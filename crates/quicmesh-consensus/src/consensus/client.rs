@@ -1,7 +1,8 @@
 //! The client API of [`Consensus`]: the node's session, locks, elections
 //! and names.
 
-use std::sync::{Arc, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use quicmesh_wire::NodeName;
@@ -33,6 +34,56 @@ pub struct LockGuard {
     token: u64,
     session: SessionId,
     released: bool,
+    /// This node's turn at the key, given back once released.
+    turn: Option<Turn>,
+}
+
+/// The keys some task of this node holds or waits for, each with the
+/// mutex that gives the tasks their turns.
+#[derive(Debug, Default)]
+pub(super) struct Turns(Mutex<BTreeMap<Key, Arc<tokio::sync::Mutex<()>>>>);
+
+/// A task's turn at a key; the next task's when dropped.
+#[derive(Debug)]
+struct Turn {
+    key: Key,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    inner: Weak<Inner>,
+}
+
+impl Turns {
+    /// Waits until no other task of this node holds `key`, or `deadline`.
+    async fn take(inner: &Arc<Inner>, key: &Key, deadline: Instant) -> Option<Turn> {
+        let mutex = crate::locked(&inner.turns.0)
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let held = tokio::time::timeout_at(deadline, mutex.lock_owned()).await;
+        let turn = Turn {
+            key: key.clone(),
+            held: held.ok(),
+            inner: Arc::downgrade(inner),
+        };
+        // Dropped at once if the wait timed out, forgetting the key if no
+        // one else wants it.
+        turn.held.is_some().then_some(turn)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        if let Some(inner) = self.inner.upgrade() {
+            let mut turns = crate::locked(&inner.turns.0);
+            // Only the map holds it: no task holds or waits for the key.
+            if turns
+                .get(&self.key)
+                .is_some_and(|m| Arc::strong_count(m) == 1)
+            {
+                turns.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl LockGuard {
@@ -81,6 +132,8 @@ impl Drop for LockGuard {
         }
         let (consensus, key) = (self.consensus.clone(), self.key.clone());
         let (session, token) = (self.session, self.token);
+        // The node's next task gets its turn once the release is committed.
+        let turn = self.turn.take();
         let tasks = consensus.inner.rpc.mesh().tasks().clone();
         if tasks.is_cancelled() {
             return;
@@ -90,6 +143,7 @@ impl Drop for LockGuard {
             if let Err(e) = consensus.give_up(&key, session, token, deadline).await {
                 debug!("dropped guard not released: {e}");
             }
+            drop(turn);
         });
     }
 }
@@ -196,6 +250,12 @@ impl Consensus {
     async fn take(&self, key: Key, timeout: Duration) -> Result<LockGuard, ConsensusError> {
         let started = Instant::now();
         let deadline = started + timeout;
+        let Some(turn) = Turns::take(&self.inner, &key, deadline).await else {
+            return Err(ConsensusError::Timeout {
+                owner: self.inner.me.clone(),
+                waited: started.elapsed(),
+            });
+        };
         let session = self.session(deadline).await?;
         loop {
             let op = match &key {
@@ -217,6 +277,7 @@ impl Consensus {
                         token,
                         session,
                         released: false,
+                        turn: Some(turn),
                     });
                 }
                 Reply::Held { owner, token } => {

@@ -381,3 +381,46 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot() {
     })
     .await;
 }
+
+/// Two tasks of one node share its session, so the group alone would
+/// grant both the lock; the node gives its tasks one turn at a time.
+#[tokio::test]
+async fn two_tasks_of_one_node_take_a_lock_and_a_leadership_in_turn() {
+    bounded(async {
+        let group = Group::new(&["a", "b", "c"]);
+        let (nodes, leader) = group.start_led().await;
+        let c = &nodes[follower(leader)].consensus;
+        for take in ["lock", "campaign"] {
+            let attempt = |wait| async move {
+                match take {
+                    "lock" => c.lock("shared", wait).await,
+                    _ => c.campaign("shared", wait).await,
+                }
+            };
+            let first = attempt(LONG).await.expect("granted");
+            match attempt(Duration::from_millis(300)).await {
+                Err(ConsensusError::Timeout { owner, .. }) => assert_eq!(owner, *c.name()),
+                Ok(g) => panic!("{take}: granted twice on one node, token {}", g.token()),
+                Err(e) => panic!("{take}: unexpected error {e}"),
+            }
+            let (t1, waiter) = (
+                first.token(),
+                tokio::spawn({
+                    let c = c.clone();
+                    async move {
+                        match take {
+                            "lock" => c.lock("shared", LONG).await,
+                            _ => c.campaign("shared", LONG).await,
+                        }
+                    }
+                }),
+            );
+            first.release().await.expect("released");
+            let second = waiter.await.expect("task").expect("granted in turn");
+            assert!(second.token() > t1, "{take}: {} <= {t1}", second.token());
+            second.release().await.expect("released");
+        }
+        shutdown_all(nodes).await;
+    })
+    .await;
+}
