@@ -4,6 +4,7 @@
 mod admin;
 mod bench;
 mod certs;
+mod commands;
 mod demo;
 mod metrics;
 mod node;

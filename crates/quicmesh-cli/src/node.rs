@@ -42,6 +42,12 @@ pub(crate) struct NodeArgs {
     /// prints `leading ELECTION TERM`. Repeatable.
     #[arg(long = "campaign", value_name = "ELECTION")]
     campaign: Vec<String>,
+    /// Read commands from stdin, one JSON object per line, and answer each
+    /// on stdout as `reply {json}`: lock, release, campaign, resign,
+    /// register, unregister, whereis, leader, status (for scripts and test
+    /// drivers; the formats are in the crate docs of the `commands` module).
+    #[arg(long)]
+    commands: bool,
     /// Consensus mode: a voter of the Raft group, by name (name@host, no
     /// port). Repeatable; giving any turns consensus mode on, and every
     /// node of the cluster needs the same list. --register, --lock and
@@ -156,6 +162,7 @@ impl ClusterArgs {
 /// What the node does once started.
 struct Actions {
     wait_for: usize,
+    commands: bool,
     register: Vec<String>,
     lock: Vec<String>,
     campaign: Vec<String>,
@@ -165,6 +172,7 @@ impl NodeArgs {
     fn actions(&mut self) -> Actions {
         Actions {
             wait_for: self.wait_for,
+            commands: self.commands,
             register: std::mem::take(&mut self.register),
             lock: std::mem::take(&mut self.lock),
             campaign: std::mem::take(&mut self.campaign),
@@ -311,6 +319,9 @@ async fn act(node: Node, actions: Actions) {
     match node.consensus() {
         Some(consensus) => act_in_consensus(consensus, &actions, &mut held).await,
         None => act_in_global(&node, &actions, &mut held).await,
+    }
+    if actions.commands {
+        crate::commands::serve(node).await;
     }
     std::future::pending::<()>().await;
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)] // Each test target uses part of this.
 
+pub mod lab;
+
 use std::process::Stdio;
 use std::time::Duration;
 
