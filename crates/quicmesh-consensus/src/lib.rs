@@ -91,8 +91,8 @@ pub mod machine;
 mod network;
 mod storage;
 
-pub use config::{ConfigError, ConsensusConfig, Voters};
-pub use consensus::{Consensus, ConsensusStatus, Leader, LockGuard, WeakConsensus};
+pub use config::{ConfigError, ConsensusConfig, Voters, node_id};
+pub use consensus::{Consensus, ConsensusStatus, Leader, LockGuard, Membership, WeakConsensus};
 pub use error::{ConsensusError, StartError};
 
 /// A Raft node id: see [`Voters`].
