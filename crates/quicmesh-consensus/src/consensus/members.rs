@@ -314,14 +314,25 @@ pub(super) async fn add(
     let member = Member {
         name: node.to_string(),
     };
-    match tokio::time::timeout_at(deadline, v.raft.add_learner(id, member, true)).await {
-        Err(_) => {
-            let waited = millis(started.elapsed());
-            return Err(Redirect::Change(ChangeRefused::NotCaughtUp(node, waited)));
-        }
+    let added = match tokio::time::timeout_at(deadline, v.raft.add_learner(id, member, false)).await
+    {
+        Err(_) => return Err(Redirect::NoQuorum),
         Ok(Err(e)) => return Err(change_error(inner, &node, e)),
-        Ok(Ok(_)) => debug!(node = %node, "the new voter caught up as a learner"),
+        Ok(Ok(r)) => r.log_id.index,
+    };
+    // Caught up: it holds the log up to its own learner entry, and with
+    // it the leader's vote (openraft's own wait allows a lag of
+    // thousands of entries, counting a learner that has nothing yet).
+    let caught_up = |m: &openraft::RaftMetrics<NodeId, Member>| {
+        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned());
+        matched.flatten().is_some_and(|l| l.index >= added)
+    };
+    let wait = deadline.saturating_duration_since(Instant::now());
+    if v.raft.wait(Some(wait)).metrics(caught_up, "learner caught up").await.is_err() {
+        let waited = millis(started.elapsed());
+        return Err(Redirect::Change(ChangeRefused::NotCaughtUp(node, waited)));
     }
+    debug!(node = %node, "the new voter caught up as a learner");
     let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
     match tokio::time::timeout_at(deadline, v.raft.change_membership(change, false)).await {
         Err(_) => Err(Redirect::NoQuorum),
