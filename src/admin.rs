@@ -203,16 +203,19 @@ impl Node {
 pub(crate) fn serve(rpc: &Rpc, coord: &Arc<Coord>, consensus: Option<&Consensus>) {
     let weak: Weak<Coord> = Arc::downgrade(coord);
     let consensus: Option<WeakConsensus> = consensus.map(Consensus::downgrade);
-    let registered = rpc.register_reserved(SERVICE, move |ctx: quicmesh_rpc::CallContext, question: Question| {
-        let consensus = consensus.as_ref().and_then(WeakConsensus::upgrade);
-        let coord = weak.upgrade();
-        async move {
-            let Some(coord) = coord else {
-                return Err("the node is stopping".to_owned());
-            };
-            answer(&coord, consensus.as_ref(), &ctx.from, question).await
-        }
-    });
+    let registered = rpc.register_reserved(
+        SERVICE,
+        move |ctx: quicmesh_rpc::CallContext, question: Question| {
+            let consensus = consensus.as_ref().and_then(WeakConsensus::upgrade);
+            let coord = weak.upgrade();
+            async move {
+                let Some(coord) = coord else {
+                    return Err("the node is stopping".to_owned());
+                };
+                answer(&coord, consensus.as_ref(), &ctx.from, question).await
+            }
+        },
+    );
     debug_assert!(registered.is_ok(), "{SERVICE} registered twice");
 }
 
@@ -250,7 +253,10 @@ async fn answer(
             let c = group()?;
             info!(node = %node, asked_by = %asker, "asked to remove a voter");
             let wait = Duration::from_millis(wait_ms);
-            let m = c.remove_voter(&node, wait).await.map_err(|e| e.to_string())?;
+            let m = c
+                .remove_voter(&node, wait)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(report(c, m))
         }
         other => answer_here(coord, consensus, other),

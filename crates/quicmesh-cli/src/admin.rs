@@ -282,11 +282,8 @@ impl Session {
     /// learners.
     fn print_membership(json: bool, m: &ConsensusMembersReport) -> anyhow::Result<()> {
         print(json, m, |m| {
-            let mut rows: Vec<(String, &str)> = m
-                .voters
-                .iter()
-                .map(|n| (n.to_string(), "voter"))
-                .collect();
+            let mut rows: Vec<(String, &str)> =
+                m.voters.iter().map(|n| (n.to_string(), "voter")).collect();
             rows.extend(m.learners.iter().map(|n| (n.to_string(), "learner")));
             let mut out = table(
                 &["NODE", "ROLE"],
@@ -296,7 +293,11 @@ impl Session {
                 "members",
             );
             if let Some(index) = m.index {
-                let _ = writeln!(out, "(membership of log entry {index}, read through {})", m.asked);
+                let _ = writeln!(
+                    out,
+                    "(membership of log entry {index}, read through {})",
+                    m.asked
+                );
             }
             out
         })

@@ -35,8 +35,8 @@ mod expiry;
 mod members;
 
 pub use client::{Leader, LockGuard};
-pub use members::Membership;
 use members::ChangeRefused;
+pub use members::Membership;
 
 /// The client service of the voters.
 const CLIENT: &str = "quicmesh.raft.client";
@@ -257,7 +257,9 @@ impl Consensus {
             if this.inner.voters.first() == Some(&this.inner.me) {
                 let span = info_span!("consensus.found", node = %this.inner.me);
                 let weak = Arc::downgrade(&this.inner);
-                rpc.mesh().tasks().spawn(members::found(weak).instrument(span));
+                rpc.mesh()
+                    .tasks()
+                    .spawn(members::found(weak).instrument(span));
             }
         }
         let span = info_span!("consensus.keep_alive", node = %this.inner.me);

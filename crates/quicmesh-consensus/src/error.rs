@@ -86,7 +86,9 @@ pub enum ConsensusError {
         node: NodeName,
     },
     /// The node to remove is no voter of the group.
-    #[error("{node} is not a voter of the group: nothing to remove (see `quicmesh consensus members`)")]
+    #[error(
+        "{node} is not a voter of the group: nothing to remove (see `quicmesh consensus members`)"
+    )]
     NotAMember {
         /// The node.
         node: NodeName,

@@ -326,7 +326,10 @@ async fn a_voter_is_added_and_removed_with_the_consensus_commands() {
         if c["role"] == "follower" && c["voters"].as_array().is_some_and(|v| v.len() == 4) {
             break;
         }
-        assert!(Instant::now() < deadline, "d does not follow as a voter: {c}");
+        assert!(
+            Instant::now() < deadline,
+            "d does not follow as a voter: {c}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

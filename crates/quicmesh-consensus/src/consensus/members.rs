@@ -195,7 +195,9 @@ pub(super) async fn admit(inner: &Inner, v: &Voter, from: &NodeName) -> Result<A
     }
     if !v.gate.admitted() {
         let store = v.store.clone();
-        match tokio::task::spawn_blocking(move || store.upgrade()?.set_standing(Standing::Admitted)).await {
+        match tokio::task::spawn_blocking(move || store.upgrade()?.set_standing(Standing::Admitted))
+            .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Redirect::Stopped(e)),
             Err(e) => return Err(Redirect::Stopped(e.to_string())),
@@ -224,7 +226,9 @@ fn may_change(inner: &Inner, from: &NodeName) -> Result<(), Redirect> {
 fn settled(inner: &Inner, v: &Voter) -> Result<BTreeSet<NodeId>, Redirect> {
     if !leads(v) {
         let leader = v.raft.metrics().borrow().current_leader;
-        return Err(Redirect::NotLeader(leader.and_then(|id| name_of(inner, id))));
+        return Err(Redirect::NotLeader(
+            leader.and_then(|id| name_of(inner, id)),
+        ));
     }
     let effective = v.raft.metrics().borrow().membership_config.clone();
     let applied = *v.shared.state().membership.log_id();
@@ -301,8 +305,10 @@ pub(super) async fn add(
     info!(node = %node, asked_by = %from, "adding a voter");
     let started = Instant::now();
     let attempt = deadline.saturating_duration_since(started).min(ATTEMPT);
-    let admitted: Result<Result<Answer, Redirect>, RpcError> =
-        inner.rpc.call(&node, CLIENT, &Request::Admit, attempt).await;
+    let admitted: Result<Result<Answer, Redirect>, RpcError> = inner
+        .rpc
+        .call(&node, CLIENT, &Request::Admit, attempt)
+        .await;
     let cannot = |detail: String| Redirect::Change(ChangeRefused::CannotJoin(node.clone(), detail));
     match admitted {
         Ok(Ok(Answer::Admitted)) => {}
@@ -328,7 +334,12 @@ pub(super) async fn add(
         matched.flatten().is_some_and(|l| l.index >= added)
     };
     let wait = deadline.saturating_duration_since(Instant::now());
-    if v.raft.wait(Some(wait)).metrics(caught_up, "learner caught up").await.is_err() {
+    if v.raft
+        .wait(Some(wait))
+        .metrics(caught_up, "learner caught up")
+        .await
+        .is_err()
+    {
         let waited = millis(started.elapsed());
         return Err(Redirect::Change(ChangeRefused::NotCaughtUp(node, waited)));
     }
@@ -392,10 +403,8 @@ async fn probe(inner: &Inner) -> Probed {
         if *name == inner.me {
             continue;
         }
-        let answer: Result<Result<Answer, Redirect>, RpcError> = inner
-            .rpc
-            .call(name, CLIENT, &Request::Probe, ATTEMPT)
-            .await;
+        let answer: Result<Result<Answer, Redirect>, RpcError> =
+            inner.rpc.call(name, CLIENT, &Request::Probe, ATTEMPT).await;
         match answer {
             Ok(Ok(Answer::Store { empty: true })) => {}
             Ok(Ok(Answer::Store { empty: false })) => return Probed::Founded(name.clone()),
@@ -462,10 +471,8 @@ async fn found_now(inner: &Inner, v: &Voter) -> Result<(), String> {
         if *name == inner.me {
             continue;
         }
-        let answer: Result<Result<Answer, Redirect>, RpcError> = inner
-            .rpc
-            .call(name, CLIENT, &Request::Admit, ATTEMPT)
-            .await;
+        let answer: Result<Result<Answer, Redirect>, RpcError> =
+            inner.rpc.call(name, CLIENT, &Request::Admit, ATTEMPT).await;
         match answer {
             Ok(Ok(Answer::Admitted)) => {}
             other => return Err(format!("{name} was not admitted: {other:?}")),

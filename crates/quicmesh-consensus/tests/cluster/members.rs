@@ -242,7 +242,10 @@ async fn a_voter_restarted_with_an_empty_data_dir_votes_only_once_removed_and_ad
         // The leader goes (or, if a leads, another voter): a and the last
         // one are a quorum only if a votes.
         let leader = agreed_leader(&refs(&nodes)).await;
-        nodes.remove(if leader == 0 { 1 } else { leader }).kill().await;
+        nodes
+            .remove(if leader == 0 { 1 } else { leader })
+            .kill()
+            .await;
         let t3 = lock_once(&nodes[0], "r").await;
         assert!(t3 > t2, "{t3} <= {t2}");
         shutdown_all(nodes).await;
