@@ -86,7 +86,7 @@ impl Request {
     /// Whether one attempt may take the whole wait (a membership change
     /// waiting for a new voter), rather than [`ATTEMPT`].
     fn is_long(&self) -> bool {
-        matches!(self, Request::AddVoter { .. } | Request::RemoveVoter(_))
+        matches!(self, Self::AddVoter { .. } | Self::RemoveVoter(_))
     }
 }
 

@@ -83,12 +83,12 @@ pub(super) enum ChangeRefused {
 impl ChangeRefused {
     pub(super) fn into_error(self) -> ConsensusError {
         match self {
-            ChangeRefused::InProgress => ConsensusError::MembershipChangeInProgress,
-            ChangeRefused::AlreadyAVoter(node) => ConsensusError::AlreadyAVoter { node },
-            ChangeRefused::NotAMember(node) => ConsensusError::NotAMember { node },
-            ChangeRefused::WouldEmptyGroup(node) => ConsensusError::WouldEmptyGroup { node },
-            ChangeRefused::CannotJoin(node, detail) => ConsensusError::CannotJoin { node, detail },
-            ChangeRefused::NotCaughtUp(node, ms) => ConsensusError::NotCaughtUp {
+            Self::InProgress => ConsensusError::MembershipChangeInProgress,
+            Self::AlreadyAVoter(node) => ConsensusError::AlreadyAVoter { node },
+            Self::NotAMember(node) => ConsensusError::NotAMember { node },
+            Self::WouldEmptyGroup(node) => ConsensusError::WouldEmptyGroup { node },
+            Self::CannotJoin(node, detail) => ConsensusError::CannotJoin { node, detail },
+            Self::NotCaughtUp(node, ms) => ConsensusError::NotCaughtUp {
                 node,
                 waited: Duration::from_millis(ms),
             },
