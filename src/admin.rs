@@ -1,6 +1,6 @@
 //! Asking a running node about itself and the cluster: what the
-//! `quicmesh status`, `members`, `ping`, `whereis`, `names`, `leaders` and
-//! `locks` commands print.
+//! `quicmesh status`, `members`, `ping`, `whereis`, `names`, `leaders`,
+//! `locks` and `consensus` commands print.
 //!
 //! Every node answers the reserved service `quicmesh.admin` with reports
 //! of its own state: its status and peers, and the registry, elections and
@@ -8,6 +8,14 @@
 //! one too, which is how the commands join); the answers say nothing a
 //! node of the cluster could not already learn, so asking needs no more
 //! rights than being a node. [`Node::admin`] asks from code.
+//!
+//! In consensus mode a node also changes the voters of the Raft group when
+//! asked (`quicmesh consensus add-voter` / `remove-voter`): any node of
+//! the cluster may ask, hidden or not, since holding the cluster's
+//! identity (the cookie, or a certificate of its CA) is what lets a node
+//! in at all, as etcd without role-based access lets in any client with a
+//! certificate of its CA. The node asked makes the change in its own name
+//! (the leader takes changes from visible nodes only) and logs who asked.
 //!
 //! The reports are plain data with `serde` derives (defined with the other
 //! wire messages): the commands print them as JSON with `--json`. Their
@@ -26,12 +34,13 @@ use quicmesh_mesh::{PeerStatus, Status};
 use quicmesh_rpc::{Rpc, RpcError};
 use quicmesh_wire::NodeName;
 use quicmesh_wire::admin::SERVICE;
+use tracing::info;
 
 use crate::Node;
 
 pub use quicmesh_wire::admin::{
-    Answer, ConsensusReport, DownReport, LeaderReport, LockReport, MAX_ROWS, NameReport,
-    NodeReport, PeerReport, Question, Rows,
+    Answer, ConsensusMembersReport, ConsensusReport, DownReport, LeaderReport, LockReport,
+    MAX_ROWS, NameReport, NodeReport, PeerReport, Question, Rows,
 };
 
 /// Asks one node admin questions ([`Node::admin`]). Every question has the
@@ -44,14 +53,78 @@ pub struct Admin<'a> {
 
 impl Admin<'_> {
     async fn ask(&self, question: Question) -> Result<Answer, RpcError> {
-        let timeout = self.node.rpc().config().timeout;
+        self.ask_within(question, self.node.rpc().config().timeout)
+            .await
+    }
+
+    async fn ask_within(&self, question: Question, timeout: Duration) -> Result<Answer, RpcError> {
         if self.peer == *self.node.name() {
-            return Ok(answer(self.node.coord(), self.node.consensus(), question));
+            let me = self.node.name();
+            return answer(self.node.coord(), self.node.consensus(), me, question)
+                .await
+                .map_err(|message| RpcError::Remote {
+                    peer: me.clone(),
+                    service: SERVICE.to_owned(),
+                    message,
+                });
         }
         self.node
             .rpc()
             .call(&self.peer, SERVICE, &question, timeout)
             .await
+    }
+
+    /// Consensus mode: the Raft group's committed membership, as the node
+    /// reads it through the leader.
+    pub async fn consensus_members(&self) -> Result<ConsensusMembersReport, RpcError> {
+        match self.ask(Question::ConsensusMembers).await? {
+            Answer::ConsensusMembers(report) => Ok(report),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Consensus mode: has the node make `node` a voter (see
+    /// `quicmesh_consensus::Consensus::add_voter`), waiting up to `wait`;
+    /// the membership after the change. A refusal is the RPC error
+    /// `Remote` with the reason.
+    pub async fn add_voter(
+        &self,
+        node: &NodeName,
+        wait: Duration,
+    ) -> Result<ConsensusMembersReport, RpcError> {
+        let question = Question::AddVoter {
+            node: node.clone(),
+            wait_ms: micros(wait) / 1000,
+        };
+        self.change(question, wait).await
+    }
+
+    /// Consensus mode: has the node remove `node` from the voters (see
+    /// `quicmesh_consensus::Consensus::remove_voter`), waiting up to
+    /// `wait`; the membership after the change.
+    pub async fn remove_voter(
+        &self,
+        node: &NodeName,
+        wait: Duration,
+    ) -> Result<ConsensusMembersReport, RpcError> {
+        let question = Question::RemoveVoter {
+            node: node.clone(),
+            wait_ms: micros(wait) / 1000,
+        };
+        self.change(question, wait).await
+    }
+
+    async fn change(
+        &self,
+        question: Question,
+        wait: Duration,
+    ) -> Result<ConsensusMembersReport, RpcError> {
+        // The answer may take the whole wait, and then a little more.
+        let timeout = wait + self.node.rpc().config().timeout;
+        match self.ask_within(question, timeout).await? {
+            Answer::ConsensusMembers(report) => Ok(report),
+            other => Err(self.unexpected(&other)),
+        }
     }
 
     /// Its status and its view of its peers.
@@ -130,18 +203,71 @@ impl Node {
 pub(crate) fn serve(rpc: &Rpc, coord: &Arc<Coord>, consensus: Option<&Consensus>) {
     let weak: Weak<Coord> = Arc::downgrade(coord);
     let consensus: Option<WeakConsensus> = consensus.map(Consensus::downgrade);
-    let registered = rpc.register_reserved(SERVICE, move |_ctx, question: Question| {
-        let consensus = consensus.as_ref().and_then(WeakConsensus::upgrade);
-        let answer = weak
-            .upgrade()
-            .map(|coord| answer(&coord, consensus.as_ref(), question))
-            .ok_or("the node is stopping");
-        async move { answer }
-    });
+    let registered = rpc.register_reserved(
+        SERVICE,
+        move |ctx: quicmesh_rpc::CallContext, question: Question| {
+            let consensus = consensus.as_ref().and_then(WeakConsensus::upgrade);
+            let coord = weak.upgrade();
+            async move {
+                let Some(coord) = coord else {
+                    return Err("the node is stopping".to_owned());
+                };
+                answer(&coord, consensus.as_ref(), &ctx.from, question).await
+            }
+        },
+    );
     debug_assert!(registered.is_ok(), "{SERVICE} registered twice");
 }
 
-fn answer(coord: &Arc<Coord>, consensus: Option<&Consensus>, question: Question) -> Answer {
+/// The answer to `question` from `asker`: a consensus-mode question goes
+/// to the Raft group, every other is answered from this node's state.
+async fn answer(
+    coord: &Arc<Coord>,
+    consensus: Option<&Consensus>,
+    asker: &NodeName,
+    question: Question,
+) -> Result<Answer, String> {
+    let group = || consensus.ok_or_else(|| "this node is not in consensus mode".to_owned());
+    let report = |c: &Consensus, m: quicmesh_consensus::Membership| {
+        Answer::ConsensusMembers(ConsensusMembersReport {
+            asked: c.name().clone(),
+            voters: m.voters,
+            learners: m.learners,
+            index: m.index,
+        })
+    };
+    match question {
+        Question::ConsensusMembers => {
+            let c = group()?;
+            let m = c.membership().await.map_err(|e| e.to_string())?;
+            Ok(report(c, m))
+        }
+        Question::AddVoter { node, wait_ms } => {
+            let c = group()?;
+            info!(node = %node, asked_by = %asker, "asked to add a voter");
+            let wait = Duration::from_millis(wait_ms);
+            let m = c.add_voter(&node, wait).await.map_err(|e| e.to_string())?;
+            Ok(report(c, m))
+        }
+        Question::RemoveVoter { node, wait_ms } => {
+            let c = group()?;
+            info!(node = %node, asked_by = %asker, "asked to remove a voter");
+            let wait = Duration::from_millis(wait_ms);
+            let m = c
+                .remove_voter(&node, wait)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(report(c, m))
+        }
+        other => answer_here(coord, consensus, other),
+    }
+}
+
+fn answer_here(
+    coord: &Arc<Coord>,
+    consensus: Option<&Consensus>,
+    question: Question,
+) -> Result<Answer, String> {
     let registry = coord.registry(None);
     let name_report = |name: &str| {
         registry.whereis(name).map(|r| NameReport {
@@ -150,7 +276,7 @@ fn answer(coord: &Arc<Coord>, consensus: Option<&Consensus>, question: Question)
             service: r.service,
         })
     };
-    match question {
+    Ok(match question {
         Question::Status => Answer::Status(Box::new(node_report(coord, consensus))),
         Question::Whereis { name } => Answer::Whereis(name_report(&name)),
         Question::Names { limit } => {
@@ -184,7 +310,11 @@ fn answer(coord: &Arc<Coord>, consensus: Option<&Consensus>, question: Question)
                 .collect();
             Answer::Locks(Rows::first(rows, limit))
         }
-    }
+        // Answered by `answer`, through the Raft group.
+        Question::ConsensusMembers | Question::AddVoter { .. } | Question::RemoveVoter { .. } => {
+            return Err("a consensus question".to_owned());
+        }
+    })
 }
 
 fn node_report(coord: &Arc<Coord>, consensus: Option<&Consensus>) -> NodeReport {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use quicmesh::admin::{NodeReport, PeerReport, Rows};
+use quicmesh::admin::{ConsensusMembersReport, NodeReport, PeerReport, Rows};
 use quicmesh::{IdentityConfig, Node, NodeAddr, NodeConfig, NodeName};
 use serde::Serialize;
 
@@ -46,6 +46,38 @@ pub(crate) enum AdminCommand {
     Leaders(ListArgs),
     /// List the cluster locks held and their fencing tokens.
     Locks(ListArgs),
+    /// Consensus mode: show or change the voters of the Raft group.
+    #[command(subcommand)]
+    Consensus(ConsensusCommand),
+}
+
+/// The voters of a consensus-mode group, asked of (and changed through)
+/// one running node of the cluster.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConsensusCommand {
+    /// List the voters and learners of the group's committed membership.
+    Members(AdminArgs),
+    /// Make NODE a voter: start it first with --consensus-join (and the
+    /// current voters as --consensus-voter), connected to the cluster;
+    /// it is admitted, catches up with the log, then votes. One change at
+    /// a time.
+    AddVoter(ChangeArgs),
+    /// Remove NODE from the voters; the group forgets it. A voter whose
+    /// data directory was lost is removed, then added again.
+    RemoveVoter(ChangeArgs),
+}
+
+/// A change of the voters.
+#[derive(Debug, Args)]
+pub(crate) struct ChangeArgs {
+    /// The node (name@host, no port).
+    #[arg(value_name = "NODE")]
+    node: NodeName,
+    /// How long the change may take (a new voter catching up included).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    wait: Duration,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 /// How to join the cluster and how to answer.
@@ -80,6 +112,9 @@ enum Question {
     Names(usize),
     Leaders(usize),
     Locks(usize),
+    ConsensusMembers,
+    AddVoter(NodeName, Duration),
+    RemoveVoter(NodeName, Duration),
 }
 
 pub(crate) async fn run(command: AdminCommand) -> anyhow::Result<()> {
@@ -97,6 +132,15 @@ pub(crate) async fn run(command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Names(l) => (l.admin, Question::Names(l.limit)),
         AdminCommand::Leaders(l) => (l.admin, Question::Leaders(l.limit)),
         AdminCommand::Locks(l) => (l.admin, Question::Locks(l.limit)),
+        AdminCommand::Consensus(ConsensusCommand::Members(args)) => {
+            (args, Question::ConsensusMembers)
+        }
+        AdminCommand::Consensus(ConsensusCommand::AddVoter(c)) => {
+            (c.admin, Question::AddVoter(c.node, c.wait))
+        }
+        AdminCommand::Consensus(ConsensusCommand::RemoveVoter(c)) => {
+            (c.admin, Question::RemoveVoter(c.node, c.wait))
+        }
     };
     let json = std::mem::take(&mut args.json);
     // A ping joins the node pinged, and only that one.
@@ -203,6 +247,18 @@ impl Session {
                     },
                 )
             }
+            Question::ConsensusMembers => {
+                let m = self.within(admin.consensus_members()).await?;
+                Self::print_membership(json, &m)
+            }
+            Question::AddVoter(node, wait) => {
+                let m = self.changing(wait, admin.add_voter(&node, wait)).await?;
+                Self::print_membership(json, &m)
+            }
+            Question::RemoveVoter(node, wait) => {
+                let m = self.changing(wait, admin.remove_voter(&node, wait)).await?;
+                Self::print_membership(json, &m)
+            }
             Question::Locks(limit) => {
                 let rows = self.within(admin.locks(limit)).await?;
                 print_rows(
@@ -220,6 +276,31 @@ impl Session {
                 )
             }
         }
+    }
+
+    /// Prints a consensus membership: who is asked, the voters, the
+    /// learners.
+    fn print_membership(json: bool, m: &ConsensusMembersReport) -> anyhow::Result<()> {
+        print(json, m, |m| {
+            let mut rows: Vec<(String, &str)> =
+                m.voters.iter().map(|n| (n.to_string(), "voter")).collect();
+            rows.extend(m.learners.iter().map(|n| (n.to_string(), "learner")));
+            let mut out = table(
+                &["NODE", "ROLE"],
+                &rows,
+                rows.len(),
+                |(n, r)| vec![n.clone(), (*r).to_owned()],
+                "members",
+            );
+            if let Some(index) = m.index {
+                let _ = writeln!(
+                    out,
+                    "(membership of log entry {index}, read through {})",
+                    m.asked
+                );
+            }
+            out
+        })
     }
 
     /// `quicmesh ping`: `count` round trips to `target`, printed as they
@@ -241,6 +322,23 @@ impl Session {
             print(json, &pings, |_| String::new())?;
         }
         Ok(())
+    }
+
+    /// A change's answer, within `wait` and the usual timeout.
+    async fn changing<T>(
+        &self,
+        wait: Duration,
+        change: impl Future<Output = Result<T, quicmesh::RpcError>>,
+    ) -> anyhow::Result<T> {
+        let limit = wait + self.timeout;
+        let answer = tokio::time::timeout(limit, change).await.map_err(|_| {
+            anyhow::anyhow!(
+                "{} did not answer within {limit:?}: the change may still be made; see \
+                 `quicmesh consensus members`",
+                self.asked
+            )
+        })?;
+        Ok(answer?)
     }
 
     /// `question`'s answer, or a timeout error.

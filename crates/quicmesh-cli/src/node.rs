@@ -55,6 +55,11 @@ pub(crate) struct NodeArgs {
     /// Raft log index of the grant.
     #[arg(long = "consensus-voter", value_name = "NAME")]
     consensus_voter: Vec<NodeName>,
+    /// Consensus mode: run a Raft member to be added to the running group
+    /// (`quicmesh consensus add-voter`), though the --consensus-voter list
+    /// (the current voters) does not name this node; it votes once added.
+    #[arg(long)]
+    consensus_join: bool,
     /// Consensus mode: where a voter keeps its Raft log, vote and snapshot
     /// (default ./quicmesh-data/<node name>).
     #[arg(long, value_name = "DIR")]
@@ -191,14 +196,16 @@ impl NodeArgs {
                 .get_or_insert_with(ConsensusConfig::default)
                 .voters = self.consensus_voter;
         }
-        if self.data_dir.is_some() || self.session_ttl.is_some() {
+        if self.data_dir.is_some() || self.session_ttl.is_some() || self.consensus_join {
             let on = cfg.coordination == Coordination::Consensus;
             let Some(consensus) = cfg.consensus.as_mut().filter(|_| on) else {
                 anyhow::bail!(
-                    "--data-dir and --session-ttl are for consensus mode: name the voters \
-                     with --consensus-voter (or coordination = \"consensus\" in --config)"
+                    "--data-dir, --session-ttl and --consensus-join are for consensus mode: name \
+                     the voters with --consensus-voter (or coordination = \"consensus\" in \
+                     --config)"
                 );
             };
+            consensus.join |= self.consensus_join;
             if let Some(dir) = self.data_dir {
                 consensus.data_dir = Some(dir);
             }

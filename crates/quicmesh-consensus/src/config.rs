@@ -15,11 +15,20 @@ use crate::machine::TTL_RANGE_MS;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsensusConfig {
-    /// The nodes that hold the log and vote, by name; every other node is
-    /// a client of theirs. The same list, in any order, on every node.
-    /// Required.
+    /// The nodes that hold the log and vote when the group is founded, by
+    /// name; every other node is a client of theirs. The same list, in any
+    /// order, on every node. Once the group runs, its voters are what its
+    /// committed membership says (changed with `Consensus::add_voter` and
+    /// `Consensus::remove_voter`); a node started later lists the voters
+    /// of that time, through which it finds the group. Required.
     #[serde(default)]
     pub voters: Vec<NodeName>,
+    /// Run a Raft member although `voters` does not name this node: it is
+    /// to be added to a running group (`Consensus::add_voter`, `quicmesh
+    /// consensus add-voter`). Its store starts empty and waits, voting for
+    /// nobody, until that change admits it. Default false.
+    #[serde(default)]
+    pub join: bool,
     /// Where this node keeps its log, vote and snapshot (one file,
     /// `raft.redb`, inside it). Default `./quicmesh-data/<node name>`.
     #[serde(default)]
@@ -55,6 +64,7 @@ impl Default for ConsensusConfig {
     fn default() -> Self {
         Self {
             voters: Vec::new(),
+            join: false,
             data_dir: None,
             session_ttl: defaults::session_ttl(),
             heartbeat: defaults::heartbeat(),
@@ -220,7 +230,12 @@ impl Voters {
     }
 }
 
-/// The Raft node id of the voter `name`.
+/// The Raft node id of the node `name` (64-bit FNV-1a of the name),
+/// whether it is a voter now, was one, or will be.
+pub fn node_id(name: &NodeName) -> NodeId {
+    id_of(name)
+}
+
 fn id_of(name: &NodeName) -> NodeId {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;

@@ -24,14 +24,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::machine::{Command, Grant, Key, Op, Reply, SessionId};
-use crate::network::{self, Network};
-use crate::storage::{LogStore, Shared, StateStore, Store};
-use crate::{ConsensusConfig, ConsensusError, Member, NodeId, Raft, StartError, Voters, locked};
+use crate::network::{self, Gate, Network};
+use crate::storage::{LogStore, Shared, Standing, StateStore, Store, WeakStore};
+use crate::{
+    ConsensusConfig, ConsensusError, Member, NodeId, Raft, StartError, Voters, locked, node_id,
+};
 
 mod client;
 mod expiry;
+mod members;
 
 pub use client::{Leader, LockGuard};
+use members::ChangeRefused;
+pub use members::Membership;
 
 /// The client service of the voters.
 const CLIENT: &str = "quicmesh.raft.client";
@@ -57,6 +62,32 @@ enum Request {
         /// The longest wait, in milliseconds.
         wait_ms: u64,
     },
+    /// Whether the member's store is empty (asked by the founder of the
+    /// group before it founds it).
+    Probe,
+    /// Lets the member vote: sent by the founder of the group, or by a
+    /// leader adding the node as a voter.
+    Admit,
+    /// Make `node` a voter (the leader adds it as a learner, waits up to
+    /// `wait_ms` for it to catch up, then makes it a voter).
+    AddVoter {
+        /// The node to add.
+        node: NodeName,
+        /// The longest wait, in milliseconds.
+        wait_ms: u64,
+    },
+    /// Remove `node` from the voters.
+    RemoveVoter(NodeName),
+    /// The committed membership, read linearizably.
+    Membership,
+}
+
+impl Request {
+    /// Whether one attempt may take the whole wait (a membership change
+    /// waiting for a new voter), rather than [`ATTEMPT`].
+    fn is_long(&self) -> bool {
+        matches!(self, Self::AddVoter { .. } | Self::RemoveVoter(_))
+    }
 }
 
 /// A voter's answer.
@@ -66,6 +97,15 @@ enum Answer {
     Reply(Reply),
     /// The holder of the key read.
     Holder(Option<Grant>),
+    /// To [`Request::Probe`]: whether the member's store is empty.
+    Store {
+        /// No vote, log or snapshot.
+        empty: bool,
+    },
+    /// To [`Request::Admit`].
+    Admitted,
+    /// The membership, after a change or as read.
+    Membership(Membership),
 }
 
 /// Why a voter did not answer a request.
@@ -80,13 +120,18 @@ enum Redirect {
     Stopped(String),
     /// The caller may not ask this.
     Refused(String),
+    /// A change of the voters was refused.
+    Change(ChangeRefused),
 }
 
-/// A voter's Raft member.
+/// This node's Raft member.
 struct Voter {
     raft: Raft,
     id: NodeId,
     shared: Arc<Shared>,
+    /// The store, for its standing (held open by the Raft member only).
+    store: WeakStore,
+    gate: Arc<Gate>,
 }
 
 impl std::fmt::Debug for Voter {
@@ -112,10 +157,12 @@ impl WeakConsensus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsensusStatus {
-    /// Whether the node is a voter.
+    /// Whether the node runs a Raft member ([`Consensus::is_voter`]).
     pub voter: bool,
-    /// `leader`, `follower`, `candidate`, `learner`, `stopped`, or
-    /// `client` for a node that is no voter.
+    /// `leader`, `follower`, `candidate`, `learner`, `stopped`,
+    /// `joining` for a member whose store is new and not admitted yet (it
+    /// votes for nobody until the founding of the group or `add_voter`
+    /// admits it), or `client` for a node that runs no Raft member.
     pub role: &'static str,
     /// The leader as the node knows it.
     pub leader: Option<NodeName>,
@@ -125,13 +172,16 @@ pub struct ConsensusStatus {
     pub last_log_index: Option<u64>,
     /// The index of the last entry a voter's state machine applied.
     pub last_applied: Option<u64>,
-    /// The voters of the group, as configured.
+    /// The voters of the group: a member's applied membership (the last
+    /// committed one it has applied); on a client, the last membership it
+    /// read, or else the configured voters.
     pub voters: Vec<NodeName>,
 }
 
-/// Consensus mode on one node: a Raft voter (if the node is one of
-/// [`ConsensusConfig::voters`]) or a client of the voters, with the lock,
-/// election and registry API. Cheap to clone; every clone is the same.
+/// Consensus mode on one node: a Raft member (if the node is one of
+/// [`ConsensusConfig::voters`], or [`ConsensusConfig::join`] is set) or a
+/// client of the voters, with the lock, election and registry API, and
+/// the changes of the voters. Cheap to clone; every clone is the same.
 #[derive(Debug, Clone)]
 pub struct Consensus {
     inner: Arc<Inner>,
@@ -157,24 +207,35 @@ struct Inner {
     /// node's, so the group would grant a lock or leadership it holds to
     /// every task of the node at once.
     turns: client::Turns,
+    /// The voters of the last membership a client read.
+    known_voters: Mutex<Vec<NodeName>>,
+    /// Held by the leader while it changes the voters: one change at a
+    /// time.
+    changing: tokio::sync::Mutex<()>,
     /// Stops this node's consensus tasks.
     cancel: CancellationToken,
 }
 
 impl Consensus {
     /// Starts consensus mode on `rpc`'s node with `config`: opens the
-    /// store and starts a Raft member if the node is a voter (the voter
-    /// whose name sorts first initializes the group when its store is
-    /// empty), and registers the `quicmesh.raft.*` services. Call before
-    /// the mesh starts serving streams. The node's session is opened on
-    /// first use.
+    /// store and starts a Raft member if the node is a configured voter
+    /// or [`ConsensusConfig::join`] is set, and registers the
+    /// `quicmesh.raft.*` services. Call before the mesh starts serving
+    /// streams. The node's session is opened on first use.
+    ///
+    /// A member whose store is new waits, voting for nobody, until it is
+    /// admitted: the voter whose name sorts first founds the group once
+    /// every configured voter answers with an empty store (and never if
+    /// one has a log: its own store was lost, not new), admitting them
+    /// all; any other new store is admitted by [`Consensus::add_voter`].
     pub async fn start(rpc: &Rpc, config: ConsensusConfig) -> Result<Self, StartError> {
         config.validate()?;
         let voters = Arc::new(Voters::new(&config.voters)?);
         let me = rpc.mesh().name().clone();
-        let voter = match voters.id(&me) {
-            Some(id) => Some(start_voter(rpc, &config, &voters, id, &me).await?),
-            None => None,
+        let voter = if voters.id(&me).is_some() || config.join {
+            Some(start_voter(rpc, &config, &voters, node_id(&me), &me).await?)
+        } else {
+            None
         };
         let this = Self {
             inner: Arc::new(Inner {
@@ -188,6 +249,8 @@ impl Consensus {
                 lease: Mutex::new(None),
                 leader_hint: Mutex::new(None),
                 turns: client::Turns::default(),
+                known_voters: Mutex::new(Vec::new()),
+                changing: tokio::sync::Mutex::new(()),
                 cancel: CancellationToken::new(),
             }),
         };
@@ -196,6 +259,13 @@ impl Consensus {
             let span = info_span!("consensus.expiry", node = %this.inner.me);
             let weak = Arc::downgrade(&this.inner);
             rpc.mesh().tasks().spawn(expiry::run(weak).instrument(span));
+            if this.inner.voters.first() == Some(&this.inner.me) {
+                let span = info_span!("consensus.found", node = %this.inner.me);
+                let weak = Arc::downgrade(&this.inner);
+                rpc.mesh()
+                    .tasks()
+                    .spawn(members::found(weak).instrument(span));
+            }
         }
         let span = info_span!("consensus.keep_alive", node = %this.inner.me);
         rpc.mesh()
@@ -216,7 +286,10 @@ impl Consensus {
         WeakConsensus(Arc::downgrade(&self.inner))
     }
 
-    /// Whether this node is a voter.
+    /// Whether this node runs a Raft member: it is one of the configured
+    /// voters or was started to join ([`ConsensusConfig::join`]). Whether
+    /// the group counts its vote is the membership's say
+    /// ([`Consensus::membership`]).
     pub fn is_voter(&self) -> bool {
         self.inner.voter.is_some()
     }
@@ -225,12 +298,10 @@ impl Consensus {
     /// own view, a client's last answer.
     pub fn current_leader(&self) -> Option<NodeName> {
         match &self.inner.voter {
-            Some(v) => v
-                .raft
-                .metrics()
-                .borrow()
-                .current_leader
-                .and_then(|id| self.inner.voters.name(id).cloned()),
+            Some(v) => {
+                let id = v.raft.metrics().borrow().current_leader;
+                id.and_then(|id| name_of(&self.inner, id))
+            }
             None => self.hint(),
         }
     }
@@ -245,17 +316,18 @@ impl Consensus {
             term: None,
             last_log_index: None,
             last_applied: None,
-            voters: self.inner.config.voters.clone(),
+            voters: self.voter_names(),
         };
         if let Some(v) = &self.inner.voter {
             let m = v.raft.metrics();
             let m = m.borrow();
             status.role = match m.state {
+                ServerState::Shutdown => "stopped",
+                _ if !v.gate.admitted() => "joining",
                 ServerState::Leader => "leader",
                 ServerState::Candidate => "candidate",
                 ServerState::Follower => "follower",
                 ServerState::Learner => "learner",
-                ServerState::Shutdown => "stopped",
             };
             status.term = Some(m.current_term);
             status.last_log_index = m.last_log_index;
@@ -315,6 +387,20 @@ impl Consensus {
         }
     }
 
+    /// The voters as this node knows them: a member's applied membership,
+    /// a client's last read, or else the configured voters.
+    fn voter_names(&self) -> Vec<NodeName> {
+        let known = match &self.inner.voter {
+            Some(v) => members::applied(v).voters,
+            None => locked(&self.inner.known_voters).clone(),
+        };
+        if known.is_empty() {
+            self.inner.voters.iter().map(|(_, n)| n.clone()).collect()
+        } else {
+            known
+        }
+    }
+
     fn hint(&self) -> Option<NodeName> {
         locked(&self.inner.leader_hint).clone()
     }
@@ -327,7 +413,7 @@ impl Consensus {
     pub(crate) async fn write(&self, op: Op, deadline: Instant) -> Result<Reply, ConsensusError> {
         match self.submit(Request::Write(op), deadline).await? {
             Answer::Reply(r) => Ok(r),
-            Answer::Holder(_) => Err(self.confused()),
+            _ => Err(self.confused()),
         }
     }
 
@@ -339,7 +425,7 @@ impl Consensus {
     ) -> Result<Option<Grant>, ConsensusError> {
         match self.submit(Request::Holder(key), deadline).await? {
             Answer::Holder(g) => Ok(g),
-            Answer::Reply(_) => Err(self.confused()),
+            _ => Err(self.confused()),
         }
     }
 
@@ -399,7 +485,11 @@ impl Consensus {
                     waited: started.elapsed(),
                 });
             }
-            let attempt = remaining.min(ATTEMPT);
+            let attempt = if request.is_long() {
+                remaining
+            } else {
+                remaining.min(ATTEMPT)
+            };
             let result = match &target {
                 Some(t) if *t == self.inner.me => {
                     serve(&self.inner, &self.inner.me, request.clone(), attempt).await
@@ -435,10 +525,9 @@ impl Consensus {
                     target = match self.current_leader() {
                         Some(l) if Some(&l) != target.as_ref() => Some(l),
                         _ => {
-                            let names: Vec<&NodeName> =
-                                self.inner.voters.iter().map(|(_, n)| n).collect();
+                            let names = self.voter_names();
                             next_voter = (next_voter + 1) % names.len().max(1);
-                            names.get(next_voter).map(|n| (*n).clone())
+                            names.get(next_voter).cloned()
                         }
                     };
                 }
@@ -447,11 +536,12 @@ impl Consensus {
                     let peer = target.unwrap_or_else(|| self.inner.me.clone());
                     return Err(ConsensusError::Refused { peer, detail });
                 }
+                Err(Redirect::Change(refused)) => return Err(refused.into_error()),
             }
         }
     }
 
-    /// Registers the client service (voters only).
+    /// Registers the client service (Raft members only).
     fn serve_clients(&self) -> Result<(), StartError> {
         let weak = Arc::downgrade(&self.inner);
         self.inner
@@ -483,7 +573,7 @@ async fn serve(
         return Err(Redirect::Refused(format!("{} is not a voter", inner.me)));
     };
     let deadline = Instant::now() + budget;
-    let leader_name = |id: Option<NodeId>| id.and_then(|id| inner.voters.name(id).cloned());
+    let leader_name = |id: Option<NodeId>| id.and_then(|id| name_of(inner, id));
     match request {
         Request::Write(op) => {
             let command = Command::Client {
@@ -524,7 +614,55 @@ async fn serve(
                 v.shared.state().machine.holder(&key).cloned(),
             ))
         }
+        Request::Probe => {
+            let store = v.store.clone();
+            match tokio::task::spawn_blocking(move || store.upgrade()?.is_empty()).await {
+                Ok(Ok(empty)) => Ok(Answer::Store { empty }),
+                Ok(Err(e)) => Err(Redirect::Stopped(e)),
+                Err(e) => Err(Redirect::Stopped(e.to_string())),
+            }
+        }
+        Request::Admit => members::admit(inner, v, from).await,
+        Request::AddVoter { node, wait_ms } => {
+            let until = deadline.min(Instant::now() + Duration::from_millis(wait_ms));
+            members::add(inner, v, from, node, until).await
+        }
+        Request::RemoveVoter(node) => members::remove(inner, v, from, node, deadline).await,
+        Request::Membership => {
+            match tokio::time::timeout(budget, v.raft.ensure_linearizable()).await {
+                Err(_) => Err(Redirect::NoQuorum),
+                Ok(Ok(_)) => Ok(Answer::Membership(members::applied(v))),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    Err(Redirect::NotLeader(leader_name(f.leader_id)))
+                }
+                Ok(Err(RaftError::APIError(_))) => Err(Redirect::NoQuorum),
+                Ok(Err(RaftError::Fatal(e))) => Err(Redirect::Stopped(e.to_string())),
+            }
+        }
     }
+}
+
+/// The name of the member `id`: as its membership entry records it (a
+/// member's own view), or a configured voter's, or a voter a client last
+/// read.
+fn name_of(inner: &Inner, id: NodeId) -> Option<NodeName> {
+    if let Some(v) = &inner.voter {
+        let metrics = v.raft.metrics();
+        let m = metrics.borrow();
+        let recorded = m.membership_config.membership().get_node(&id);
+        if let Some(name) = recorded.and_then(|n| n.name.parse::<NodeName>().ok()) {
+            if node_id(&name) == id {
+                return Some(name);
+            }
+        }
+    }
+    if let Some(name) = inner.voters.name(id) {
+        return Some(name.clone());
+    }
+    locked(&inner.known_voters)
+        .iter()
+        .find(|n| node_id(n) == id)
+        .cloned()
 }
 
 /// Waits until `shared`'s applied state no longer has `key` held with
@@ -570,6 +708,14 @@ async fn start_voter(
     let store = opened
         .map_err(|e| store_error(e.to_string()))?
         .map_err(store_error)?;
+    let standing = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.standing()).await
+    };
+    let admitted = standing
+        .map_err(|e| store_error(e.to_string()))?
+        .map_err(store_error)?
+        == Standing::Admitted;
     let shared = Shared::new();
     let machine = StateStore::restore(store.clone(), shared.clone())
         .await
@@ -587,35 +733,43 @@ async fn start_voter(
     .map_err(|e| StartError::Raft(e.to_string()))?;
     let network = Network {
         rpc: rpc.clone(),
-        voters: voters.clone(),
         me: id,
     };
     let raft = Raft::new(
         id,
         Arc::new(raft_config),
         network,
-        LogStore::new(store),
+        LogStore::new(store.clone()),
         machine,
     )
     .await
     .map_err(|e| StartError::Raft(e.to_string()))?;
-    network::serve_raft(rpc, &raft, voters)?;
-    if voters.first() == Some(me) {
-        bootstrap(&raft, voters).await?;
+    if !admitted {
+        // Until admitted, it stands for no election (and grants no vote:
+        // see the gate).
+        raft.runtime_config().elect(false);
+        info!(
+            node = %me,
+            "this member's store is new: it votes for nobody until it is admitted, by the \
+             founding of the group or by add-voter (after remove-voter, if it was a voter)"
+        );
     }
-    info!(node = %me, id, dir = %dir.display(), "raft voter started");
-    Ok(Voter { raft, id, shared })
+    let gate = Gate::new(voters.clone(), admitted);
+    network::serve_raft(rpc, &raft, &gate)?;
+    info!(node = %me, id, dir = %dir.display(), "raft member started");
+    Ok(Voter {
+        raft,
+        id,
+        shared,
+        store: store.downgrade(),
+        gate,
+    })
 }
 
-/// Initializes the group with the configured voters if this member's
-/// store is empty; a store that already holds a log or vote is left as
-/// it is.
-async fn bootstrap(raft: &Raft, voters: &Voters) -> Result<(), StartError> {
-    let initialized = raft
-        .is_initialized()
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
-    if initialized {
+/// Initializes the group with the configured voters unless this member
+/// already has a log or vote.
+async fn initialize(raft: &Raft, voters: &Voters) -> Result<(), String> {
+    if raft.is_initialized().await.map_err(|e| e.to_string())? {
         return Ok(());
     }
     let members: BTreeMap<NodeId, Member> = voters
@@ -627,11 +781,11 @@ async fn bootstrap(raft: &Raft, voters: &Voters) -> Result<(), StartError> {
         .collect();
     match raft.initialize(members).await {
         Ok(()) => {
-            info!("raft group initialized");
+            info!("raft group founded");
             Ok(())
         }
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-        Err(e) => Err(StartError::Raft(e.to_string())),
+        Err(e) => Err(e.to_string()),
     }
 }
 

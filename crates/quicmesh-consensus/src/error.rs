@@ -68,6 +68,62 @@ pub enum ConsensusError {
     /// failure it cannot go on after).
     #[error("consensus stopped: {0}")]
     Stopped(String),
+    /// Another change of the voters is under way (a new voter catching up
+    /// with the log, or a joint configuration not yet committed): one
+    /// change at a time. Wait for it to end, then ask again.
+    #[error(
+        "another change of the voters is in progress: wait until `quicmesh consensus members` \
+         shows it done, then retry"
+    )]
+    MembershipChangeInProgress,
+    /// The node to add is a voter already. A voter whose data directory
+    /// was lost is removed first, then added again.
+    #[error(
+        "{node} is a voter already (if its data directory was lost: remove-voter, then add-voter)"
+    )]
+    AlreadyAVoter {
+        /// The node.
+        node: NodeName,
+    },
+    /// The node to remove is no voter of the group.
+    #[error(
+        "{node} is not a voter of the group: nothing to remove (see `quicmesh consensus members`)"
+    )]
+    NotAMember {
+        /// The node.
+        node: NodeName,
+    },
+    /// Removing the node would leave the group without a voter.
+    #[error("removing {node} would leave the group without a voter: add another voter first")]
+    WouldEmptyGroup {
+        /// The last voter.
+        node: NodeName,
+    },
+    /// The node to add could not be admitted: it is not connected, or
+    /// runs no Raft member. Nothing was changed.
+    #[error(
+        "{node} cannot join: {detail} (start it with --consensus-join, or join = true under \
+         [consensus], connected to the cluster)"
+    )]
+    CannotJoin {
+        /// The node.
+        node: NodeName,
+        /// What failed.
+        detail: String,
+    },
+    /// The node to add did not catch up with the log in time: it stays a
+    /// learner (it receives the log but does not vote). Ask again to make
+    /// it a voter once it can keep up.
+    #[error(
+        "{node} did not catch up with the log within {waited:?}; it stays a learner: check that \
+         it is reachable and run add-voter again"
+    )]
+    NotCaughtUp {
+        /// The node.
+        node: NodeName,
+        /// How long it waited.
+        waited: Duration,
+    },
 }
 
 /// Why consensus could not start.

@@ -57,14 +57,34 @@
 //!
 //! # Membership and bootstrap
 //!
-//! Voters are named in [`ConsensusConfig::voters`]; a voter's Raft node id
-//! is a hash of its name ([`Voters`]). A Raft message is accepted only
-//! from the voter it claims to come from, as the caller's certificate
-//! names it. The group is bootstrapped once, by the voter whose name
-//! sorts first, when its store is empty: it initializes the group with the
-//! configured voters; the others wait to be contacted by a leader. A node
-//! that is not a voter runs no Raft member: it is a client, and sends each
-//! request to the leader.
+//! Every Raft member's node id is a hash of its node name
+//! ([`node_id`]), and its membership entry records the name, which is how
+//! the others reach it; a Raft message is accepted only from a member of
+//! the group (a configured voter, a member of the receiver's membership,
+//! or the node that admitted it) that is the node it claims to be, as the
+//! caller's certificate names it. A node that runs no Raft member is a
+//! client, and sends each request to the leader.
+//!
+//! [`ConsensusConfig::voters`] are the voters the group is founded with.
+//! A store created empty is *pending*: its member grants no vote and
+//! stands for no election, because an empty store may belong to a voter
+//! whose data directory was lost, with the votes it gave and the entries
+//! it acknowledged (voting again would allow two leaders in one term, or
+//! a leader without committed entries). The voter whose name sorts first
+//! founds the group once every configured voter answers with an empty
+//! store: it admits them all and initializes the group with them. If one
+//! answers with a log, the group exists and the founder's own store was
+//! lost: it founds nothing and waits like any pending member.
+//!
+//! At run time the voters change one at a time through the leader
+//! ([`Consensus::add_voter`], [`Consensus::remove_voter`], read with
+//! [`Consensus::membership`]): a node to add runs a Raft member
+//! ([`ConsensusConfig::join`]); the leader admits its store, adds it as a
+//! learner, waits until it holds the log up to that entry, then makes it
+//! a voter. A voter whose data directory was lost votes again only once
+//! removed and added back, so the group never counts the lost store as
+//! the voter it replaced. Changes are taken from visible nodes of the
+//! cluster (an admin command, a hidden node, asks through one).
 //!
 //! # Sessions and expiry
 //!
@@ -91,8 +111,8 @@ pub mod machine;
 mod network;
 mod storage;
 
-pub use config::{ConfigError, ConsensusConfig, Voters};
-pub use consensus::{Consensus, ConsensusStatus, Leader, LockGuard, WeakConsensus};
+pub use config::{ConfigError, ConsensusConfig, Voters, node_id};
+pub use consensus::{Consensus, ConsensusStatus, Leader, LockGuard, Membership, WeakConsensus};
 pub use error::{ConsensusError, StartError};
 
 /// A Raft node id: see [`Voters`].

@@ -1,8 +1,11 @@
 //! openraft's RPCs over the mesh: each is a reserved RPC service, called
-//! on the voter by its node name with openraft's timeout, and served only
-//! to the voter the message claims to come from.
+//! on the member by the node name its membership entry records, with
+//! openraft's timeout, and served only to a member of the group that is
+//! the node the message claims to come from.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use openraft::Vote;
 use openraft::error::{
@@ -18,7 +21,7 @@ use quicmesh_wire::NodeName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Member, NodeId, Raft, TypeConfig, Voters};
+use crate::{Member, NodeId, Raft, TypeConfig, Voters, locked, node_id};
 
 /// Append-entries (and heartbeats).
 pub(crate) const APPEND: &str = "quicmesh.raft.append";
@@ -27,12 +30,66 @@ pub(crate) const VOTE: &str = "quicmesh.raft.vote";
 /// Snapshot chunks.
 pub(crate) const SNAPSHOT: &str = "quicmesh.raft.snapshot";
 
+/// Who may send this member Raft messages, and whether it may vote.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    /// The configured voters.
+    voters: Arc<Voters>,
+    /// The nodes that admitted this member (a founder or a leader adding
+    /// it), which it may not find in its own membership yet.
+    introduced: Mutex<BTreeSet<NodeName>>,
+    /// Whether this member's store is admitted: until it is, it grants no
+    /// vote.
+    admitted: AtomicBool,
+}
+
+impl Gate {
+    pub(crate) fn new(voters: Arc<Voters>, admitted: bool) -> Arc<Self> {
+        Arc::new(Self {
+            voters,
+            introduced: Mutex::new(BTreeSet::new()),
+            admitted: AtomicBool::new(admitted),
+        })
+    }
+
+    /// Whether this member may vote.
+    pub(crate) fn admitted(&self) -> bool {
+        self.admitted.load(Ordering::Acquire)
+    }
+
+    /// Lets this member vote, as admitted by `by`.
+    pub(crate) fn admit(&self, by: &NodeName) {
+        locked(&self.introduced).insert(by.clone());
+        self.admitted.store(true, Ordering::Release);
+    }
+
+    /// Whether `name` may send Raft messages here: a configured voter, a
+    /// voter or learner of this member's membership, or a node that
+    /// admitted it.
+    pub(crate) fn knows(&self, raft: &Raft, name: &NodeName) -> bool {
+        if self.voters.id(name).is_some() || locked(&self.introduced).contains(name) {
+            return true;
+        }
+        let id = node_id(name);
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .is_some_and(|n| n.name == name.as_str())
+    }
+}
+
 /// Why a Raft message was refused before openraft saw it.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Refusal {
-    /// The caller is not a configured voter.
-    #[error("{0} is not a voter")]
+    /// The caller is neither a configured voter nor a member of the group
+    /// as this member knows it.
+    #[error("{0} is not a voter or learner of the group")]
     NotVoter(NodeName),
+    /// This member's store is new and not admitted: it votes for nobody.
+    #[error("{0} votes for nobody until a membership change admits it (its store is new)")]
+    NotAdmitted(NodeName),
     /// The caller's certificate names another voter than the message.
     #[error("{caller} sent a message as voter {claimed}")]
     Impostor {
@@ -43,24 +100,28 @@ pub(crate) enum Refusal {
     },
 }
 
-/// Checks that `ctx`'s caller is the voter `claimed`.
-fn check(voters: &Voters, ctx: &CallContext, claimed: NodeId) -> Result<(), Refusal> {
-    match voters.id(&ctx.from) {
-        None => Err(Refusal::NotVoter(ctx.from.clone())),
-        Some(id) if id != claimed => Err(Refusal::Impostor {
+/// Checks that `ctx`'s caller is a member `gate` knows, and the node
+/// `claimed`.
+fn check(gate: &Gate, raft: &Raft, ctx: &CallContext, claimed: NodeId) -> Result<(), Refusal> {
+    if !gate.knows(raft, &ctx.from) {
+        return Err(Refusal::NotVoter(ctx.from.clone()));
+    }
+    if node_id(&ctx.from) != claimed {
+        return Err(Refusal::Impostor {
             caller: ctx.from.clone(),
             claimed,
-        }),
-        Some(_) => Ok(()),
+        });
     }
+    Ok(())
 }
 
-/// Serves `service`: checks the caller against the voter `claimed(req)`,
-/// then hands the request to `handle`.
+/// Serves `service`: checks the caller against the member `claimed(req)`
+/// (and, for a vote, that this member may vote), then hands the request
+/// to `handle`.
 fn serve<Req, Resp, F, Fut>(
     rpc: &Rpc,
     raft: &Raft,
-    voters: &Arc<Voters>,
+    gate: &Arc<Gate>,
     service: &str,
     claimed: fn(&Req) -> NodeId,
     handle: F,
@@ -71,9 +132,19 @@ where
     F: Fn(Raft, Req) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Resp> + Send + 'static,
 {
-    let (raft, voters) = (raft.clone(), voters.clone());
+    let (raft, gate) = (raft.clone(), gate.clone());
+    let me = rpc.mesh().name().clone();
+    let is_vote = service == VOTE;
     rpc.register_reserved(service, move |ctx: CallContext, req: Req| {
-        let checked = check(&voters, &ctx, claimed(&req)).map(|()| handle(raft.clone(), req));
+        let checked = check(&gate, &raft, &ctx, claimed(&req))
+            .and_then(|()| {
+                if is_vote && !gate.admitted() {
+                    Err(Refusal::NotAdmitted(me.clone()))
+                } else {
+                    Ok(())
+                }
+            })
+            .map(|()| handle(raft.clone(), req));
         async move {
             match checked {
                 Ok(fut) => Ok(fut.await),
@@ -91,15 +162,11 @@ fn leader_of(vote: &Vote<NodeId>) -> NodeId {
 }
 
 /// Registers the Raft services of `raft`.
-pub(crate) fn serve_raft(
-    rpc: &Rpc,
-    raft: &Raft,
-    voters: &Arc<Voters>,
-) -> Result<(), RegisterError> {
+pub(crate) fn serve_raft(rpc: &Rpc, raft: &Raft, gate: &Arc<Gate>) -> Result<(), RegisterError> {
     serve(
         rpc,
         raft,
-        voters,
+        gate,
         APPEND,
         |r: &AppendEntriesRequest<TypeConfig>| leader_of(&r.vote),
         |raft, r| async move { raft.append_entries(r).await },
@@ -107,7 +174,7 @@ pub(crate) fn serve_raft(
     serve(
         rpc,
         raft,
-        voters,
+        gate,
         VOTE,
         |r: &VoteRequest<NodeId>| leader_of(&r.vote),
         |raft, r| async move { raft.vote(r).await },
@@ -115,7 +182,7 @@ pub(crate) fn serve_raft(
     serve(
         rpc,
         raft,
-        voters,
+        gate,
         SNAPSHOT,
         |r: &InstallSnapshotRequest<TypeConfig>| leader_of(&r.vote),
         |raft, r| async move { raft.install_snapshot(r).await },
@@ -129,11 +196,10 @@ pub(crate) fn unserve_raft(rpc: &Rpc) {
     }
 }
 
-/// Makes a [`Link`] per voter for openraft.
+/// Makes a [`Link`] per member for openraft.
 #[derive(Debug, Clone)]
 pub(crate) struct Network {
     pub(crate) rpc: Rpc,
-    pub(crate) voters: Arc<Voters>,
     pub(crate) me: NodeId,
 }
 
@@ -141,10 +207,15 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Link;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Link {
-        // The name comes from the configured voters, never from the log.
-        let name = self.voters.name(target).cloned();
-        if name.as_ref().map(NodeName::as_str) != Some(node.name.as_str()) {
-            tracing::warn!(target, member = %node.name, "raft member is not a configured voter");
+        // The name is the membership entry's, and must be the one the id
+        // is the hash of (the certificate of the node called names it).
+        let name = node
+            .name
+            .parse::<NodeName>()
+            .ok()
+            .filter(|n| node_id(n) == target);
+        if name.is_none() {
+            tracing::warn!(target, member = %node.name, "raft member's name does not match its id");
         }
         Link {
             rpc: self.rpc.clone(),
@@ -155,7 +226,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
-/// The way to one voter.
+/// The way to one member.
 #[derive(Debug)]
 pub(crate) struct Link {
     rpc: Rpc,
@@ -164,9 +235,9 @@ pub(crate) struct Link {
     name: Option<NodeName>,
 }
 
-/// A voter id that no configured voter has.
+/// A member id whose recorded name is not that of the id.
 #[derive(Debug, thiserror::Error)]
-#[error("raft node {0} is not a configured voter")]
+#[error("raft node {0} has no valid name in the membership")]
 struct UnknownVoter(NodeId);
 
 impl Link {

@@ -36,6 +36,20 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "purged";
 const SNAPSHOT: &str = "snapshot";
+const STANDING: &str = "standing";
+
+/// Whether a store may vote: see [`Store::standing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Standing {
+    /// Created empty and not admitted yet: its member must not vote,
+    /// stand for election or bootstrap, since it may be a voter whose
+    /// data directory was lost (and, with it, the votes it gave and the
+    /// entries it acknowledged). On disk: append variants only.
+    Pending,
+    /// Admitted: by the founding of the group, or by a membership change
+    /// that added its node while it was no voter.
+    Admitted,
+}
 
 /// The store's file inside the data directory.
 pub(crate) const FILE: &str = "raft.redb";
@@ -71,7 +85,27 @@ fn any(e: impl std::error::Error + 'static) -> AnyError {
     AnyError::new(&e)
 }
 
+/// A [`Store`] that does not keep the database open: the file is closed
+/// once the Raft member that holds the store stops.
+#[derive(Debug, Clone)]
+pub(crate) struct WeakStore(std::sync::Weak<Database>);
+
+impl WeakStore {
+    /// The store, while its Raft member holds it open.
+    pub(crate) fn upgrade(&self) -> Result<Store, String> {
+        self.0
+            .upgrade()
+            .map(|db| Store { db })
+            .ok_or_else(|| "the store is closed".to_owned())
+    }
+}
+
 impl Store {
+    /// A handle that does not keep the database open.
+    pub(crate) fn downgrade(&self) -> WeakStore {
+        WeakStore(Arc::downgrade(&self.db))
+    }
+
     /// Opens (or creates) the store in `dir`.
     pub(crate) fn open(dir: &Path) -> Result<Self, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the directory: {e}"))?;
@@ -82,6 +116,59 @@ impl Store {
         tx.open_table(META).map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
         Ok(Self { db: Arc::new(db) })
+    }
+
+    /// The store's standing, recorded the first time it is asked: a store
+    /// with no vote, log or snapshot is `Pending`; one that has any (a
+    /// store from before standings were recorded) is `Admitted`. Blocks
+    /// (reads, and may sync a write).
+    pub(crate) fn standing(&self) -> Result<Standing, String> {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        {
+            let tx = self.db.begin_read().map_err(|e| err(&e))?;
+            let meta = tx.open_table(META).map_err(|e| err(&e))?;
+            if let Some(v) = meta.get(STANDING).map_err(|e| err(&e))? {
+                return decode(v.value()).map_err(|e| err(&e));
+            }
+        }
+        let standing = if self.is_empty()? {
+            Standing::Pending
+        } else {
+            Standing::Admitted
+        };
+        self.set_standing(standing)?;
+        Ok(standing)
+    }
+
+    /// Records the store's standing, synced. Blocks.
+    pub(crate) fn set_standing(&self, standing: Standing) -> Result<(), String> {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let bytes = encode(&standing).map_err(|e| err(&e))?;
+        let mut tx = self.db.begin_write().map_err(|e| err(&e))?;
+        tx.set_durability(Durability::Immediate);
+        tx.open_table(META)
+            .map_err(|e| err(&e))?
+            .insert(STANDING, bytes.as_slice())
+            .map_err(|e| err(&e))?;
+        tx.commit().map_err(|e| err(&e))
+    }
+
+    /// Whether the store holds no vote, no log entry, no purge marker and
+    /// no snapshot: it has never been part of a group. Blocks.
+    pub(crate) fn is_empty(&self) -> Result<bool, String> {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        let log = tx.open_table(LOG).map_err(|e| err(&e))?;
+        if log.first().map_err(|e| err(&e))?.is_some() {
+            return Ok(false);
+        }
+        let meta = tx.open_table(META).map_err(|e| err(&e))?;
+        for key in [VOTE, PURGED, SNAPSHOT] {
+            if meta.get(key).map_err(|e| err(&e))?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Runs `f` on a thread that may block, as redb does on fsync.

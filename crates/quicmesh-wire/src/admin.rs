@@ -48,6 +48,24 @@ pub enum Question {
         /// The most rows wanted.
         limit: usize,
     },
+    /// Consensus mode: the Raft group's committed membership, read
+    /// through its leader.
+    ConsensusMembers,
+    /// Consensus mode: make `node` a voter, waiting up to `wait_ms`.
+    AddVoter {
+        /// The node to add.
+        node: NodeName,
+        /// The longest wait, in milliseconds.
+        wait_ms: u64,
+    },
+    /// Consensus mode: remove `node` from the voters, waiting up to
+    /// `wait_ms`.
+    RemoveVoter {
+        /// The node to remove.
+        node: NodeName,
+        /// The longest wait, in milliseconds.
+        wait_ms: u64,
+    },
 }
 
 /// A node's answer, of the kind asked. Append-only.
@@ -64,6 +82,23 @@ pub enum Answer {
     Leaders(Rows<LeaderReport>),
     /// To [`Question::Locks`].
     Locks(Rows<LockReport>),
+    /// To [`Question::ConsensusMembers`], [`Question::AddVoter`] and
+    /// [`Question::RemoveVoter`]: the membership (after the change).
+    ConsensusMembers(ConsensusMembersReport),
+}
+
+/// A Raft group's membership (`quicmesh consensus members`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusMembersReport {
+    /// The node asked.
+    pub asked: NodeName,
+    /// The voters, sorted (while a change is committed, those of both
+    /// configurations).
+    pub voters: Vec<NodeName>,
+    /// The learners (nodes being added), sorted.
+    pub learners: Vec<NodeName>,
+    /// The log index of the entry that made this membership.
+    pub index: Option<u64>,
 }
 
 /// Up to a limit of rows, and how many there are in all.
@@ -127,8 +162,9 @@ pub struct NodeReport {
 /// A node's view of its Raft group (consensus mode).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsensusReport {
-    /// `leader`, `follower`, `candidate`, `learner`, `stopped`, or
-    /// `client` (a node that is no voter).
+    /// `leader`, `follower`, `candidate`, `learner`, `stopped`,
+    /// `joining` (a new store not admitted yet: it votes for nobody), or
+    /// `client` (a node that runs no Raft member).
     pub role: String,
     /// The leader as the node knows it.
     pub leader: Option<NodeName>,
@@ -138,7 +174,8 @@ pub struct ConsensusReport {
     pub last_log_index: Option<u64>,
     /// The index of the last entry a voter applied.
     pub last_applied: Option<u64>,
-    /// The voters of the group, as configured.
+    /// The voters of the group: the last committed membership the node
+    /// applied (a client: the last it read, or else the configured list).
     pub voters: Vec<NodeName>,
 }
 

@@ -276,3 +276,74 @@ async fn a_client_started_before_the_group_has_a_quorum_registers_once_it_has_on
     }
     client.expect_line("registered svc").await;
 }
+
+/// `quicmesh consensus ARGS`: its exit status, stdout and stderr.
+async fn consensus_cmd(args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = std::iter::once("consensus".to_owned())
+        .chain(args.iter().map(|s| (*s).to_owned()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        quicmesh_with(&refs, &[("QUICMESH_COOKIE", COOKIE)])
+    })
+    .await
+    .expect("command ran")
+}
+
+/// The voters of a `quicmesh consensus ... --json` answer.
+fn voters_of(out: &std::process::Output) -> Vec<String> {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    v["voters"]
+        .as_array()
+        .expect("voters")
+        .iter()
+        .map(|n| n.as_str().expect("a name").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_voter_is_added_and_removed_with_the_consensus_commands() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(&[]).await;
+    let a = cluster.voters[0].addr.to_string();
+    let d = cluster.node("d", Some(&a), &["--consensus-join"]).await;
+    let d_addr = d.addr.to_string();
+    let all = ["a", "b", "c", "d"].map(|s| format!("{s}@127.0.0.1"));
+
+    let added = consensus_cmd(&["add-voter", "d@127.0.0.1", "--json", "--connect", &a]).await;
+    assert_eq!(voters_of(&added), all);
+    // d reads the same membership, and says it follows as a voter.
+    let members = consensus_cmd(&["members", "--json", "--connect", &d_addr]).await;
+    assert_eq!(voters_of(&members), all);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let c = status(&d_addr).await["consensus"].clone();
+        if c["role"] == "follower" && c["voters"].as_array().is_some_and(|v| v.len() == 4) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "d does not follow as a voter: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let removed = consensus_cmd(&["remove-voter", "d@127.0.0.1", "--json", "--connect", &a]).await;
+    assert_eq!(voters_of(&removed), all[..3]);
+    // Removing it again is refused, saying why.
+    let again = consensus_cmd(&["remove-voter", "d@127.0.0.1", "--connect", &a]).await;
+    assert!(!again.status.success(), "removed twice");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("is not a voter of the group"), "{stderr}");
+    let table = consensus_cmd(&["members", "--connect", &a]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("a@127.0.0.1  voter") && !table.contains("d@127.0.0.1"),
+        "{table}"
+    );
+}

@@ -90,3 +90,37 @@ async fn a_snapshot_restores_the_machine_after_reopening() {
     let current = sm.get_current_snapshot().await.expect("read");
     assert!(current.is_some());
 }
+
+#[tokio::test]
+async fn a_new_store_is_pending_until_admitted_and_an_old_one_is_admitted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fresh = dir.path().join("fresh");
+    {
+        let store = Store::open(&fresh).expect("open");
+        assert!(store.is_empty().expect("read"));
+        assert_eq!(store.standing(), Ok(Standing::Pending));
+    }
+    {
+        let store = Store::open(&fresh).expect("reopen");
+        // Still pending after a restart, whatever it holds by then.
+        LogStore::new(store.clone())
+            .save_vote(&Vote::new(2, 1))
+            .await
+            .expect("vote");
+        assert!(!store.is_empty().expect("read"));
+        assert_eq!(store.standing(), Ok(Standing::Pending));
+        store.set_standing(Standing::Admitted).expect("admitted");
+    }
+    let store = Store::open(&fresh).expect("reopen");
+    assert_eq!(store.standing(), Ok(Standing::Admitted));
+
+    // A store written before standings were recorded holds a vote: it is
+    // a voter in good standing.
+    let old = dir.path().join("old");
+    let store = Store::open(&old).expect("open");
+    LogStore::new(store.clone())
+        .save_vote(&Vote::new(3, 1))
+        .await
+        .expect("vote");
+    assert_eq!(store.standing(), Ok(Standing::Admitted));
+}

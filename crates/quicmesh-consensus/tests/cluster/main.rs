@@ -1,6 +1,7 @@
 //! A consensus group of real nodes on loopback: elections, locks through
 //! followers and clients, failover, a minority, restarts and expiry.
 
+mod members;
 mod support;
 
 use std::time::Duration;

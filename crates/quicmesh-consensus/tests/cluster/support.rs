@@ -78,6 +78,17 @@ impl TestNode {
     }
 }
 
+/// How a test node starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A configured voter, or a client.
+    Plain,
+    /// To join the running group (`join = true`).
+    Join,
+    /// A hidden node (a client of the group).
+    Hidden,
+}
+
 /// The voters' names and settings of a test group, and a directory for
 /// each node's data.
 pub struct Group {
@@ -109,17 +120,35 @@ impl Group {
     /// Starts `short` (a voter or a client of the group) and connects it
     /// to `peers`.
     pub async fn start(&self, short: &str, peers: &[&TestNode]) -> TestNode {
+        self.start_as(short, peers, Start::Plain).await
+    }
+
+    /// Starts `short` to join the running group (`join = true`), connected
+    /// to `peers`.
+    pub async fn start_joining(&self, short: &str, peers: &[&TestNode]) -> TestNode {
+        self.start_as(short, peers, Start::Join).await
+    }
+
+    /// Deletes `short`'s data directory, as a lost disk would.
+    pub fn wipe(&self, short: &str) {
+        let dir = self.data_dir(short);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).expect("data dir removed");
+        }
+    }
+
+    /// Starts `short` as `how` says, connected to `peers`.
+    pub async fn start_as(&self, short: &str, peers: &[&TestNode], how: Start) -> TestNode {
         let name = name(short);
         let identity =
             Identity::from_cluster_ca(name.clone(), ca(), MeshConfig::DEFAULT_LEAF_VALIDITY)
                 .expect("identity");
-        let mesh = Mesh::bind(
-            MeshConfig::new("127.0.0.1:0".parse().expect("addr")),
-            identity,
-        )
-        .expect("bind");
+        let mut mesh_config = MeshConfig::new("127.0.0.1:0".parse().expect("addr"));
+        mesh_config.hidden = how == Start::Hidden;
+        let mesh = Mesh::bind(mesh_config, identity).expect("bind");
         let rpc = Rpc::new(mesh.clone(), RpcConfig::default());
         let mut config = self.config.clone();
+        config.join = how == Start::Join;
         config.data_dir = Some(self.data_dir(short));
         let consensus = start_consensus(&rpc, config).await;
         mesh.start(rpc.route(Router::default()));
