@@ -14,8 +14,11 @@
 //! succeeding (it cannot have ended earlier), it may be linearized at any
 //! later point or not at all. An operation whose outcome is unknown (timed out,
 //! or its process died) is also left without a return: it may have taken
-//! effect at any point after its invocation, or never; its session is
-//! unknown, so it gets an `expire` of "a session of that node" too.
+//! effect at any point after its invocation, or never. If its node
+//! answered (no quorum), the node gives back what it may have been
+//! granted before its next take at the key: a `give` with an unknown
+//! outcome that returns by then. If it did not answer, its session is
+//! unknown, so it gets an `expire` of "a session of that node".
 
 #![allow(unreachable_pub)] // A module of one test target.
 
@@ -242,7 +245,7 @@ impl Specification for SlotSpec {
                     }
                     (Kind::Take, Outcome::Unknown) => {
                         if s.holder.is_none() && alive {
-                            next.holder = Some((*node, None, None));
+                            next.holder = Some((*node, *session, None));
                         }
                         true
                     }
@@ -319,6 +322,33 @@ pub fn key_history(run: &Run, key: &str) -> Vec<(usize, Action<Step>)> {
         events.push((op.invoked, 1, process, Action::Call(step.clone())));
         events.push((returned, 0, process, Action::Response(step)));
         process += 1;
+        // A take its node answered with an unknown outcome is followed by
+        // the node giving back whatever grant it made, holding the node's
+        // turn at the key: done before the node's next take that got the
+        // turn (granted, or held by another) completes.
+        if op.outcome == Outcome::Unknown && op.kind == Kind::Take && op.session.is_some() {
+            let step = Step::Op {
+                node: op.host,
+                session: op.session,
+                kind: Kind::Give,
+                outcome: Outcome::Unknown,
+            };
+            let done = ops
+                .iter()
+                .filter(|o| o.host == op.host && o.kind == Kind::Take)
+                .filter(|o| o.completed > op.completed)
+                .filter(|o| match o.outcome {
+                    Outcome::Granted(_) => true,
+                    Outcome::Held(owner) => owner != op.host,
+                    _ => false,
+                })
+                .map(|o| o.completed)
+                .min()
+                .unwrap_or(end);
+            events.push((op.invoked, 1, process, Action::Call(step.clone())));
+            events.push((done, 0, process, Action::Response(step)));
+            process += 1;
+        }
         // An unknown grant in a session never named must end too.
         if op.outcome == Outcome::Unknown && op.kind == Kind::Take && op.session.is_none() {
             let step = Step::Expire {
@@ -363,6 +393,7 @@ pub fn key_history(run: &Run, key: &str) -> Vec<(usize, Action<Step>)> {
 #[derive(Debug, Default)]
 pub struct Findings {
     pub not_linearizable: Vec<String>,
+    pub undecided: Vec<String>,
     pub overlaps: Vec<String>,
     pub lost_updates: Vec<String>,
     pub minority_grants: Vec<String>,
@@ -372,8 +403,34 @@ pub struct Findings {
 }
 
 impl Findings {
+    /// Each property with how often it was broken, and its first cases.
+    pub fn summary(&self) -> String {
+        let properties = [
+            ("not linearizable", &self.not_linearizable),
+            ("undecided", &self.undecided),
+            ("overlapping lock holders", &self.overlaps),
+            ("lost counter updates", &self.lost_updates),
+            ("grants on the minority side", &self.minority_grants),
+            ("tokens out of order", &self.tokens_out_of_order),
+            (
+                "tokens out of order across a restart",
+                &self.tokens_across_restart,
+            ),
+            ("acknowledged registrations lost", &self.lost_registrations),
+        ];
+        let mut out = String::new();
+        for (name, found) in properties {
+            out.push_str(&format!("{name}: {}\n", found.len()));
+            for case in found.iter().take(3) {
+                out.push_str(&format!("  {case}\n"));
+            }
+        }
+        out
+    }
+
     pub fn is_clean(&self) -> bool {
         self.not_linearizable.is_empty()
+            && self.undecided.is_empty()
             && self.overlaps.is_empty()
             && self.lost_updates.is_empty()
             && self.minority_grants.is_empty()
@@ -383,8 +440,11 @@ impl Findings {
     }
 }
 
-/// Every check of a run.
-pub fn check(run: &Run) -> Findings {
+/// Every check of a run; a key whose linearizability is not decided
+/// within `budget` (the searches run at once; each is exponential at
+/// worst, and a history that is not linearizable is the worst) is named
+/// undecided.
+pub fn check(run: &Run, budget: std::time::Duration) -> Findings {
     let keys: BTreeSet<&str> = run.ops.iter().map(|o| o.key.as_str()).collect();
     let mut findings = Findings::default();
     for (key, fenced) in &run.fenced {
@@ -397,19 +457,34 @@ pub fn check(run: &Run) -> Findings {
         findings.overlaps.extend(named(&fenced.overlaps));
         findings.lost_updates.extend(named(&fenced.lost_updates));
     }
-    for key in keys {
-        let started = std::time::Instant::now();
-        let ok = linearizable(run, key);
-        if started.elapsed() > std::time::Duration::from_secs(1) {
-            eprintln!("checker: {key} took {:?}", started.elapsed());
-        }
-        if !ok {
-            findings.not_linearizable.push(explain(run, key));
-        }
-    }
     findings.minority_grants = minority_grants(run);
     (findings.tokens_out_of_order, findings.tokens_across_restart) = tokens_in_order(run);
     findings.lost_registrations = lost_registrations(run);
+    // One search per key, all at once, each left to finish on its own if
+    // the time runs out.
+    let searches: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (run, owned) = (run.clone(), key.to_owned());
+            std::thread::spawn(move || {
+                let ok = linearizable(&run, &owned);
+                let _ = tx.send((!ok).then(|| explain(&run, &owned)));
+            });
+            (key, rx)
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + budget;
+    for (key, rx) in searches {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(None) => {}
+            Ok(Some(why)) => findings.not_linearizable.push(why),
+            Err(_) => findings
+                .undecided
+                .push(format!("{key}: not shown linearizable within {budget:?}")),
+        }
+    }
     findings
 }
 
@@ -418,34 +493,44 @@ fn linearizable(run: &Run, key: &str) -> bool {
     history.is_empty() || WGLChecker::<SlotSpec>::is_linearizable(History::from_actions(history))
 }
 
-/// Names the shortest prefix of `key`'s operations (by invocation) that
-/// is not linearizable, with its last operations.
-fn explain(run: &Run, key: &str) -> String {
+/// `key`'s operations by invocation, and the history as it stood when
+/// the n-th was invoked: those still running then had no outcome yet.
+fn prefix(run: &Run, key: &str, n: usize) -> Run {
     let mut ops: Vec<Op> = run.ops.iter().filter(|o| o.key == key).cloned().collect();
     ops.sort_by_key(|o| o.invoked);
-    // The history as it stood when the n-th operation was invoked: those
-    // still running then had no outcome yet.
-    let prefix = |n: usize| {
-        let cut = ops.get(n).map_or(Micros::MAX, |o| o.invoked);
-        let mut ops = ops[..n].to_vec();
-        for op in ops.iter_mut().filter(|o| o.completed >= cut) {
-            op.outcome = Outcome::Unknown;
-        }
-        Run {
-            ops,
-            ..Run::default()
-        }
-    };
-    let (mut good, mut bad) = (0, ops.len());
+    let cut = ops.get(n).map_or(Micros::MAX, |o| o.invoked);
+    ops.truncate(n);
+    for op in ops.iter_mut().filter(|o| o.completed >= cut) {
+        op.outcome = Outcome::Unknown;
+    }
+    Run {
+        ops,
+        ..Run::default()
+    }
+}
+
+/// The length of the shortest prefix of `key`'s history that is not
+/// linearizable (bisected: a prefix of a linearizable one is).
+fn shortest_failing(run: &Run, key: &str) -> usize {
+    let all = run.ops.iter().filter(|o| o.key == key).count();
+    let (mut good, mut bad) = (0, all);
     while bad - good > 1 {
         let mid = (good + bad) / 2;
-        if linearizable(&prefix(mid), key) {
+        if linearizable(&prefix(run, key, mid), key) {
             good = mid;
         } else {
             bad = mid;
         }
     }
-    let tail: Vec<String> = ops[bad.saturating_sub(12)..bad]
+    bad
+}
+
+/// Names the shortest prefix of `key`'s operations that is not
+/// linearizable, with its last operations.
+fn explain(run: &Run, key: &str) -> String {
+    let n = shortest_failing(run, key);
+    let ops = prefix(run, key, n).ops;
+    let tail: Vec<String> = ops[n.saturating_sub(12)..]
         .iter()
         .map(|o| {
             format!(
@@ -454,11 +539,33 @@ fn explain(run: &Run, key: &str) -> String {
             )
         })
         .collect();
+    let all = run.ops.iter().filter(|o| o.key == key).count();
     format!(
-        "{key}: {} operations; the first {bad} are not linearizable, ending with:\n  {}",
-        ops.len(),
+        "{key}: {all} operations; the first {n} are not linearizable, ending with:\n  {}",
         tail.join("\n  ")
     )
+}
+
+/// The operations of the shortest failing prefix of `key` without any
+/// one of which it is linearizable: where to look first.
+pub fn culprits(run: &Run, key: &str) -> Vec<Op> {
+    if linearizable(run, key) {
+        return Vec::new();
+    }
+    let n = shortest_failing(run, key);
+    let ops = prefix(run, key, n).ops;
+    (0..ops.len())
+        .filter(|&i| {
+            let mut without = ops.clone();
+            without.remove(i);
+            let r = Run {
+                ops: without,
+                ..Run::default()
+            };
+            linearizable(&r, key)
+        })
+        .map(|i| ops[i].clone())
+        .collect()
 }
 
 /// Successes of operations that ran wholly inside a fault on a host of

@@ -115,13 +115,24 @@ impl LockGuard {
         let _ = session.wait_for(|s| *s != Some(self.session)).await;
     }
 
-    /// Gives the lock or leadership up, within `request_timeout`.
+    /// Gives the lock or leadership up, within `request_timeout`. If no
+    /// quorum answers in time (`NoQuorum`), the node goes on trying in
+    /// the background while its session lives, and its other tasks get
+    /// their turn at the key only once the release is committed.
     pub async fn release(mut self) -> Result<(), ConsensusError> {
         self.released = true;
         let deadline = Instant::now() + self.consensus.inner.config.request_timeout;
-        self.consensus
+        let given_up = self
+            .consensus
             .give_up(&self.key, self.session, self.token, deadline)
-            .await
+            .await;
+        if let Err(ConsensusError::NoQuorum { .. }) = given_up {
+            let key = self.key.clone();
+            let turn = self.turn.take();
+            self.consensus
+                .give_back(key, self.session, Some(self.token), turn);
+        }
+        given_up
     }
 }
 
@@ -130,21 +141,10 @@ impl Drop for LockGuard {
         if self.released {
             return;
         }
-        let (consensus, key) = (self.consensus.clone(), self.key.clone());
-        let (session, token) = (self.session, self.token);
         // The node's next task gets its turn once the release is committed.
         let turn = self.turn.take();
-        let tasks = consensus.inner.rpc.mesh().tasks().clone();
-        if tasks.is_cancelled() {
-            return;
-        }
-        tasks.spawn(async move {
-            let deadline = Instant::now() + consensus.inner.config.request_timeout;
-            if let Err(e) = consensus.give_up(&key, session, token, deadline).await {
-                debug!("dropped guard not released: {e}");
-            }
-            drop(turn);
-        });
+        self.consensus
+            .give_back(self.key.clone(), self.session, Some(self.token), turn);
     }
 }
 
@@ -258,18 +258,19 @@ impl Consensus {
         };
         let session = self.session(deadline).await?;
         loop {
-            let op = match &key {
-                Key::Lock(resource) => Op::Acquire {
-                    session,
-                    resource: resource.clone(),
-                },
-                Key::Leader(election) => Op::Campaign {
-                    session,
-                    election: election.clone(),
-                },
-                Key::Name(_) => return Err(ConsensusError::Invalid),
+            let op = take_op(&key, session).ok_or(ConsensusError::Invalid)?;
+            let written = match self.write(op, deadline).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    // The attempt may still be committed: give back what
+                    // no task would know it holds.
+                    if matches!(e, ConsensusError::NoQuorum { .. }) {
+                        self.give_back(key, session, None, Some(turn));
+                    }
+                    return Err(e);
+                }
             };
-            match self.write(op, deadline).await? {
+            match written {
                 Reply::Granted { token } => {
                     return Ok(LockGuard {
                         consensus: self.clone(),
@@ -297,6 +298,60 @@ impl Consensus {
                 }
                 other => return Err(self.refusal(session, other)),
             }
+        }
+    }
+
+    /// Gives up `session`'s grant of `key` in the background, retrying
+    /// while no quorum answers and the session lives (its grants end
+    /// with it), holding the node's `turn` at the key meanwhile so its
+    /// next task starts from a clean slate. With no `token` (a take whose
+    /// outcome is unknown), it takes the key again first: that returns the
+    /// grant the unanswered attempt made, if it was committed.
+    fn give_back(&self, key: Key, session: SessionId, token: Option<u64>, turn: Option<Turn>) {
+        let tasks = self.inner.rpc.mesh().tasks().clone();
+        if tasks.is_cancelled() {
+            return;
+        }
+        let this = self.clone();
+        tasks.spawn(async move {
+            let _turn = turn;
+            let pause = this.inner.config.session_ttl / 6;
+            while *this.inner.session.borrow() == Some(session) {
+                let deadline = Instant::now() + this.inner.config.request_timeout;
+                let token = match token {
+                    Some(t) => Ok(t),
+                    None => this.held_by(&key, session, deadline).await,
+                };
+                let given_up = match token {
+                    Ok(token) => this.give_up(&key, session, token, deadline).await,
+                    Err(e) => Err(e),
+                };
+                match given_up {
+                    Err(ConsensusError::NoQuorum { .. }) => tokio::time::sleep(pause).await,
+                    Err(ConsensusError::NotHeld) | Ok(()) => return,
+                    Err(e) => {
+                        debug!("a grant not given back: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The token of `session`'s grant of `key`, taking it if it is free
+    /// (the same session asking again gets the same grant); `NotHeld` if
+    /// another session holds it.
+    async fn held_by(
+        &self,
+        key: &Key,
+        session: SessionId,
+        deadline: Instant,
+    ) -> Result<u64, ConsensusError> {
+        let op = take_op(key, session).ok_or(ConsensusError::Invalid)?;
+        match self.write(op, deadline).await? {
+            Reply::Granted { token } => Ok(token),
+            Reply::Held { .. } => Err(ConsensusError::NotHeld),
+            other => Err(self.refusal(session, other)),
         }
     }
 
@@ -451,5 +506,20 @@ impl Consensus {
             Some((s, at)) if s == session => Some(at),
             _ => None,
         }
+    }
+}
+
+/// The operation that takes `key` for `session`: none for a name.
+fn take_op(key: &Key, session: SessionId) -> Option<Op> {
+    match key {
+        Key::Lock(resource) => Some(Op::Acquire {
+            session,
+            resource: resource.clone(),
+        }),
+        Key::Leader(election) => Some(Op::Campaign {
+            session,
+            election: election.clone(),
+        }),
+        Key::Name(_) => None,
     }
 }
