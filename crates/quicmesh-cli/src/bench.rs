@@ -150,8 +150,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             out.send(&total).await.map_err(|e| e.to_string())
         },
     )?;
-    crate::node::say(format_args!("listening {}", node.addr()));
-    crate::node::say(format_args!("raw baseline on {raw_addr}"));
+    crate::say::say(format_args!("listening {}", node.addr()));
+    crate::say::say(format_args!("raw baseline on {raw_addr}"));
     tokio::signal::ctrl_c().await?;
     node.shutdown().await;
     Ok(())

@@ -153,7 +153,7 @@ pub(crate) async fn serve(node: Node) {
             let after = session();
             reply.session = after.filter(|_| before.is_none() || before == after);
             match serde_json::to_string(&reply) {
-                Ok(json) => crate::node::say(format_args!("reply {json}")),
+                Ok(json) => crate::say::say(format_args!("reply {json}")),
                 Err(e) => tracing::warn!("commands: reply {id}: {e}"),
             }
         });

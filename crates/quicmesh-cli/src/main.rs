@@ -8,6 +8,7 @@ mod commands;
 mod demo;
 mod metrics;
 mod node;
+mod say;
 
 use std::io::IsTerminal;
 

@@ -14,6 +14,8 @@ use quicmesh::{
 };
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::say::say;
+
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
     #[command(flatten)]
@@ -499,14 +501,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" | "" => Ok(Duration::from_secs(n)),
         _ => Err(format!("invalid duration {s:?}: use ms or s")),
     }
-}
-
-/// Prints one line to stdout; a reader that went away (closed pipe) must
-/// not take the node down with it, so write errors are ignored.
-pub(crate) fn say(line: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 #[cfg(test)]

@@ -166,8 +166,12 @@ impl Consensus {
 /// The membership `v` has applied: the last committed one it knows.
 pub(super) fn applied(v: &Voter) -> Membership {
     let stored = v.shared.state().membership.clone();
-    let m = stored.membership();
-    let named = |ids: Vec<NodeId>| -> Vec<NodeName> {
+    named(stored.membership(), stored.log_id().map(|l| l.index))
+}
+
+/// `m`'s voters and learners by name, as of the entry at `index`.
+fn named(m: &openraft::Membership<NodeId, Member>, index: Option<u64>) -> Membership {
+    let names = |ids: Vec<NodeId>| -> Vec<NodeName> {
         let mut names: Vec<NodeName> = ids
             .iter()
             .filter_map(|id| m.get_node(id))
@@ -177,9 +181,9 @@ pub(super) fn applied(v: &Voter) -> Membership {
         names
     };
     Membership {
-        voters: named(m.voter_ids().collect()),
-        learners: named(m.learner_ids().collect()),
-        index: stored.log_id().map(|l| l.index),
+        voters: names(m.voter_ids().collect()),
+        learners: names(m.learner_ids().collect()),
+        index,
     }
 }
 
@@ -266,22 +270,9 @@ fn change_error(
 
 /// The membership a change's response carries, or else the applied one.
 fn after(v: &Voter, membership: Option<openraft::Membership<NodeId, Member>>) -> Membership {
-    let Some(m) = membership else {
-        return applied(v);
-    };
-    let named = |ids: Vec<NodeId>| -> Vec<NodeName> {
-        let mut names: Vec<NodeName> = ids
-            .iter()
-            .filter_map(|id| m.get_node(id))
-            .filter_map(|n| n.name.parse().ok())
-            .collect();
-        names.sort();
-        names
-    };
-    Membership {
-        voters: named(m.voter_ids().collect()),
-        learners: named(m.learner_ids().collect()),
-        index: applied(v).index,
+    match membership {
+        Some(m) => named(&m, applied(v).index),
+        None => applied(v),
     }
 }
 

@@ -425,3 +425,53 @@ async fn two_tasks_of_one_node_take_a_lock_and_a_leadership_in_turn() {
     })
     .await;
 }
+
+/// A release no quorum answered is retried in the background: once the
+/// voters are back, the lock goes to the next asker while the releasing
+/// node's session still lives (else that session would hold it for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_without_a_quorum_is_committed_once_the_quorum_is_back() {
+    bounded(async {
+        let mut group = Group::new(&["a", "b", "c"]);
+        group.config.request_timeout = Duration::from_millis(400);
+        group.config.session_ttl = Duration::from_secs(4);
+        let (mut nodes, leader) = group.start_led().await;
+        let peers: Vec<&TestNode> = nodes.iter().collect();
+        let d = group.start("d", &peers).await;
+        let guard = d.consensus.lock("x", LONG).await.expect("granted");
+        let session = d.consensus.session_id();
+
+        // The leader and another voter down: the release reaches no log
+        // (the voter left is no leader), so only a later attempt can
+        // commit it.
+        let kept = follower(leader);
+        let mut gone: Vec<TestNode> = Vec::new();
+        for i in (0..3).rev().filter(|i| *i != kept) {
+            gone.push(nodes.remove(i));
+        }
+        let (b, c) = (gone.remove(0), gone.remove(0));
+        let (b_name, c_name) = (b.name().clone(), c.name().clone());
+        b.kill().await;
+        c.kill().await;
+        match guard.release().await {
+            Err(ConsensusError::NoQuorum { .. }) => {}
+            other => panic!("release without a quorum: {other:?}"),
+        }
+        let peers: Vec<&TestNode> = nodes.iter().chain([&d]).collect();
+        let b = group.start(b_name.short(), &peers).await;
+        let c = group.start(c_name.short(), &peers).await;
+        nodes.extend([b, c]);
+
+        // Within less than d's session TTL: granted, so released.
+        let other = nodes[0]
+            .consensus
+            .lock("x", Duration::from_secs(3))
+            .await
+            .expect("granted once d's release was committed");
+        assert_eq!(d.consensus.session_id(), session, "d's session lived on");
+        other.release().await.expect("released");
+        nodes.push(d);
+        shutdown_all(nodes).await;
+    })
+    .await;
+}
