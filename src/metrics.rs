@@ -25,6 +25,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
+use quicmesh_consensus::Consensus;
 use quicmesh_coord::Coord;
 use quicmesh_mesh::{HistogramSnapshot, Mesh};
 use quicmesh_rpc::Rpc;
@@ -37,6 +38,7 @@ pub(crate) struct Sources<'a> {
     pub(crate) mesh: &'a Mesh,
     pub(crate) rpc: &'a Rpc,
     pub(crate) coord: &'a Coord,
+    pub(crate) consensus: Option<&'a Consensus>,
 }
 
 /// What the collector holds weakly: a running node's layers.
@@ -63,7 +65,11 @@ impl<M: Measured> Collector for NodeCollector<M> {
         let mut out = Out(&mut e);
         mesh(&mut out, &layers)?;
         rpc(&mut out, &layers)?;
-        coord(&mut out, &layers)
+        coord(&mut out, &layers)?;
+        match layers.consensus {
+            Some(c) => consensus(&mut out, c),
+            None => Ok(()),
+        }
     }
 }
 
@@ -243,6 +249,52 @@ const BYTES: Option<&Unit> = Some(&Unit::Bytes);
 
 /// Series of a family: labels and value.
 type Series<'a, T> = [(Vec<Label<'a>>, T)];
+
+/// The roles `quicmesh_consensus_role` labels (`ConsensusStatus::role`).
+const ROLES: [&str; 7] = [
+    "leader",
+    "follower",
+    "candidate",
+    "learner",
+    "joining",
+    "stopped",
+    "client",
+];
+
+/// Consensus mode's families, on nodes in that mode only.
+fn consensus(out: &mut Out<'_, '_>, c: &Consensus) -> Result<(), Error> {
+    let status = c.status();
+    let roles = ROLES.map(|r| (r, u64::from(status.role == r)));
+    let help = "This node's part in the Raft group (1 for its role, else 0)";
+    out.by(("quicmesh_consensus_role", help), GAUGE, "role", &roles)?;
+    let help = "Whether this node knows a Raft leader (1) or not (0)";
+    let known = u64::from(status.leader.is_some());
+    out.one("quicmesh_consensus_leader_known", help, GAUGE, known)?;
+    let help = "The voters of the group, as this node knows them";
+    out.one(
+        "quicmesh_consensus_voters",
+        help,
+        GAUGE,
+        status.voters.len() as u64,
+    )?;
+    if let Some(term) = status.term {
+        out.one(
+            "quicmesh_consensus_term",
+            "A voter's current Raft term",
+            GAUGE,
+            term,
+        )?;
+    }
+    if let Some(applied) = status.last_applied {
+        let help = "The index of the last entry a voter's state machine applied";
+        out.one("quicmesh_consensus_last_applied", help, GAUGE, applied)?;
+    }
+    if let Some(last) = status.last_log_index {
+        let help = "The index of a voter's last log entry";
+        out.one("quicmesh_consensus_last_log_index", help, GAUGE, last)?;
+    }
+    Ok(())
+}
 
 /// Writes families to a scrape; each method writes one.
 struct Out<'e, 'a>(&'e mut DescriptorEncoder<'a>);

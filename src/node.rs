@@ -71,6 +71,7 @@ impl Measured for Layers {
             mesh: &self.mesh,
             rpc: &self.rpc,
             coord: &self.coord,
+            consensus: self.consensus.as_ref(),
         }
     }
 }

@@ -6,10 +6,21 @@ mod support;
 
 use std::time::Duration;
 
+use quicmesh::prometheus_client::encoding::text::encode;
+use quicmesh::prometheus_client::registry::Registry;
 use quicmesh::{ConsensusConfig, ConsensusError, Node};
 use support::*;
 
 const COOKIE: &str = "consensus-test-cookie";
+
+/// The node's metrics as a scrape shows them.
+fn scrape(node: &Node) -> String {
+    let mut registry = Registry::default();
+    node.register_metrics(&mut registry);
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("metrics encode");
+    text
+}
 
 /// Starts `short` in consensus mode with the voters `a`, `b`, `c` and its
 /// data in `root`, connected to `peers`.
@@ -80,12 +91,35 @@ async fn nodes_in_consensus_mode_agree_on_locks_and_names() {
             .expect("own status");
         let own = own.consensus.expect("consensus mode is reported");
         assert_eq!((own.role.as_str(), own.term), ("client", None));
+        // And so do the metrics.
+        let voter = scrape(&a);
+        let role = ["leader", "follower"]
+            .map(|r| voter.contains(&format!("quicmesh_consensus_role{{role=\"{r}\"}} 1")));
+        assert!(role.iter().any(|r| *r), "{voter}");
+        for family in [
+            "quicmesh_consensus_voters 3",
+            "quicmesh_consensus_leader_known 1",
+            "quicmesh_consensus_term ",
+            "quicmesh_consensus_last_applied ",
+        ] {
+            assert!(voter.contains(family), "no {family:?} in {voter}");
+        }
+        let own = scrape(&client);
+        assert!(
+            own.contains("quicmesh_consensus_role{role=\"client\"} 1"),
+            "{own}"
+        );
+        assert!(
+            !own.contains("quicmesh_consensus_term"),
+            "a client has no term"
+        );
         let global = builder("g", COOKIE)
             .start()
             .await
             .expect("a global-mode node");
         let report = global.admin(global.name()).status().await.expect("status");
         assert!(report.consensus.is_none(), "global mode reports no group");
+        assert!(!scrape(&global).contains("quicmesh_consensus_"));
         global.shutdown().await;
 
         // Global mode's calls still work beside consensus mode.
