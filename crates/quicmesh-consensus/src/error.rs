@@ -18,7 +18,8 @@ pub enum ConsensusError {
         waited: Duration,
     },
     /// The lock, leadership or name stayed with another node for the whole
-    /// wait.
+    /// wait; or, when `owner` is this node, with another of its own tasks
+    /// (a node's tasks take a key in turn, as they share its session).
     #[error("still held by {owner} after {waited:?}")]
     Timeout {
         /// The holder at the last look.
