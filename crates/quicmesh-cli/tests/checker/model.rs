@@ -18,7 +18,8 @@
 //! answered (no quorum), the node gives back what it may have been
 //! granted before its next take at the key: a `give` with an unknown
 //! outcome that returns by then. If it did not answer, its session is
-//! unknown, so it gets an `expire` of "a session of that node".
+//! unknown, so it gets an `expire` of "a session of that node" (as does a
+//! grant whose reply named no session: it changed while the command ran).
 
 #![allow(unreachable_pub)] // A module of one test target.
 
@@ -349,8 +350,10 @@ pub fn key_history(run: &Run, key: &str) -> Vec<(usize, Action<Step>)> {
             events.push((done, 0, process, Action::Response(step)));
             process += 1;
         }
-        // An unknown grant in a session never named must end too.
-        if op.outcome == Outcome::Unknown && op.kind == Kind::Take && op.session.is_none() {
+        // A grant (made, or maybe made) in a session never named must end
+        // too.
+        let granted = matches!(op.outcome, Outcome::Unknown | Outcome::Granted(_));
+        if granted && op.kind == Kind::Take && op.session.is_none() {
             let step = Step::Expire {
                 node: op.host,
                 session: None,
