@@ -167,8 +167,8 @@ pub(crate) async fn serve(node: Node) {
 
 /// One line, at most [`MAX_LINE`] bytes (a longer one is an error and is
 /// skipped whole).
-async fn read_line(
-    reader: &mut BufReader<tokio::io::Stdin>,
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
     line: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
     let mut too_long = false;
@@ -376,5 +376,41 @@ fn lock_error(e: LockError) -> Reply {
     match e {
         LockError::Timeout { .. } => Reply::error("timeout", e),
         e => Reply::error("other", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_is_skipped_whole_and_the_next_is_read() {
+        let long = "x".repeat(MAX_LINE + 10);
+        let input = format!("{{\"id\":1}}\n{long}\n{{\"id\":2}}\n");
+        let mut reader = input.as_bytes();
+        let mut line = Vec::new();
+        read_line(&mut reader, &mut line).await.expect("first line");
+        assert_eq!(line, b"{\"id\":1}\n");
+        line.clear();
+        let e = read_line(&mut reader, &mut line)
+            .await
+            .expect_err("too long");
+        assert!(e.to_string().contains("over 4096 bytes"), "{e}");
+        line.clear();
+        read_line(&mut reader, &mut line)
+            .await
+            .expect("the line after");
+        assert_eq!(line, b"{\"id\":2}\n");
+        line.clear();
+        assert_eq!(read_line(&mut reader, &mut line).await.expect("eof"), 0);
+    }
+
+    #[test]
+    fn a_command_that_is_not_json_or_lacks_an_id_is_no_command() {
+        assert!(serde_json::from_slice::<Request>(b"lock db").is_err());
+        assert!(serde_json::from_slice::<Request>(b"{\"op\":\"lock\"}").is_err());
+        let r: Request = serde_json::from_slice(b"{\"id\":3,\"op\":\"whereis\",\"key\":\"a\"}")
+            .expect("a command");
+        assert_eq!((r.id, r.op.as_str(), r.key.as_str()), (3, "whereis", "a"));
     }
 }

@@ -326,11 +326,14 @@ impl Lab {
         let (reply, incarnation) = self.ask(host, command).await;
         let completed = self.now();
         let (outcome, session) = match &reply {
-            // Held by this very node: another of its tasks has its turn at
-            // the key, which says nothing of the group.
-            Some(r) if outcome_of(r) == Outcome::Held(host) => (Outcome::NoEffect, r.session),
             Some(r) => (outcome_of(r), r.session),
             None => (Outcome::Unknown, None),
+        };
+        // Held by this very node: another of its tasks has its turn at the
+        // key, which says nothing of the group.
+        let outcome = match outcome {
+            Outcome::Held(owner) if owner == host => Outcome::NoEffect,
+            other => other,
         };
         if incarnation > 0 {
             locked(&self.run).ops.push(Op {

@@ -225,6 +225,21 @@ fn may_change(inner: &Inner, from: &NodeName) -> Result<(), Redirect> {
     )))
 }
 
+/// The start of every change asked by `from`: the asker may ask, no other
+/// change runs (the guard keeps it so), and `v` leads a settled
+/// membership; its voters.
+fn begin_change<'a>(
+    inner: &'a Inner,
+    v: &Voter,
+    from: &NodeName,
+) -> Result<(tokio::sync::MutexGuard<'a, ()>, BTreeSet<NodeId>), Redirect> {
+    may_change(inner, from)?;
+    let Ok(one_at_a_time) = inner.changing.try_lock() else {
+        return Err(Redirect::Change(ChangeRefused::InProgress));
+    };
+    Ok((one_at_a_time, settled(inner, v)?))
+}
+
 /// Checks that `v` leads and that its membership is committed (no joint
 /// configuration, nothing newer than what it applied); the voters.
 fn settled(inner: &Inner, v: &Voter) -> Result<BTreeSet<NodeId>, Redirect> {
@@ -284,11 +299,7 @@ pub(super) async fn add(
     node: NodeName,
     deadline: Instant,
 ) -> Result<Answer, Redirect> {
-    may_change(inner, from)?;
-    let Ok(_one_at_a_time) = inner.changing.try_lock() else {
-        return Err(Redirect::Change(ChangeRefused::InProgress));
-    };
-    let voters = settled(inner, v)?;
+    let (_one_at_a_time, voters) = begin_change(inner, v, from)?;
     let id = node_id(&node);
     if voters.contains(&id) {
         return Err(Redirect::Change(ChangeRefused::AlreadyAVoter(node)));
@@ -354,11 +365,7 @@ pub(super) async fn remove(
     node: NodeName,
     deadline: Instant,
 ) -> Result<Answer, Redirect> {
-    may_change(inner, from)?;
-    let Ok(_one_at_a_time) = inner.changing.try_lock() else {
-        return Err(Redirect::Change(ChangeRefused::InProgress));
-    };
-    let voters = settled(inner, v)?;
+    let (_one_at_a_time, voters) = begin_change(inner, v, from)?;
     let id = node_id(&node);
     if !voters.contains(&id) {
         return Err(Redirect::Change(ChangeRefused::NotAMember(node)));
