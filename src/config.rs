@@ -74,6 +74,14 @@ pub struct NodeConfig {
     /// wait their turn. Default 32.
     #[serde(default = "defaults::max_dials")]
     pub max_dials: usize,
+    /// Large calls (bodies past 16 KiB) to a peer go on a bulk path: a
+    /// QUIC connection of their own, to a second UDP port of the peer
+    /// (ephemeral, on the listening address; told to peers over the
+    /// mesh), driven by threads at a lower CPU priority, so small calls
+    /// never wait behind them. Default `true`; `false` keeps all traffic
+    /// on the one port (e.g. behind a firewall that opens only it).
+    #[serde(default = "defaults::bulk_path")]
+    pub bulk_path: bool,
     /// Where `quicmesh node` serves Prometheus metrics (`GET /metrics`,
     /// e.g. `"127.0.0.1:9464"`). The library serves nothing itself: an
     /// application embedding a node calls `Node::register_metrics` on its
@@ -125,6 +133,7 @@ impl Default for NodeConfig {
             shutdown_timeout: defaults::shutdown_timeout(),
             max_peers: defaults::max_peers(),
             max_dials: defaults::max_dials(),
+            bulk_path: defaults::bulk_path(),
             metrics: None,
             coordination: Coordination::Global,
             consensus: None,
@@ -358,6 +367,7 @@ impl NodeConfig {
         mesh.shutdown_timeout = self.shutdown_timeout;
         mesh.max_peers = self.max_peers;
         mesh.max_dials = self.max_dials;
+        mesh.bulk_path = self.bulk_path;
         mesh
     }
 
@@ -397,6 +407,9 @@ mod defaults {
     }
     pub(super) fn max_dials() -> usize {
         MeshConfig::DEFAULT_MAX_DIALS
+    }
+    pub(super) fn bulk_path() -> bool {
+        true
     }
 }
 

@@ -838,3 +838,131 @@ async fn dropping_a_streaming_call_cancels_the_handler() {
     })
     .await;
 }
+
+/// The name of the thread a handler runs on.
+fn thread_name() -> String {
+    std::thread::current().name().unwrap_or("").to_owned()
+}
+
+/// Registers `where` on `node`: an echo that answers with the name of
+/// the thread it ran on.
+fn serve_where(node: &Node) {
+    node.register("where", |_, body: serde_bytes::ByteBuf| async move {
+        Ok::<_, String>((body.len(), thread_name()))
+    })
+    .expect("register");
+}
+
+#[tokio::test]
+async fn large_calls_take_the_bulk_path_and_small_ones_stay_on_the_link() {
+    bounded(async {
+        let (a, b) = pair().await;
+        serve_where(&b);
+        let large = serde_bytes::ByteBuf::from(vec![1u8; 200_000]);
+        let small = serde_bytes::ByteBuf::from(vec![1u8; 64]);
+        // The first large call starts the bulk dial and goes on the link;
+        // once the path is up, large calls are served on the bulk threads.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (n, thread): (usize, String) =
+                a.call(b.name(), "where", &large).await.expect("large call");
+            assert_eq!(n, large.len());
+            if thread == "quicmesh-bulk" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no large call took the bulk path"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..20 {
+            let (_, thread): (usize, String) =
+                a.call(b.name(), "where", &large).await.expect("large call");
+            assert_eq!(thread, "quicmesh-bulk", "a large call left the bulk path");
+            let (_, thread): (usize, String) =
+                a.call(b.name(), "where", &small).await.expect("small call");
+            assert_ne!(thread, "quicmesh-bulk", "a small call took the bulk path");
+        }
+        // One bulk connection carried them all.
+        let status = b.status();
+        assert_eq!(status.counters.bulk_accepted, 1);
+        assert_eq!(status.counters.bulk_refused, 0);
+        assert_eq!(a.status().bulk_connections, 1);
+        // It ends with the link.
+        assert!(a.disconnect(b.name()));
+        // At once, not after QUIC's idle timeout (6 s here).
+        let closed = async {
+            while a.status().bulk_connections + b.status().bulk_connections > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), closed)
+            .await
+            .expect("the bulk connections close with their link");
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_the_bulk_path_off_large_calls_share_the_link() {
+    bounded(async {
+        let (a, b) = pair_with(|c| c.bulk_path = false).await;
+        serve_where(&b);
+        assert_eq!(b.status().bulk_listen, None);
+        let large = serde_bytes::ByteBuf::from(vec![1u8; 200_000]);
+        for _ in 0..10 {
+            let (n, thread): (usize, String) =
+                a.call(b.name(), "where", &large).await.expect("large call");
+            assert_eq!(n, large.len());
+            assert_ne!(thread, "quicmesh-bulk");
+        }
+        assert_eq!(a.status().bulk_connections, 0);
+        assert_eq!(b.status().counters.bulk_accepted, 0);
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bulk_connection_from_a_node_without_a_link_is_refused() {
+    bounded(async {
+        let b = node("b", COOKIE).await;
+        let port = b.status().bulk_listen.expect("a bulk path").port();
+        // A member of the cluster (same cookie) with no link to b.
+        let stranger = name("x@127.0.0.1");
+        let identity = quicmesh::identity::Identity::from_cookie(
+            stranger,
+            &quicmesh::Cookie::new(COOKIE).expect("cookie"),
+            Duration::from_secs(3600),
+        )
+        .expect("identity");
+        let (tls, _) = identity.client_config(b.name()).expect("client config");
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic config");
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("endpoint");
+        let addr = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+        let conn = endpoint
+            .connect_with(quinn::ClientConfig::new(Arc::new(quic)), addr, "quicmesh")
+            .expect("connect")
+            .await
+            .expect("the TLS handshake succeeds: its identity is valid");
+        let reason = tokio::time::timeout(WAIT, conn.closed())
+            .await
+            .expect("closed");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(
+                c.error_code.into_inner(),
+                u64::from(quicmesh_wire::CloseCode::NotAPeer.code()),
+                "{c:?}"
+            ),
+            other => panic!("closed with {other:?}"),
+        }
+        assert_eq!(b.status().counters.bulk_refused, 1);
+        assert_eq!(b.status().counters.bulk_accepted, 0);
+        b.shutdown().await;
+    })
+    .await;
+}

@@ -37,6 +37,11 @@ pub struct MeshConfig {
     pub max_peers: usize,
     /// Most dials to nodes peers told of in progress at once.
     pub max_dials: usize,
+    /// Whether large RPC calls to peers that offer it go on a bulk path:
+    /// a connection of their own, driven by lower-priority threads, so
+    /// small calls never wait behind them (see the README's "Small calls
+    /// beside bulk data"). Default on.
+    pub bulk_path: bool,
 }
 
 impl MeshConfig {
@@ -67,6 +72,7 @@ impl MeshConfig {
             shutdown_timeout: Self::DEFAULT_SHUTDOWN_TIMEOUT,
             max_peers: Self::DEFAULT_MAX_PEERS,
             max_dials: Self::DEFAULT_MAX_DIALS,
+            bulk_path: true,
         }
     }
 }

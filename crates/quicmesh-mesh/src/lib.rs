@@ -18,6 +18,7 @@
 //!                  ╰▶ discovery ───╯
 //! ```
 
+mod bulk;
 mod config;
 mod error;
 mod event;
@@ -32,6 +33,7 @@ mod status;
 mod tasks;
 mod transport;
 
+pub use bulk::{BULK_NICE, MAX_BULK_HANDSHAKES};
 pub use config::{HeartbeatConfig, MeshConfig, ReconnectConfig, duration};
 pub use error::{BindError, ConnectError, PingError, WaitError};
 pub use event::{DownReason, EventError, EventStream, NodeEvent};

@@ -18,6 +18,7 @@
 //! `.await`.
 
 mod accept;
+mod bulk_link;
 mod dial;
 mod gossip;
 mod hello;
@@ -35,10 +36,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use quicmesh_identity::Identity;
-use quicmesh_wire::{CloseCode, Control, Hello, NodeAddr, NodeName, PeerInfo, Refusal, StreamKind};
+use quicmesh_wire::{
+    CloseCode, Control, FEATURE_BULK_PATH, Hello, NodeAddr, NodeName, PeerInfo, Refusal, StreamKind,
+};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tracing::{info, warn};
 
+use crate::bulk::BulkEndpoint;
 use crate::config::MeshConfig;
 use crate::error::{BindError, ConnectError, PingError, WaitError};
 use crate::event::{DownReason, EventStream, NodeEvent};
@@ -88,6 +92,9 @@ struct Inner {
     endpoint: quinn::Endpoint,
     transport: Arc<quinn::TransportConfig>,
     local_addr: SocketAddr,
+    /// The bulk path's endpoint, unless `bulk_path` is off (or a hidden
+    /// node: it makes no large calls worth one).
+    bulk: Option<Arc<BulkEndpoint>>,
     table: Mutex<PeerTable<Peer>>,
     /// Bumped after every table change; waiters watch it.
     changed: watch::Sender<u64>,
@@ -152,6 +159,12 @@ impl Mesh {
             addr: config.listen,
             source,
         })?;
+        let bulk = if config.bulk_path && !config.hidden {
+            let path = BulkEndpoint::bind(local_addr, &identity, transport.clone())?;
+            Some(Arc::new(path))
+        } else {
+            None
+        };
         let me = identity.name().clone();
         let max_dials = config.max_dials;
         let mut table = PeerTable::new(me.clone());
@@ -166,6 +179,7 @@ impl Mesh {
             endpoint,
             transport,
             local_addr,
+            bulk,
             table: Mutex::new(table),
             changed: watch::Sender::new(0),
             events: broadcast::Sender::new(EVENT_QUEUE),
@@ -207,6 +221,12 @@ impl Mesh {
         self.inner
             .tasks
             .spawn(async move { inner.accept_loop().await });
+        if let Some(path) = self.inner.bulk.clone() {
+            let (inner, handle) = (self.inner.clone(), path.handle());
+            self.inner
+                .tasks
+                .spawn_on(async move { inner.accept_bulk_loop(path).await }, handle);
+        }
         for seed in self.inner.config.seeds.clone() {
             self.inner.spawn_keeper(seed, None);
         }
@@ -312,6 +332,14 @@ impl Mesh {
         } else {
             dial_at.insert(name.clone(), addrs);
         }
+    }
+
+    /// The bulk path to `peer` (its connection of its own for large calls;
+    /// see the crate's `bulk` module), if it is open. If not, and the peer
+    /// offers one, a dial starts in the background: the caller uses
+    /// `peer`'s own connection meanwhile.
+    pub fn bulk(&self, peer: &Peer) -> Option<Peer> {
+        self.inner.bulk_link(peer)
     }
 
     /// Whether `name` is one of the seeds of the configuration.
@@ -434,6 +462,11 @@ impl Inner {
             self.incarnation,
             self.local_addr,
             self.config.hidden,
+            if self.bulk.is_some() {
+                FEATURE_BULK_PATH
+            } else {
+                0
+            },
             || self.table().shareable(peer),
         )
     }
@@ -501,6 +534,14 @@ impl Inner {
             Ok(decided) => decided,
             Err(refusal) => return Err((send, refusal)),
         };
+        if let Some(path) = &self.bulk
+            && hello.features & FEATURE_BULK_PATH != 0
+        {
+            // The queue is empty yet: this is its first message.
+            let _ = peer
+                .control()
+                .try_send(Control::BulkPath { port: path.port() });
+        }
         link::spawn(
             self,
             peer,
@@ -791,6 +832,9 @@ impl Inner {
             quinn::VarInt::from_u32(CloseCode::Shutdown.code()),
             reason.as_bytes(),
         );
+        if let Some(path) = &self.bulk {
+            path.close();
+        }
         self.tasks.cancel();
     }
 

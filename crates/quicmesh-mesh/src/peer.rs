@@ -1,13 +1,14 @@
 //! A connected peer, as the layers above the mesh see it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use quicmesh_wire::{CloseCode, Control, NodeName};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::bulk::BulkState;
 use crate::event::DownReason;
 use crate::status::Counters;
 use crate::transport;
@@ -26,6 +27,8 @@ struct Connected {
     /// last arrived, in milliseconds after that (the link task sets it).
     since: Instant,
     heard_ms: AtomicU64,
+    /// Its bulk path, for a main connection.
+    bulk: Mutex<BulkState>,
 }
 
 /// A connected peer: its verified name and its connection. Cheap to
@@ -59,6 +62,7 @@ impl Peer {
                 counters,
                 since: Instant::now(),
                 heard_ms: AtomicU64::new(0),
+                bulk: Mutex::default(),
             }),
         }
     }
@@ -111,6 +115,14 @@ impl Peer {
     pub(crate) fn close(&self, code: CloseCode, reason: DownReason, text: &str) {
         let _ = self.connected.closing.set(reason);
         transport::close(&self.connected.conn, code, text);
+    }
+
+    /// What this main connection knows of its bulk path.
+    pub(crate) fn bulk(&self) -> MutexGuard<'_, BulkState> {
+        self.connected
+            .bulk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// A packet from the peer arrived just now.

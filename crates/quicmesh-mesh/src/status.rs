@@ -26,6 +26,11 @@ pub struct Status {
     /// Open QUIC connections of the endpoint (including ones still
     /// handshaking or closing); equals the number of up peers when idle.
     pub connections: usize,
+    /// Where its bulk path listens (`None` with `bulk_path` off).
+    pub bulk_listen: Option<SocketAddr>,
+    /// Open connections of the bulk path, dialled and accepted: at most
+    /// one each way per up peer, and none before a large call.
+    pub bulk_connections: usize,
     /// Every node it knows, sorted by name.
     pub peers: Vec<PeerStatus>,
     /// Handshake and protocol counters.
@@ -93,6 +98,8 @@ pub(crate) struct Counters {
     pub(crate) handshakes_refused: AtomicU64,
     pub(crate) handshakes_refused_per_source: AtomicU64,
     pub(crate) revoked: AtomicU64,
+    pub(crate) bulk_accepted: AtomicU64,
+    pub(crate) bulk_refused: AtomicU64,
 }
 
 /// The counters' values at one moment.
@@ -128,12 +135,17 @@ pub struct CounterSnapshot {
     /// connections a peer refused or dropped because it found this node's
     /// certificate revoked.
     pub revoked: u64,
+    /// Bulk-path connections peers opened to this node and it took.
+    pub bulk_accepted: u64,
+    /// Bulk-path connections refused: no main connection from that node,
+    /// no valid identity, or too many bulk handshakes at once.
+    pub bulk_refused: u64,
 }
 
 impl CounterSnapshot {
     /// Every counter with its field's name, in declaration order (what
     /// `quicmesh status` lists).
-    pub fn named(&self) -> [(&'static str, u64); 10] {
+    pub fn named(&self) -> [(&'static str, u64); 12] {
         // Destructured whole: a new counter does not compile until named.
         let Self {
             auth_failures,
@@ -146,6 +158,8 @@ impl CounterSnapshot {
             handshakes_refused,
             handshakes_refused_per_source,
             revoked,
+            bulk_accepted,
+            bulk_refused,
         } = *self;
         [
             ("auth_failures", auth_failures),
@@ -161,6 +175,8 @@ impl CounterSnapshot {
                 handshakes_refused_per_source,
             ),
             ("revoked", revoked),
+            ("bulk_accepted", bulk_accepted),
+            ("bulk_refused", bulk_refused),
         ]
     }
 }
@@ -179,6 +195,8 @@ impl Counters {
             handshakes_refused: get(&self.handshakes_refused),
             handshakes_refused_per_source: get(&self.handshakes_refused_per_source),
             revoked: get(&self.revoked),
+            bulk_accepted: get(&self.bulk_accepted),
+            bulk_refused: get(&self.bulk_refused),
         }
     }
 }

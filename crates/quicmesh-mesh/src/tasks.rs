@@ -27,6 +27,20 @@ impl Tasks {
         self.tracker.spawn(task)
     }
 
+    /// Runs `task` on the runtime of `handle`, tracked as
+    /// [`Tasks::spawn`]'s are.
+    pub(crate) fn spawn_on<F>(
+        &self,
+        task: F,
+        handle: &tokio::runtime::Handle,
+    ) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn_on(task, handle)
+    }
+
     /// Resolves once the node is stopping.
     pub async fn cancelled(&self) {
         self.token.cancelled().await;

@@ -34,6 +34,14 @@ impl Drop for CallStreams {
     }
 }
 
+/// The connections a call may take to its peer: the main one, and the
+/// bulk path for large calls once it is open.
+#[derive(Clone, Copy)]
+pub(crate) struct Path<'a> {
+    pub(crate) main: &'a Peer,
+    pub(crate) bulk: Option<&'a Peer>,
+}
+
 /// One call, cast or streaming call on its way to one peer.
 pub(crate) struct Call<'a> {
     pub(crate) peer: &'a NodeName,
@@ -52,13 +60,14 @@ impl Call<'_> {
     /// lane (opened by the first), large ones on a stream each.
     pub(crate) async fn run(
         &self,
-        peer: &Peer,
+        path: Path<'_>,
         conns: &Arc<Connections>,
         tasks: &Tasks,
         body: Bytes,
     ) -> Result<Vec<u8>, RpcError> {
         let exchange = async {
             if body.len() <= LANE_MAX_BODY {
+                let peer = path.main;
                 let state = conns.of(peer);
                 let lane = state
                     .lane
@@ -67,7 +76,8 @@ impl Call<'_> {
                     .map_err(|e| self.down(e.to_string()))?;
                 self.on_lane(lane, &body).await
             } else {
-                self.on_stream(peer.connection(), body).await
+                let conn = path.bulk.unwrap_or(path.main).connection();
+                self.on_stream(conn, body).await
             }
         };
         match tokio::time::timeout(self.timeout, exchange).await {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quicmesh_mesh::{Mesh, Peer, Router};
-use quicmesh_wire::{AppHeader, MAX_HEADER_FRAME, NodeName, RpcMode, StreamKind};
+use quicmesh_wire::{AppHeader, LANE_MAX_BODY, MAX_HEADER_FRAME, NodeName, RpcMode, StreamKind};
 use quinn::{RecvStream, SendStream};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::app::{OpenError, ProtocolListener, Protocols};
 use crate::callee::Callee;
-use crate::client::Call;
+use crate::client::{Call, Path};
 use crate::codec::{decode_response, encode_request};
 use crate::connections::Connections;
 use crate::handlers::{AppStreams, CallStreams, LaneReplies, Lanes};
@@ -345,8 +345,18 @@ impl Rpc {
             max,
         };
         let callee = &self.callee;
-        call.run(&connected, &callee.conns, &callee.tasks, body)
-            .await
+        // A call too large for the lane goes on the peer's bulk path once
+        // it is open, so small calls never wait behind it.
+        let bulk = if body.len() > LANE_MAX_BODY {
+            self.mesh.bulk(&connected)
+        } else {
+            None
+        };
+        let path = Path {
+            main: &connected,
+            bulk: bulk.as_ref(),
+        };
+        call.run(path, &callee.conns, &callee.tasks, body).await
     }
 
     fn connected(&self, peer: &NodeName) -> Result<Peer, RpcError> {

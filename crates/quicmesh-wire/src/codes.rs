@@ -28,6 +28,9 @@ pub enum CloseCode {
     /// The peer's certificate was revoked (its CA's revocation list names
     /// it): the connection is dropped and new ones are refused.
     Revoked,
+    /// A bulk-path connection came from a node that has no mesh
+    /// connection to this one: bulk connections only follow a link.
+    NotAPeer,
     /// A stream's header named a kind this node does not serve.
     UnknownStreamKind,
     /// The caller gave up on the call (dropped it or timed out).
@@ -52,6 +55,7 @@ impl CloseCode {
             Self::NotAuthenticated => 0x06,
             Self::HandshakeTimeout => 0x07,
             Self::Revoked => 0x08,
+            Self::NotAPeer => 0x09,
             Self::UnknownStreamKind => 0x101,
             Self::Cancelled => 0x103,
             Self::UnknownProtocol => 0x104,
@@ -71,6 +75,7 @@ impl CloseCode {
             0x06 => Self::NotAuthenticated,
             0x07 => Self::HandshakeTimeout,
             0x08 => Self::Revoked,
+            0x09 => Self::NotAPeer,
             0x101 => Self::UnknownStreamKind,
             0x103 => Self::Cancelled,
             0x104 => Self::UnknownProtocol,
@@ -96,6 +101,7 @@ mod tests {
             CloseCode::NotAuthenticated,
             CloseCode::HandshakeTimeout,
             CloseCode::Revoked,
+            CloseCode::NotAPeer,
             CloseCode::UnknownStreamKind,
             CloseCode::Cancelled,
             CloseCode::UnknownProtocol,

@@ -28,7 +28,19 @@ pub enum Control {
     /// Nodes that went down at the sender (not restarts): the receiver no
     /// longer dials them on the sender's word.
     Gone(Vec<NodeName>),
+    /// The sender's bulk-path port (sent once, right after the handshake,
+    /// to a peer whose `Hello` has [`FEATURE_BULK_PATH`]): large calls to
+    /// the sender may go on a connection of their own to this port, at
+    /// the IP address of this connection.
+    BulkPath {
+        /// The UDP port of the sender's bulk endpoint.
+        port: u16,
+    },
 }
+
+/// `Hello::features` bit: the sender takes bulk-path connections and
+/// understands [`Control::BulkPath`] (protocol minor 1).
+pub const FEATURE_BULK_PATH: u64 = 1;
 
 /// A node's introduction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,7 +49,8 @@ pub struct Hello {
     pub major: u16,
     /// [`crate::PROTOCOL_MINOR`] of the sender.
     pub minor: u16,
-    /// Optional features the sender supports (none are defined yet).
+    /// Optional features the sender supports: a set of `FEATURE_*` bits
+    /// ([`FEATURE_BULK_PATH`]); unknown bits are ignored.
     pub features: u64,
     /// The sender's name; must equal the name in its certificate.
     pub name: NodeName,

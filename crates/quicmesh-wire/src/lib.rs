@@ -39,7 +39,7 @@ mod rpc;
 mod stream;
 
 pub use codes::CloseCode;
-pub use control::{Control, Hello, PeerInfo, Ping, Refusal};
+pub use control::{Control, FEATURE_BULK_PATH, Hello, PeerInfo, Ping, Refusal};
 pub use datagram::Datagram;
 pub use frame::FrameError;
 pub use name::{DEFAULT_PORT, NameError, NodeAddr, NodeName};
@@ -53,6 +53,6 @@ pub use stream::StreamKind;
 /// Major protocol version; it is part of the ALPN.
 pub const PROTOCOL_MAJOR: u16 = 2;
 /// Minor protocol version, sent in [`Hello`]; a higher minor only adds.
-pub const PROTOCOL_MINOR: u16 = 0;
+pub const PROTOCOL_MINOR: u16 = 1;
 /// The TLS ALPN protocol identifier: `quicmesh/<major>`.
 pub const ALPN: &[u8] = b"quicmesh/2";

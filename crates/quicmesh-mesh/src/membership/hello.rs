@@ -13,12 +13,13 @@ pub(super) fn ours(
     incarnation: u64,
     listen: SocketAddr,
     hidden: bool,
+    features: u64,
     peers: impl FnOnce() -> Vec<PeerInfo>,
 ) -> Hello {
     Hello {
         major: PROTOCOL_MAJOR,
         minor: PROTOCOL_MINOR,
-        features: 0,
+        features,
         name: me.clone(),
         incarnation,
         listen: vec![listen],
@@ -87,7 +88,14 @@ mod tests {
     }
 
     fn hello_from(name: &str) -> Hello {
-        ours(&n(name), 7, "127.0.0.1:1".parse().unwrap(), false, Vec::new)
+        ours(
+            &n(name),
+            7,
+            "127.0.0.1:1".parse().unwrap(),
+            false,
+            0,
+            Vec::new,
+        )
     }
 
     #[test]
@@ -128,8 +136,8 @@ mod tests {
             }]
         };
         let addr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(ours(&n("a@h"), 1, addr, false, peers).peers.len(), 1);
-        assert!(ours(&n("a@h"), 1, addr, true, peers).peers.is_empty());
+        assert_eq!(ours(&n("a@h"), 1, addr, false, 0, peers).peers.len(), 1);
+        assert!(ours(&n("a@h"), 1, addr, true, 0, peers).peers.is_empty());
     }
 
     #[test]

@@ -193,6 +193,7 @@ async fn read_control(inner: Arc<Inner>, peer: Peer, mut recv: RecvStream) {
     loop {
         match io::read_frame::<Control>(&mut recv, inner.config.max_frame).await {
             Ok(Some(Control::Gone(names))) => inner.gone(peer.name(), &names),
+            Ok(Some(Control::BulkPath { port })) => peer.bulk().port = Some(port),
             Ok(Some(Control::Peers(peers))) => {
                 let taught = inner.learn(peer.name(), peers);
                 if let Err(TooManyUseless { sent, allowed }) =
@@ -222,7 +223,7 @@ async fn read_control(inner: Arc<Inner>, peer: Peer, mut recv: RecvStream) {
 }
 
 /// Accepts the streams the peer opens and hands each to its handler.
-async fn serve_streams(inner: Arc<Inner>, peer: Peer) {
+pub(super) async fn serve_streams(inner: Arc<Inner>, peer: Peer) {
     let conn = peer.connection().clone();
     let patience = inner.config.handshake_timeout;
     let mut streams = JoinSet::new();

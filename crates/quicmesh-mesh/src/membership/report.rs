@@ -1,6 +1,7 @@
 //! What the table says, read out: waiting for peers to come up or go,
 //! and the status report.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use quicmesh_wire::NodeName;
@@ -110,6 +111,11 @@ impl Inner {
             ca_fingerprint: self.identity.ca_fingerprint(),
             hidden: self.config.hidden,
             connections: self.endpoint.open_connections(),
+            bulk_listen: self
+                .bulk
+                .as_ref()
+                .map(|b| SocketAddr::new(self.local_addr.ip(), b.port())),
+            bulk_connections: self.bulk.as_ref().map_or(0, |b| b.open_connections()),
             peers,
             counters: self.counters.snapshot(),
         }
