@@ -466,7 +466,7 @@ impl StateStore {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(s) = stored {
-            let machine: Machine = decode(&s.data).map_err(|e| e.to_string())?;
+            let machine = Machine::from_snapshot(&s.data).map_err(|e| e.to_string())?;
             this.shared.replace(Applied {
                 last: s.meta.last_log_id,
                 membership: s.meta.last_membership,
@@ -497,7 +497,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let (last, membership, data) = {
             let state = self.shared.state();
-            let data = encode(&state.machine).map_err(StorageIOError::read_state_machine)?;
+            let data = state
+                .machine
+                .to_snapshot()
+                .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
             (state.last, state.membership.clone(), data)
         };
         let snapshot_id = match last {
@@ -568,8 +571,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StoreError> {
         let data = snapshot.into_inner();
-        let machine: Machine =
-            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
+        let machine = Machine::from_snapshot(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
         // Durable first: a crash after this finds the snapshot again.
         self.save_snapshot(meta.clone(), data).await?;
         self.shared.replace(Applied {
