@@ -222,8 +222,14 @@ pub enum Reply {
     },
     /// The session left the key's queue without being granted it.
     Dequeued,
-    /// The key's queue has [`MAX_WAITERS_PER_KEY`] waiters already.
-    QueueFull,
+    /// The key's queue has [`MAX_WAITERS_PER_KEY`] waiters already: the
+    /// session is not queued; it may ask again once the holder changes.
+    QueueFull {
+        /// The holder's node.
+        owner: NodeName,
+        /// The holder's token or term.
+        token: u64,
+    },
 }
 
 /// A lease.
@@ -458,7 +464,7 @@ impl Machine {
         }
         let queue = self.queues.entry(key.clone()).or_default();
         if queue.len() >= MAX_WAITERS_PER_KEY {
-            return Reply::QueueFull;
+            return Reply::QueueFull { owner, token };
         }
         queue.push_back(session);
         s.waiting.insert(key.clone());
@@ -499,15 +505,16 @@ impl Machine {
         // queues first); one that is not would be skipped.
         let mut next = None;
         while let Some(session) = queue.pop_front() {
-            if let Some(s) = self.sessions.get_mut(&session) {
-                next = Some((session, s));
+            if self.sessions.contains_key(&session) {
+                next = Some(session);
                 break;
             }
         }
         if queue.is_empty() {
             self.queues.remove(key);
         }
-        let Some((session, s)) = next else {
+        let Some((session, s)) = next.and_then(|id| Some((id, self.sessions.get_mut(&id)?)))
+        else {
             return;
         };
         s.waiting.remove(key);
@@ -522,7 +529,7 @@ impl Machine {
 }
 
 mod snapshot;
-pub use snapshot::SnapshotError;
+pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotError};
 
 #[cfg(test)]
 mod tests;

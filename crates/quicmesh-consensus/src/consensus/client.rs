@@ -9,9 +9,9 @@ use quicmesh_wire::NodeName;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{Consensus, Inner};
+use super::{Answer, Consensus, Inner, Request};
 use crate::ConsensusError;
-use crate::machine::{Key, Op, Reply, SessionId};
+use crate::machine::{Grant, Key, Op, Reply, SessionId};
 
 /// The leader of an election and its term.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +36,28 @@ pub struct LockGuard {
     released: bool,
     /// This node's turn at the key, given back once released.
     turn: Option<Turn>,
+}
+
+/// A take in progress that may have queued this node's session: dropped
+/// while it still has the turn (the take failed with its outcome open, or
+/// its caller gave up), the node leaves the queue in the background and
+/// gives back a grant made meanwhile, before its next task's turn.
+#[derive(Debug)]
+struct Waiting {
+    consensus: Consensus,
+    key: Key,
+    session: SessionId,
+    turn: Option<Turn>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(turn) = self.turn.take() {
+            let key = self.key.clone();
+            self.consensus
+                .give_back(key, self.session, None, Some(turn));
+        }
+    }
 }
 
 /// The keys some task of this node holds or waits for, each with the
@@ -247,6 +269,11 @@ impl Consensus {
         Instant::now() + timeout.unwrap_or(self.inner.config.request_timeout)
     }
 
+    /// Takes `key`: granted at once if it is free, or else this node's
+    /// session waits in the key's queue and is granted it, with no commit
+    /// of its own, in the entry that releases it (a contended hand-over is
+    /// one commit). At the deadline it leaves the queue; a grant that came
+    /// first is returned rather than given up.
     async fn take(&self, key: Key, timeout: Duration) -> Result<LockGuard, ConsensusError> {
         let started = Instant::now();
         let deadline = started + timeout;
@@ -257,46 +284,142 @@ impl Consensus {
             });
         };
         let session = self.session(deadline).await?;
+        // Until a grant is known or the queue surely left: if this task
+        // stops (an error, or the caller drops the future), the node leaves
+        // the queue in the background and gives back a grant made meanwhile.
+        let mut waiting = Waiting {
+            consensus: self.clone(),
+            key: key.clone(),
+            session,
+            turn: Some(turn),
+        };
+        let granted = |waiting: &mut Waiting, token| LockGuard {
+            consensus: self.clone(),
+            key: key.clone(),
+            token,
+            session,
+            released: false,
+            turn: waiting.turn.take(),
+        };
         loop {
-            let op = take_op(&key, session).ok_or(ConsensusError::Invalid)?;
+            let op = Op::Enqueue {
+                session,
+                key: key.clone(),
+            };
             let written = match self.write(op, deadline).await {
                 Ok(reply) => reply,
                 Err(e) => {
-                    // The attempt may still be committed: give back what
-                    // no task would know it holds.
-                    if matches!(e, ConsensusError::NoQuorum { .. }) {
-                        self.give_back(key, session, None, Some(turn));
+                    // The attempt may still be committed: the node leaves
+                    // the queue (or gives back the grant) when `waiting`
+                    // drops. Any other error committed nothing.
+                    if !matches!(e, ConsensusError::NoQuorum { .. }) {
+                        waiting.turn.take();
                     }
                     return Err(e);
                 }
             };
-            match written {
-                Reply::Granted { token } => {
-                    return Ok(LockGuard {
-                        consensus: self.clone(),
-                        key,
-                        token,
-                        session,
-                        released: false,
-                        turn: Some(turn),
-                    });
-                }
-                Reply::Held { owner, token } => {
-                    if Instant::now() >= deadline {
-                        return Err(ConsensusError::Timeout {
-                            owner,
-                            waited: started.elapsed(),
-                        });
+            let owner = match written {
+                Reply::Granted { token } => return Ok(granted(&mut waiting, token)),
+                Reply::Queued { owner, token } => {
+                    if let Some(token) = self.wait_grant(&key, session, token, deadline).await {
+                        return Ok(granted(&mut waiting, token));
                     }
+                    owner
+                }
+                Reply::QueueFull { owner, token } => {
+                    // Too many waiters: wait for a change and ask again.
                     self.wait_change(key.clone(), token, deadline).await?;
-                    if Instant::now() >= deadline {
-                        return Err(ConsensusError::Timeout {
-                            owner,
-                            waited: started.elapsed(),
-                        });
-                    }
+                    owner
                 }
-                other => return Err(self.refusal(session, other)),
+                other => {
+                    // Refused: not queued.
+                    waiting.turn.take();
+                    return Err(self.refusal(session, other));
+                }
+            };
+            if Instant::now() < deadline && self.session_id() == Some(session) {
+                continue;
+            }
+            // Out of time (or the session ended): leave the queue.
+            let until = Instant::now() + self.inner.config.request_timeout;
+            let op = Op::Dequeue {
+                session,
+                key: key.clone(),
+            };
+            let left = self.write(op, until).await?;
+            if let Reply::Granted { token } = left {
+                // Granted before it left: the grant is the caller's.
+                return Ok(granted(&mut waiting, token));
+            }
+            // Out of the queue (or refused, so never in it).
+            waiting.turn.take();
+            return match left {
+                Reply::Dequeued | Reply::NotHeld => Err(ConsensusError::Timeout {
+                    owner,
+                    waited: started.elapsed(),
+                }),
+                other => Err(self.refusal(session, other)),
+            };
+        }
+    }
+
+    /// Waits until `session` is granted `key` with a token above `after`
+    /// (the holder's when it queued), until `deadline` or the end of the
+    /// session: on a voter, in its own applied state; on a client, as the
+    /// leader tells. `None` if not granted by then.
+    async fn wait_grant(
+        &self,
+        key: &Key,
+        session: SessionId,
+        after: u64,
+        deadline: Instant,
+    ) -> Option<u64> {
+        let mine = |g: &Grant| (g.session == session && g.token > after).then_some(g.token);
+        let mut ended = self.inner.session.subscribe();
+        let ended = ended.wait_for(|s| *s != Some(session));
+        tokio::pin!(ended);
+        if let Some(v) = &self.inner.voter {
+            let mut applied = v.shared.watch();
+            loop {
+                let seen = v.shared.state().machine.holder(key).and_then(mine);
+                if seen.is_some() {
+                    return seen;
+                }
+                tokio::select! {
+                    changed = tokio::time::timeout_at(deadline, applied.changed()) => {
+                        if !matches!(changed, Ok(Ok(()))) {
+                            return None;
+                        }
+                    }
+                    _ = &mut ended => return None,
+                }
+            }
+        }
+        let mut token = after;
+        loop {
+            let wait_ms = super::millis(deadline.saturating_duration_since(Instant::now()));
+            let request = Request::WaitChange {
+                key: key.clone(),
+                token,
+                wait_ms,
+            };
+            let answer = tokio::select! {
+                answer = self.submit(request, deadline) => answer,
+                _ = &mut ended => return None,
+            };
+            match answer {
+                Ok(Answer::Holder(Some(g))) => {
+                    if let Some(t) = mine(&g) {
+                        return Some(t);
+                    }
+                    token = g.token;
+                }
+                // Free, yet not granted: the queue was left (the session
+                // ended); or no answer in time.
+                Ok(_) | Err(_) => return None,
+            }
+            if Instant::now() >= deadline {
+                return None;
             }
         }
     }
@@ -305,8 +428,8 @@ impl Consensus {
     /// while no quorum answers and the session lives (its grants end
     /// with it), holding the node's `turn` at the key meanwhile so its
     /// next task starts from a clean slate. With no `token` (a take whose
-    /// outcome is unknown), it takes the key again first: that returns the
-    /// grant the unanswered attempt made, if it was committed.
+    /// outcome is unknown), it leaves the key's queue first: that returns
+    /// the grant the unanswered attempt made, if it was committed.
     fn give_back(&self, key: Key, session: SessionId, token: Option<u64>, turn: Option<Turn>) {
         let tasks = self.inner.rpc.mesh().tasks().clone();
         if tasks.is_cancelled() {
@@ -316,15 +439,19 @@ impl Consensus {
         tasks.spawn(async move {
             let _turn = turn;
             let pause = this.inner.config.session_ttl / 6;
+            let mut token = token;
             while *this.inner.session.borrow() == Some(session) {
                 let deadline = Instant::now() + this.inner.config.request_timeout;
-                let token = match token {
-                    Some(t) => Ok(t),
-                    None => this.held_by(&key, session, deadline).await,
-                };
                 let given_up = match token {
-                    Ok(token) => this.give_up(&key, session, token, deadline).await,
-                    Err(e) => Err(e),
+                    Some(t) => this.give_up(&key, session, t, deadline).await,
+                    None => match this.leave(&key, session, deadline).await {
+                        Ok(Some(t)) => {
+                            token = Some(t);
+                            continue;
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    },
                 };
                 match given_up {
                     Err(ConsensusError::NoQuorum { .. }) => tokio::time::sleep(pause).await,
@@ -338,19 +465,21 @@ impl Consensus {
         });
     }
 
-    /// The token of `session`'s grant of `key`, taking it if it is free
-    /// (the same session asking again gets the same grant); `NotHeld` if
-    /// another session holds it.
-    async fn held_by(
+    /// Takes `session` out of `key`'s queue: the token of its grant of
+    /// `key` if it was granted meanwhile, `None` if it holds nothing.
+    async fn leave(
         &self,
         key: &Key,
         session: SessionId,
         deadline: Instant,
-    ) -> Result<u64, ConsensusError> {
-        let op = take_op(key, session).ok_or(ConsensusError::Invalid)?;
+    ) -> Result<Option<u64>, ConsensusError> {
+        let op = Op::Dequeue {
+            session,
+            key: key.clone(),
+        };
         match self.write(op, deadline).await? {
-            Reply::Granted { token } => Ok(token),
-            Reply::Held { .. } => Err(ConsensusError::NotHeld),
+            Reply::Granted { token } => Ok(Some(token)),
+            Reply::Dequeued | Reply::NotHeld => Ok(None),
             other => Err(self.refusal(session, other)),
         }
     }
@@ -506,20 +635,5 @@ impl Consensus {
             Some((s, at)) if s == session => Some(at),
             _ => None,
         }
-    }
-}
-
-/// The operation that takes `key` for `session`: none for a name.
-fn take_op(key: &Key, session: SessionId) -> Option<Op> {
-    match key {
-        Key::Lock(resource) => Some(Op::Acquire {
-            session,
-            resource: resource.clone(),
-        }),
-        Key::Leader(election) => Some(Op::Campaign {
-            session,
-            election: election.clone(),
-        }),
-        Key::Name(_) => None,
     }
 }

@@ -4,28 +4,28 @@
 //! Version 1 (no header) is the machine before lock queues: sessions with
 //! what they held, and the grants. It is read as a machine with no
 //! waiters. Its encoding opens with the number of sessions as a varint,
-//! so it never starts with [`MAGIC`] (four `0xFF` bytes would mean at
-//! least 2^28 sessions); every later version starts with [`MAGIC`] and a
+//! so it never starts with [`SNAPSHOT_MAGIC`] (four `0xFF` bytes would mean at
+//! least 2^28 sessions); every later version starts with [`SNAPSHOT_MAGIC`] and a
 //! version byte. An unknown version is refused by name, never guessed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use quicmesh_wire::NodeName;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{Grant, Key, Machine, Session, SessionId};
 
 /// Opens every snapshot of version 2 or later.
-pub const MAGIC: [u8; 4] = [0xFF; 4];
+pub const SNAPSHOT_MAGIC: [u8; 4] = [0xFF; 4];
 /// The version this code writes: 2, the machine with lock queues.
-pub const VERSION: u8 = 2;
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 /// Why a snapshot could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotError {
     /// The snapshot was written by a newer format than this code reads.
-    #[error("snapshot format version {found} is unknown (this code reads 1 to {VERSION})")]
+    #[error("snapshot format version {found} is unknown (this code reads 1 to {SNAPSHOT_VERSION})")]
     UnknownVersion {
         /// The version in its header.
         found: u8,
@@ -59,17 +59,17 @@ struct MachineV1 {
 impl Machine {
     /// The machine encoded as a snapshot of the current format.
     pub fn to_snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
-        let mut bytes = MAGIC.to_vec();
-        bytes.push(VERSION);
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bytes.push(SNAPSHOT_VERSION);
         postcard::to_extend(self, bytes)
     }
 
     /// Reads a snapshot of any known format; one of version 1 has no
     /// waiters.
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        match bytes.strip_prefix(&MAGIC) {
+        match bytes.strip_prefix(&SNAPSHOT_MAGIC) {
             None => decode::<MachineV1>(1, bytes).map(Self::from),
-            Some([VERSION, rest @ ..]) => decode(VERSION, rest),
+            Some([SNAPSHOT_VERSION, rest @ ..]) => decode(SNAPSHOT_VERSION, rest),
             Some([found, ..]) => Err(SnapshotError::UnknownVersion { found: *found }),
             Some([]) => Err(SnapshotError::Malformed {
                 version: 0,

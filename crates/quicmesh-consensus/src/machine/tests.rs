@@ -402,7 +402,13 @@ fn queues_are_bounded_per_key_and_per_session() {
         assert!(matches!(log.enqueue(&from, s, "r"), Reply::Queued { .. }));
     }
     let late = log.open("late@h");
-    assert_eq!(log.enqueue("late@h", late, "r"), Reply::QueueFull);
+    assert_eq!(
+        log.enqueue("late@h", late, "r"),
+        Reply::QueueFull {
+            owner: node("a@h"),
+            token: 2
+        }
+    );
     assert!(log.m.sessions()[&late].waiting.is_empty());
     // Waiting counts with holding against the session's bound.
     let b = log.open("b@h");

@@ -68,7 +68,7 @@ fn todays_format_round_trips_with_its_queues() {
     let from = node("b@h");
     m.apply(7, &Command::Client { from, op: enqueue });
     let bytes = m.to_snapshot().expect("encode");
-    assert_eq!(bytes[..5], [0xFF, 0xFF, 0xFF, 0xFF, VERSION]);
+    assert_eq!(bytes[..5], [0xFF, 0xFF, 0xFF, 0xFF, SNAPSHOT_VERSION]);
     let back = Machine::from_snapshot(&bytes).expect("decode");
     assert_eq!(back, m);
     assert_eq!(back.waiters(&Key::Lock("r".into())).collect::<Vec<_>>(), [5]);
@@ -77,13 +77,13 @@ fn todays_format_round_trips_with_its_queues() {
 #[test]
 fn an_unknown_version_or_trailing_bytes_are_refused_by_name() {
     let mut bytes = Machine::default().to_snapshot().expect("encode");
-    bytes[4] = VERSION + 1;
+    bytes[4] = SNAPSHOT_VERSION + 1;
     assert_eq!(
         Machine::from_snapshot(&bytes),
-        Err(SnapshotError::UnknownVersion { found: VERSION + 1 })
+        Err(SnapshotError::UnknownVersion { found: SNAPSHOT_VERSION + 1 })
     );
     assert!(matches!(
-        Machine::from_snapshot(&MAGIC),
+        Machine::from_snapshot(&SNAPSHOT_MAGIC),
         Err(SnapshotError::Malformed { .. })
     ));
     let mut long = GOLDEN_V1.to_vec();
