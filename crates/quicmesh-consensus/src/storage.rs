@@ -222,11 +222,18 @@ impl Store {
 #[derive(Debug, Clone)]
 pub(crate) struct LogStore {
     store: Store,
+    /// The committed marker openraft last saved, not written yet: it is
+    /// written with the next append, in the same transaction, rather than
+    /// by a write of its own on every commit.
+    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
 }
 
 impl LogStore {
     pub(crate) fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            committed: Arc::default(),
+        }
     }
 }
 
@@ -298,14 +305,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StoreError> {
-        // Not synced: losing it only means learning it again from the leader.
-        self.store
-            .write_meta(COMMITTED, &committed, Durability::None)
-            .await
-            .map_err(|e| StorageIOError::write(e).into())
+        // Kept until the next append writes it: losing it only means
+        // learning it again from the leader.
+        *crate::locked(&self.committed) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        if let Some(committed) = *crate::locked(&self.committed) {
+            return Ok(committed);
+        }
         let committed: Option<Option<LogId<NodeId>>> = self
             .store
             .read_meta(COMMITTED)
@@ -330,6 +339,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry).map_err(StorageIOError::write_logs)?,
             ));
         }
+        let committed = match *crate::locked(&self.committed) {
+            Some(c) => Some(encode(&c).map_err(StorageIOError::write_logs)?),
+            None => None,
+        };
         let written = self
             .store
             .blocking(move |db| {
@@ -340,6 +353,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     for (index, bytes) in &rows {
                         table.insert(*index, bytes.as_slice()).map_err(any)?;
                     }
+                }
+                if let Some(committed) = &committed {
+                    let mut meta = tx.open_table(META).map_err(any)?;
+                    meta.insert(COMMITTED, committed.as_slice()).map_err(any)?;
                 }
                 tx.commit().map_err(any)
             })
