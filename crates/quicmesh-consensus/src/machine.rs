@@ -132,6 +132,20 @@ pub enum Op {
         /// The lock or election.
         key: Key,
     },
+    /// Gives up `key` if `session` holds it with `token` (granting it to
+    /// the first waiter), then puts the session back at the end of the
+    /// queue, as [`Op::Enqueue`] would, in one entry: for a node whose
+    /// next task waits for the key. The reply is the enqueue's (a grant
+    /// again, with this entry's index, if no one else waited), or
+    /// [`Reply::NotHeld`] if nothing was given up.
+    Requeue {
+        /// The holding session.
+        session: SessionId,
+        /// The lock or election.
+        key: Key,
+        /// The token or term of the grant being given up.
+        token: u64,
+    },
 }
 
 /// One entry of the log's application data.
@@ -315,7 +329,8 @@ impl Machine {
             | Op::Register { session, .. }
             | Op::Unregister { session, .. }
             | Op::Enqueue { session, .. }
-            | Op::Dequeue { session, .. } => *session,
+            | Op::Dequeue { session, .. }
+            | Op::Requeue { session, .. } => *session,
         };
         match self.sessions.get(&session) {
             None => return Reply::NoSession,
@@ -351,6 +366,15 @@ impl Machine {
             }
             Op::Enqueue { key, .. } => self.enqueue(index, session, key),
             Op::Dequeue { key, .. } => self.dequeue(session, key),
+            Op::Requeue { key, token, .. } => {
+                if matches!(key, Key::Name(_)) {
+                    return Reply::Invalid;
+                }
+                match self.give_up(index, session, key.clone(), Some(*token)) {
+                    Reply::Released => self.enqueue(index, session, key),
+                    other => other,
+                }
+            }
         }
     }
 

@@ -453,3 +453,48 @@ fn names_cannot_be_queued_for_and_an_old_acquire_does_not_queue() {
     let led = log.m.holder(&Key::Leader("e".into())).expect("led");
     assert_eq!((led.session, led.token), (b, at));
 }
+
+#[test]
+fn a_requeue_hands_the_lock_on_and_waits_again_in_one_entry() {
+    let mut log = Log::new();
+    let (a, b) = (log.open("a@h"), log.open("b@h"));
+    let Reply::Granted { token } = log.enqueue("a@h", a, "r") else {
+        panic!("not granted")
+    };
+    log.enqueue("b@h", b, "r");
+    let key = Key::Lock("r".into());
+    let requeue = |session, token| Op::Requeue {
+        session,
+        key: key.clone(),
+        token,
+    };
+    assert_eq!(log.op("a@h", requeue(a, token + 1)), Reply::NotHeld);
+    assert_eq!(log.holder_of("r"), Some((a, token)));
+    let at = log.next;
+    assert_eq!(
+        log.op("a@h", requeue(a, token)),
+        Reply::Queued {
+            owner: node("b@h"),
+            token: at
+        }
+    );
+    assert_eq!(log.holder_of("r"), Some((b, at)));
+    assert_eq!(log.waiters("r"), [a]);
+    // With no one else in line, the same entry grants it back, anew.
+    log.release("b@h", b, "r");
+    let Some((holder, token)) = log.holder_of("r") else {
+        panic!("not granted")
+    };
+    assert_eq!(holder, a);
+    let at = log.next;
+    assert_eq!(
+        log.op("a@h", requeue(a, token)),
+        Reply::Granted { token: at }
+    );
+    let name = Op::Requeue {
+        session: a,
+        key: Key::Name("n".into()),
+        token: 0,
+    };
+    assert_eq!(log.op("a@h", name), Reply::Invalid);
+}
