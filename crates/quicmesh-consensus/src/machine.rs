@@ -537,8 +537,7 @@ impl Machine {
         if queue.is_empty() {
             self.queues.remove(key);
         }
-        let Some((session, s)) = next.and_then(|id| Some((id, self.sessions.get_mut(&id)?)))
-        else {
+        let Some((session, s)) = next.and_then(|id| Some((id, self.sessions.get_mut(&id)?))) else {
             return;
         };
         s.waiting.remove(key);

@@ -117,9 +117,9 @@ impl Turn {
     /// Whether another task of the node waits for this turn.
     fn waited_for(&self) -> bool {
         // The map, this turn and each waiter hold the mutex.
-        self.held.as_ref().is_some_and(|g| {
-            Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(g)) > 2
-        })
+        self.held
+            .as_ref()
+            .is_some_and(|g| Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(g)) > 2)
     }
 
     /// Leaves `handoff` for the task that has the turn next.
@@ -161,7 +161,7 @@ impl Drop for Turn {
             return;
         };
         drop(turns);
-        let turn = Turn {
+        let turn = Self {
             key: self.key.clone(),
             held: Some(held),
             inner: self.inner.clone(),
@@ -256,8 +256,13 @@ impl Drop for LockGuard {
         }
         // The node's next task gets its turn once the release is committed.
         let turn = self.turn.take();
-        self.consensus
-            .give_back(self.key.clone(), self.session, Some(self.token), false, turn);
+        self.consensus.give_back(
+            self.key.clone(),
+            self.session,
+            Some(self.token),
+            false,
+            turn,
+        );
     }
 }
 

@@ -247,7 +247,6 @@ fn replicas_applying_the_same_log_agree() {
     assert_eq!(one.m, two);
 }
 
-
 impl Log {
     fn enqueue(&mut self, from: &str, session: SessionId, resource: &str) -> Reply {
         let key = Key::Lock(resource.into());

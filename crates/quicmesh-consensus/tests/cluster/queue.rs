@@ -61,9 +61,8 @@ async fn a_contended_lock_goes_round_the_nodes_one_holder_at_a_time() {
         while let Some(done) = tasks.join_next().await {
             done.expect("a taker");
         }
-        let s = seen.lock().expect("seen");
-        assert_eq!(s.tokens.len(), nodes.len() * TASKS * ROUNDS);
-        drop(s);
+        let granted = seen.lock().expect("seen").tokens.len();
+        assert_eq!(granted, nodes.len() * TASKS * ROUNDS);
         shutdown_all(nodes).await;
     })
     .await;
@@ -90,7 +89,8 @@ async fn a_waiter_that_gives_up_leaves_no_grant_behind() {
                     Err(e) => panic!("{e}"),
                 },
                 _ => {
-                    let waited = tokio::time::timeout(Duration::from_millis(300), b.lock("g", LONG));
+                    let waited =
+                        tokio::time::timeout(Duration::from_millis(300), b.lock("g", LONG));
                     assert!(waited.await.is_err(), "granted while held");
                 }
             }

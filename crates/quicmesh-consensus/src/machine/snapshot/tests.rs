@@ -44,7 +44,10 @@ fn a_version_1_snapshot_is_read_as_a_machine_with_no_waiters() {
         key: lock.clone(),
     };
     let queued = m.apply(7, &Command::Client { from, op: enqueue });
-    assert!(matches!(queued, Reply::Queued { token: 2, .. }), "{queued:?}");
+    assert!(
+        matches!(queued, Reply::Queued { token: 2, .. }),
+        "{queued:?}"
+    );
     let release = Op::Release {
         session: 1,
         resource: "r".into(),
@@ -71,7 +74,10 @@ fn todays_format_round_trips_with_its_queues() {
     assert_eq!(bytes[..5], [0xFF, 0xFF, 0xFF, 0xFF, SNAPSHOT_VERSION]);
     let back = Machine::from_snapshot(&bytes).expect("decode");
     assert_eq!(back, m);
-    assert_eq!(back.waiters(&Key::Lock("r".into())).collect::<Vec<_>>(), [5]);
+    assert_eq!(
+        back.waiters(&Key::Lock("r".into())).collect::<Vec<_>>(),
+        [5]
+    );
 }
 
 #[test]
@@ -80,7 +86,9 @@ fn an_unknown_version_or_trailing_bytes_are_refused_by_name() {
     bytes[4] = SNAPSHOT_VERSION + 1;
     assert_eq!(
         Machine::from_snapshot(&bytes),
-        Err(SnapshotError::UnknownVersion { found: SNAPSHOT_VERSION + 1 })
+        Err(SnapshotError::UnknownVersion {
+            found: SNAPSHOT_VERSION + 1
+        })
     );
     assert!(matches!(
         Machine::from_snapshot(&SNAPSHOT_MAGIC),
