@@ -65,7 +65,8 @@ pub enum Op {
         /// The session.
         session: SessionId,
     },
-    /// Takes the lock `resource` for `session` if it is free.
+    /// Takes the lock `resource` for `session` if it is free; if it is
+    /// held, only says by whom ([`Op::Enqueue`] waits in line).
     Acquire {
         /// The holding session.
         session: SessionId,
@@ -81,7 +82,8 @@ pub enum Op {
         /// The token of the grant being released.
         token: u64,
     },
-    /// Becomes the leader of `election` for `session` if it has none.
+    /// Becomes the leader of `election` for `session` if it has none; if
+    /// it has one, only says who ([`Op::Enqueue`] waits in line).
     Campaign {
         /// The campaigning session.
         session: SessionId,

@@ -115,3 +115,42 @@ async fn a_waiter_that_gives_up_leaves_no_grant_behind() {
     })
     .await;
 }
+
+/// A release with another task of the node waiting puts the node back in
+/// line for that task; if the task gives up first, what was left for it
+/// goes back to the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_left_for_a_task_that_gave_up_goes_back() {
+    bounded(async {
+        let group = Group::new(&["a", "b", "c"]);
+        let (nodes, leader) = group.start_led().await;
+        let (a, c) = (
+            &nodes[(leader + 1) % 3].consensus,
+            &nodes[(leader + 2) % 3].consensus,
+        );
+        let held = a.lock("h", LONG).await.expect("granted");
+        // A second task of the node waits for its turn (polled once, so
+        // it is in line for the turn)...
+        let mut second = Box::pin(a.lock("h", LONG));
+        let polled = tokio::time::timeout(Duration::ZERO, second.as_mut()).await;
+        assert!(polled.is_err(), "the turn is the first task's");
+        // ...when the first releases, and gives up before it is done.
+        let mut release = Box::pin(held.release());
+        let polled = tokio::time::timeout(Duration::ZERO, release.as_mut()).await;
+        assert!(polled.is_err(), "a release is a commit");
+        drop(second);
+        release.await.expect("released");
+        // The node was granted the lock again for the second task; no task
+        // has it, so it goes back and the next asker gets it.
+        let started = Instant::now();
+        let next = c.lock("h", LONG).await.expect("granted");
+        assert!(
+            started.elapsed() < group.config.session_ttl / 2,
+            "the lock came after {:?}",
+            started.elapsed()
+        );
+        next.release().await.expect("released");
+        shutdown_all(nodes).await;
+    })
+    .await;
+}
