@@ -31,13 +31,18 @@
 //! directory of files; a Raft log of lock operations is small, append-only
 //! and wants each append durable at once, which is redb's default
 //! behaviour and fewer ways to get durability wrong. Only the committed
-//! marker is written without fsync: losing it is harmless (openraft learns
-//! the commit index again from the leader).
+//! marker is not written on its own: it is kept in memory and written with
+//! the next append, in its transaction, since losing it is harmless
+//! (openraft learns the commit index again from the leader) and a write of
+//! its own on every commit would stall the Raft core.
 //!
 //! The state machine is held in memory; it is rebuilt at start from the
 //! latest snapshot (persisted in the same file whenever one is built or
 //! installed) plus the log entries after it, which are never purged
 //! before a snapshot covers them.
+//! A snapshot is the machine, postcard-encoded, after a format version
+//! ([`machine::SNAPSHOT_VERSION`]); one written before versions existed
+//! (the machine before lock queues) is read as a machine with no waiters.
 //!
 //! # Transport: RPC services
 //!

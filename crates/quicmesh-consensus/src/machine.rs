@@ -15,8 +15,16 @@
 //! session only if no renewal was applied since (a keep-alive that won the
 //! race keeps the session). Expiring or closing a session releases
 //! everything it held, in that same entry.
+//!
+//! A lock or leadership that is held keeps a bounded FIFO queue of the
+//! sessions waiting for it ([`Op::Enqueue`]). Whatever removes a grant (a
+//! release, a resignation, the holder's session ending) grants the key to
+//! the first waiter in that same entry, stamped with that entry's index:
+//! a contended hand-over is one commit, and the waiter learns of its grant
+//! from the applied state. A key with waiters is always held. A session
+//! that ends leaves every queue it was in.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use quicmesh_wire::NodeName;
 use serde::{Deserialize, Serialize};
@@ -30,8 +38,11 @@ pub const MAX_KEY: usize = 255;
 pub const MAX_SESSIONS: usize = 4096;
 /// Most sessions one node may hold open at once.
 pub const MAX_SESSIONS_PER_NODE: usize = 16;
-/// Most locks, leaderships and names one session may hold at once.
+/// Most locks, leaderships and names one session may hold, plus the keys
+/// it waits for, at once.
 pub const MAX_HELD_PER_SESSION: usize = 1024;
+/// Most sessions waiting in line for one lock or leadership.
+pub const MAX_WAITERS_PER_KEY: usize = 256;
 /// Shortest and longest session TTL accepted, in milliseconds.
 pub const TTL_RANGE_MS: (u64, u64) = (100, 3_600_000);
 
@@ -54,7 +65,8 @@ pub enum Op {
         /// The session.
         session: SessionId,
     },
-    /// Takes the lock `resource` for `session` if it is free.
+    /// Takes the lock `resource` for `session` if it is free; if it is
+    /// held, only says by whom ([`Op::Enqueue`] waits in line).
     Acquire {
         /// The holding session.
         session: SessionId,
@@ -70,7 +82,8 @@ pub enum Op {
         /// The token of the grant being released.
         token: u64,
     },
-    /// Becomes the leader of `election` for `session` if it has none.
+    /// Becomes the leader of `election` for `session` if it has none; if
+    /// it has one, only says who ([`Op::Enqueue`] waits in line).
     Campaign {
         /// The campaigning session.
         session: SessionId,
@@ -99,6 +112,41 @@ pub enum Op {
         session: SessionId,
         /// The name.
         name: String,
+    },
+    /// Takes the lock or leadership `key` for `session` if it is free, or
+    /// else puts the session at the end of the key's queue of waiters
+    /// ([`Reply::Queued`]); asking again while queued keeps its place. A
+    /// name cannot be waited for ([`Reply::Invalid`]).
+    Enqueue {
+        /// The asking session.
+        session: SessionId,
+        /// The lock or election.
+        key: Key,
+    },
+    /// `session` no longer waits for `key`: it leaves the queue
+    /// ([`Reply::Dequeued`]). If the key was granted to it meanwhile, the
+    /// grant stays and is returned ([`Reply::Granted`]), so that the
+    /// asker, who did not know of it, uses it or releases it by its token;
+    /// the machine never drops a grant its holder has not seen named.
+    Dequeue {
+        /// The waiting session.
+        session: SessionId,
+        /// The lock or election.
+        key: Key,
+    },
+    /// Gives up `key` if `session` holds it with `token` (granting it to
+    /// the first waiter), then puts the session back at the end of the
+    /// queue, as [`Op::Enqueue`] would, in one entry: for a node whose
+    /// next task waits for the key. The reply is the enqueue's (a grant
+    /// again, with this entry's index, if no one else waited), or
+    /// [`Reply::NotHeld`] if nothing was given up.
+    Requeue {
+        /// The holding session.
+        session: SessionId,
+        /// The lock or election.
+        key: Key,
+        /// The token or term of the grant being given up.
+        token: u64,
     },
 }
 
@@ -179,6 +227,25 @@ pub enum Reply {
     /// A bound was reached: [`MAX_SESSIONS`], [`MAX_SESSIONS_PER_NODE`]
     /// or [`MAX_HELD_PER_SESSION`].
     Limit,
+    /// Another session holds the lock or leadership; this one waits in its
+    /// queue and is granted it, in the entry that removes the grants ahead
+    /// of it, with a token larger than `token`.
+    Queued {
+        /// The holder's node.
+        owner: NodeName,
+        /// The holder's token or term.
+        token: u64,
+    },
+    /// The session left the key's queue without being granted it.
+    Dequeued,
+    /// The key's queue has [`MAX_WAITERS_PER_KEY`] waiters already: the
+    /// session is not queued; it may ask again once the holder changes.
+    QueueFull {
+        /// The holder's node.
+        owner: NodeName,
+        /// The holder's token or term.
+        token: u64,
+    },
 }
 
 /// A lease.
@@ -192,6 +259,8 @@ pub struct Session {
     pub renewed: u64,
     /// What it holds.
     pub held: BTreeSet<Key>,
+    /// The keys in whose queues it waits.
+    pub waiting: BTreeSet<Key>,
 }
 
 /// Something a session can hold.
@@ -216,18 +285,21 @@ pub struct Grant {
     pub token: u64,
 }
 
-/// The whole replicated state.
+/// The whole replicated state. Snapshots encode it with a format version
+/// ([`Machine::to_snapshot`], [`Machine::from_snapshot`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
     sessions: BTreeMap<SessionId, Session>,
     grants: BTreeMap<Key, Grant>,
+    /// The sessions waiting for each held key, first in line first.
+    queues: BTreeMap<Key, VecDeque<SessionId>>,
 }
 
 impl Machine {
     /// Applies `command`, carried by the log entry at `index`.
     pub fn apply(&mut self, index: u64, command: &Command) -> Reply {
         match command {
-            Command::Expire { session, renewed } => self.expire(*session, *renewed),
+            Command::Expire { session, renewed } => self.expire(index, *session, *renewed),
             Command::Client { from, op } => self.client(index, from, op),
         }
     }
@@ -242,6 +314,11 @@ impl Machine {
         self.grants.get(key)
     }
 
+    /// The sessions waiting for `key`, first in line first.
+    pub fn waiters(&self, key: &Key) -> impl Iterator<Item = SessionId> + '_ {
+        self.queues.get(key).into_iter().flatten().copied()
+    }
+
     fn client(&mut self, index: u64, from: &NodeName, op: &Op) -> Reply {
         let session = match op {
             Op::OpenSession { ttl_ms } => return self.open(index, from, *ttl_ms),
@@ -252,7 +329,10 @@ impl Machine {
             | Op::Campaign { session, .. }
             | Op::Resign { session, .. }
             | Op::Register { session, .. }
-            | Op::Unregister { session, .. } => *session,
+            | Op::Unregister { session, .. }
+            | Op::Enqueue { session, .. }
+            | Op::Dequeue { session, .. }
+            | Op::Requeue { session, .. } => *session,
         };
         match self.sessions.get(&session) {
             None => return Reply::NoSession,
@@ -267,23 +347,36 @@ impl Machine {
                 }
                 Reply::Renewed
             }
-            Op::CloseSession { .. } => self.end(session),
+            Op::CloseSession { .. } => self.end(index, session),
             Op::Acquire { resource, .. } => self.take(index, session, Key::Lock(resource.clone())),
             Op::Campaign { election, .. } => {
                 self.take(index, session, Key::Leader(election.clone()))
             }
             Op::Release {
                 resource, token, ..
-            } => self.give_up(session, Key::Lock(resource.clone()), Some(*token)),
+            } => self.give_up(index, session, Key::Lock(resource.clone()), Some(*token)),
             Op::Resign { election, term, .. } => {
-                self.give_up(session, Key::Leader(election.clone()), Some(*term))
+                self.give_up(index, session, Key::Leader(election.clone()), Some(*term))
             }
             Op::Register { name, .. } => match self.take(index, session, Key::Name(name.clone())) {
                 Reply::Granted { .. } => Reply::Registered,
                 Reply::Held { owner, .. } => Reply::Taken { owner },
                 other => other,
             },
-            Op::Unregister { name, .. } => self.give_up(session, Key::Name(name.clone()), None),
+            Op::Unregister { name, .. } => {
+                self.give_up(index, session, Key::Name(name.clone()), None)
+            }
+            Op::Enqueue { key, .. } => self.enqueue(index, session, key),
+            Op::Dequeue { key, .. } => self.dequeue(session, key),
+            Op::Requeue { key, token, .. } => {
+                if matches!(key, Key::Name(_)) {
+                    return Reply::Invalid;
+                }
+                match self.give_up(index, session, key.clone(), Some(*token)) {
+                    Reply::Released => self.enqueue(index, session, key),
+                    other => other,
+                }
+            }
         }
     }
 
@@ -302,26 +395,33 @@ impl Machine {
                 ttl_ms,
                 renewed: index,
                 held: BTreeSet::new(),
+                waiting: BTreeSet::new(),
             },
         );
         Reply::Opened { session: index }
     }
 
-    fn expire(&mut self, session: SessionId, renewed: u64) -> Reply {
+    fn expire(&mut self, index: u64, session: SessionId, renewed: u64) -> Reply {
         match self.sessions.get(&session) {
             None => Reply::NoSession,
             Some(s) if s.renewed != renewed => Reply::StillAlive,
-            Some(_) => self.end(session),
+            Some(_) => self.end(index, session),
         }
     }
 
-    fn end(&mut self, session: SessionId) -> Reply {
+    /// Ends `session` in the entry at `index`: it leaves every queue, and
+    /// each key it held goes to that key's next waiter.
+    fn end(&mut self, index: u64, session: SessionId) -> Reply {
         let Some(s) = self.sessions.remove(&session) else {
             return Reply::NoSession;
         };
+        for key in &s.waiting {
+            self.leave_queue(key, session);
+        }
         let released = s.held.len();
         for key in s.held {
             self.grants.remove(&key);
+            self.grant_next(index, &key);
         }
         Reply::Ended { released }
     }
@@ -344,7 +444,7 @@ impl Machine {
         let Some(s) = self.sessions.get_mut(&session) else {
             return Reply::NoSession;
         };
-        if s.held.len() >= MAX_HELD_PER_SESSION {
+        if s.held.len() + s.waiting.len() >= MAX_HELD_PER_SESSION {
             return Reply::Limit;
         }
         s.held.insert(key.clone());
@@ -357,7 +457,7 @@ impl Machine {
         Reply::Granted { token: index }
     }
 
-    fn give_up(&mut self, session: SessionId, key: Key, token: Option<u64>) -> Reply {
+    fn give_up(&mut self, index: u64, session: SessionId, key: Key, token: Option<u64>) -> Reply {
         match self.grants.get(&key) {
             Some(g) if g.session == session && token.is_none_or(|t| t == g.token) => {}
             _ => return Reply::NotHeld,
@@ -366,9 +466,95 @@ impl Machine {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.held.remove(&key);
         }
+        self.grant_next(index, &key);
         Reply::Released
     }
+
+    fn enqueue(&mut self, index: u64, session: SessionId, key: &Key) -> Reply {
+        if matches!(key, Key::Name(_)) {
+            return Reply::Invalid;
+        }
+        let (owner, token) = match self.grants.get(key) {
+            None => return self.take(index, session, key.clone()),
+            Some(g) if g.session == session => return Reply::Granted { token: g.token },
+            Some(g) => (g.owner.clone(), g.token),
+        };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return Reply::NoSession;
+        };
+        if s.waiting.contains(key) {
+            return Reply::Queued { owner, token };
+        }
+        if s.held.len() + s.waiting.len() >= MAX_HELD_PER_SESSION {
+            return Reply::Limit;
+        }
+        let queue = self.queues.entry(key.clone()).or_default();
+        if queue.len() >= MAX_WAITERS_PER_KEY {
+            return Reply::QueueFull { owner, token };
+        }
+        queue.push_back(session);
+        s.waiting.insert(key.clone());
+        Reply::Queued { owner, token }
+    }
+
+    fn dequeue(&mut self, session: SessionId, key: &Key) -> Reply {
+        if let Some(g) = self.grants.get(key).filter(|g| g.session == session) {
+            return Reply::Granted { token: g.token };
+        }
+        let waited = self
+            .sessions
+            .get_mut(&session)
+            .is_some_and(|s| s.waiting.remove(key));
+        if !waited {
+            return Reply::NotHeld;
+        }
+        self.leave_queue(key, session);
+        Reply::Dequeued
+    }
+
+    /// Removes `session` from `key`'s queue (not from its `waiting`).
+    fn leave_queue(&mut self, key: &Key, session: SessionId) {
+        if let Some(queue) = self.queues.get_mut(key) {
+            queue.retain(|s| *s != session);
+            if queue.is_empty() {
+                self.queues.remove(key);
+            }
+        }
+    }
+
+    /// Grants the free `key` to its first waiter, in the entry at `index`.
+    fn grant_next(&mut self, index: u64, key: &Key) {
+        let Some(queue) = self.queues.get_mut(key) else {
+            return;
+        };
+        // Every queued session is open (an ending session leaves its
+        // queues first); one that is not would be skipped.
+        let mut next = None;
+        while let Some(session) = queue.pop_front() {
+            if self.sessions.contains_key(&session) {
+                next = Some(session);
+                break;
+            }
+        }
+        if queue.is_empty() {
+            self.queues.remove(key);
+        }
+        let Some((session, s)) = next.and_then(|id| Some((id, self.sessions.get_mut(&id)?))) else {
+            return;
+        };
+        s.waiting.remove(key);
+        s.held.insert(key.clone());
+        let grant = Grant {
+            session,
+            owner: s.owner.clone(),
+            token: index,
+        };
+        self.grants.insert(key.clone(), grant);
+    }
 }
+
+mod snapshot;
+pub use snapshot::{SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotError};
 
 #[cfg(test)]
 mod tests;

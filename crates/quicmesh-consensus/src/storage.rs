@@ -222,11 +222,18 @@ impl Store {
 #[derive(Debug, Clone)]
 pub(crate) struct LogStore {
     store: Store,
+    /// The committed marker openraft last saved, not written yet: it is
+    /// written with the next append, in the same transaction, rather than
+    /// by a write of its own on every commit.
+    committed: Arc<Mutex<Option<Option<LogId<NodeId>>>>>,
 }
 
 impl LogStore {
     pub(crate) fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            committed: Arc::default(),
+        }
     }
 }
 
@@ -298,14 +305,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StoreError> {
-        // Not synced: losing it only means learning it again from the leader.
-        self.store
-            .write_meta(COMMITTED, &committed, Durability::None)
-            .await
-            .map_err(|e| StorageIOError::write(e).into())
+        // Kept until the next append writes it: losing it only means
+        // learning it again from the leader.
+        *crate::locked(&self.committed) = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        if let Some(committed) = *crate::locked(&self.committed) {
+            return Ok(committed);
+        }
         let committed: Option<Option<LogId<NodeId>>> = self
             .store
             .read_meta(COMMITTED)
@@ -330,6 +339,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry).map_err(StorageIOError::write_logs)?,
             ));
         }
+        let committed = match *crate::locked(&self.committed) {
+            Some(c) => Some(encode(&c).map_err(StorageIOError::write_logs)?),
+            None => None,
+        };
         let written = self
             .store
             .blocking(move |db| {
@@ -340,6 +353,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     for (index, bytes) in &rows {
                         table.insert(*index, bytes.as_slice()).map_err(any)?;
                     }
+                }
+                if let Some(committed) = &committed {
+                    let mut meta = tx.open_table(META).map_err(any)?;
+                    meta.insert(COMMITTED, committed.as_slice()).map_err(any)?;
                 }
                 tx.commit().map_err(any)
             })
@@ -466,7 +483,7 @@ impl StateStore {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(s) = stored {
-            let machine: Machine = decode(&s.data).map_err(|e| e.to_string())?;
+            let machine = Machine::from_snapshot(&s.data).map_err(|e| e.to_string())?;
             this.shared.replace(Applied {
                 last: s.meta.last_log_id,
                 membership: s.meta.last_membership,
@@ -497,7 +514,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let (last, membership, data) = {
             let state = self.shared.state();
-            let data = encode(&state.machine).map_err(StorageIOError::read_state_machine)?;
+            let data = state
+                .machine
+                .to_snapshot()
+                .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
             (state.last, state.membership.clone(), data)
         };
         let snapshot_id = match last {
@@ -568,8 +588,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StoreError> {
         let data = snapshot.into_inner();
-        let machine: Machine =
-            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
+        let machine = Machine::from_snapshot(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
         // Durable first: a crash after this finds the snapshot again.
         self.save_snapshot(meta.clone(), data).await?;
         self.shared.replace(Applied {

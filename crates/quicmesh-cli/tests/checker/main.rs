@@ -326,7 +326,7 @@ impl Lab {
         let (reply, incarnation) = self.ask(host, command).await;
         let completed = self.now();
         let (outcome, session) = match &reply {
-            Some(r) => (outcome_of(r), r.session),
+            Some(r) => (outcome_of(kind, r), r.session),
             None => (Outcome::Unknown, None),
         };
         // Held by this very node: another of its tasks has its turn at the
@@ -432,7 +432,10 @@ impl Lab {
     }
 }
 
-fn outcome_of(reply: &Reply) -> Outcome {
+/// What `reply` says an operation of `kind` did. A take whose session
+/// ended while it waited in the key's queue may have been granted before
+/// the end: its outcome is open.
+fn outcome_of(kind: Kind, reply: &Reply) -> Outcome {
     let owner = || reply.owner.as_deref().and_then(host_of);
     match reply.outcome.as_str() {
         "granted" => Outcome::Granted(reply.token),
@@ -442,6 +445,7 @@ fn outcome_of(reply: &Reply) -> Outcome {
         "not_held" => Outcome::NoEffect,
         "value" => Outcome::Value(owner().map(|o| (o, reply.token))),
         "error" => match reply.kind.as_deref() {
+            Some("session_expired") if kind == Kind::Take => Outcome::Unknown,
             Some("session_expired" | "refused" | "invalid") => Outcome::NoEffect,
             _ => Outcome::Unknown,
         },

@@ -9,9 +9,9 @@ use quicmesh_wire::NodeName;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{Consensus, Inner};
+use super::{Answer, Consensus, Inner, Request};
 use crate::ConsensusError;
-use crate::machine::{Key, Op, Reply, SessionId};
+use crate::machine::{Grant, Key, Op, Reply, SessionId};
 
 /// The leader of an election and its term.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,16 +38,59 @@ pub struct LockGuard {
     turn: Option<Turn>,
 }
 
+/// A take in progress that may have queued this node's session: dropped
+/// while it still has the turn (the take failed with its outcome open, or
+/// its caller gave up), the node leaves the queue in the background and
+/// gives back a grant made meanwhile, before its next task's turn.
+#[derive(Debug)]
+struct Waiting {
+    consensus: Consensus,
+    key: Key,
+    session: SessionId,
+    turn: Option<Turn>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(turn) = self.turn.take() {
+            let key = self.key.clone();
+            self.consensus
+                .give_back(key, self.session, None, true, Some(turn));
+        }
+    }
+}
+
 /// The keys some task of this node holds or waits for, each with the
-/// mutex that gives the tasks their turns.
+/// mutex that gives the tasks their turns (and passes on what a releasing
+/// task left for the next).
 #[derive(Debug, Default)]
-pub(super) struct Turns(Mutex<BTreeMap<Key, Arc<tokio::sync::Mutex<()>>>>);
+pub(super) struct Turns(Mutex<BTreeMap<Key, Arc<tokio::sync::Mutex<Option<Handoff>>>>>);
+
+/// What a task that released a key left for the next task of the node,
+/// its session put back in line in the releasing entry
+/// ([`Op::Requeue`]).
+#[derive(Debug, Clone)]
+struct Handoff {
+    session: SessionId,
+    /// When the release was asked: only a task already waiting then may
+    /// take what it left (its take began before the grant was made).
+    asked: Instant,
+    state: Handed,
+}
+
+#[derive(Debug, Clone)]
+enum Handed {
+    /// Granted again, with this token: no one else waited.
+    Granted(u64),
+    /// In line behind `owner`'s grant `after`.
+    Queued { owner: NodeName, after: u64 },
+}
 
 /// A task's turn at a key; the next task's when dropped.
 #[derive(Debug)]
 struct Turn {
     key: Key,
-    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<Option<Handoff>>>,
     inner: Weak<Inner>,
 }
 
@@ -70,19 +113,65 @@ impl Turns {
     }
 }
 
+impl Turn {
+    /// Whether another task of the node waits for this turn.
+    fn waited_for(&self) -> bool {
+        // The map, this turn and each waiter hold the mutex.
+        self.held
+            .as_ref()
+            .is_some_and(|g| Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(g)) > 2)
+    }
+
+    /// Leaves `handoff` for the task that has the turn next.
+    fn hand_off(&mut self, handoff: Handoff) {
+        if let Some(held) = &mut self.held {
+            **held = Some(handoff);
+        }
+    }
+
+    /// What the task that had the turn before left.
+    fn handoff(&mut self) -> Option<Handoff> {
+        self.held.as_mut().and_then(|held| held.take())
+    }
+}
+
 impl Drop for Turn {
     fn drop(&mut self) {
         drop(self.held.take());
-        if let Some(inner) = self.inner.upgrade() {
-            let mut turns = crate::locked(&inner.turns.0);
-            // Only the map holds it: no task holds or waits for the key.
-            if turns
-                .get(&self.key)
-                .is_some_and(|m| Arc::strong_count(m) == 1)
-            {
-                turns.remove(&self.key);
-            }
-        }
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut turns = crate::locked(&inner.turns.0);
+        // Only the map holds it: no task holds or waits for the key.
+        let Some(mutex) = turns
+            .get(&self.key)
+            .filter(|m| Arc::strong_count(m) == 1)
+            .cloned()
+        else {
+            return;
+        };
+        // A handoff no task took (its waiters gave up) goes back to the
+        // group, holding the turn meanwhile.
+        let left = mutex
+            .try_lock_owned()
+            .ok()
+            .and_then(|mut held| Some((held.take()?, held)));
+        let Some((handoff, held)) = left else {
+            turns.remove(&self.key);
+            return;
+        };
+        drop(turns);
+        let turn = Self {
+            key: self.key.clone(),
+            held: Some(held),
+            inner: self.inner.clone(),
+        };
+        let token = match handoff.state {
+            Handed::Granted(token) => Some(token),
+            Handed::Queued { .. } => None,
+        };
+        let consensus = Consensus { inner };
+        consensus.give_back(self.key.clone(), handoff.session, token, true, Some(turn));
     }
 }
 
@@ -119,18 +208,42 @@ impl LockGuard {
     /// quorum answers in time (`NoQuorum`), the node goes on trying in
     /// the background while its session lives, and its other tasks get
     /// their turn at the key only once the release is committed.
+    ///
+    /// If another task of this node waits for the key, the same entry
+    /// puts the node back in the key's queue for it (the lock goes to the
+    /// next node in line first, or back to this node with a new token if
+    /// none waits): the waiting task needs no commit of its own.
     pub async fn release(mut self) -> Result<(), ConsensusError> {
         self.released = true;
-        let deadline = Instant::now() + self.consensus.inner.config.request_timeout;
-        let given_up = self
-            .consensus
-            .give_up(&self.key, self.session, self.token, deadline)
-            .await;
+        let asked = Instant::now();
+        let deadline = asked + self.consensus.inner.config.request_timeout;
+        let requeue = self.turn.as_ref().is_some_and(Turn::waited_for);
+        let given_up = if requeue {
+            let requeued = self
+                .consensus
+                .requeue(&self.key, self.session, self.token, deadline)
+                .await;
+            requeued.map(|state| {
+                if let (Some(turn), Some(state)) = (&mut self.turn, state) {
+                    let session = self.session;
+                    turn.hand_off(Handoff {
+                        session,
+                        asked,
+                        state,
+                    });
+                }
+            })
+        } else {
+            self.consensus
+                .give_up(&self.key, self.session, self.token, deadline)
+                .await
+        };
         if let Err(ConsensusError::NoQuorum { .. }) = given_up {
             let key = self.key.clone();
             let turn = self.turn.take();
+            // A requeue may have put the session back in line.
             self.consensus
-                .give_back(key, self.session, Some(self.token), turn);
+                .give_back(key, self.session, Some(self.token), requeue, turn);
         }
         given_up
     }
@@ -143,8 +256,13 @@ impl Drop for LockGuard {
         }
         // The node's next task gets its turn once the release is committed.
         let turn = self.turn.take();
-        self.consensus
-            .give_back(self.key.clone(), self.session, Some(self.token), turn);
+        self.consensus.give_back(
+            self.key.clone(),
+            self.session,
+            Some(self.token),
+            false,
+            turn,
+        );
     }
 }
 
@@ -247,67 +365,201 @@ impl Consensus {
         Instant::now() + timeout.unwrap_or(self.inner.config.request_timeout)
     }
 
+    /// Takes `key`: granted at once if it is free, or else this node's
+    /// session waits in the key's queue and is granted it, with no commit
+    /// of its own, in the entry that releases it (a contended hand-over is
+    /// one commit). At the deadline it leaves the queue; a grant that came
+    /// first is returned rather than given up.
     async fn take(&self, key: Key, timeout: Duration) -> Result<LockGuard, ConsensusError> {
         let started = Instant::now();
         let deadline = started + timeout;
-        let Some(turn) = Turns::take(&self.inner, &key, deadline).await else {
+        let Some(mut turn) = Turns::take(&self.inner, &key, deadline).await else {
             return Err(ConsensusError::Timeout {
                 owner: self.inner.me.clone(),
                 waited: started.elapsed(),
             });
         };
+        let handoff = turn.handoff();
         let session = self.session(deadline).await?;
-        loop {
-            let op = take_op(&key, session).ok_or(ConsensusError::Invalid)?;
-            let written = match self.write(op, deadline).await {
-                Ok(reply) => reply,
-                Err(e) => {
-                    // The attempt may still be committed: give back what
-                    // no task would know it holds.
-                    if matches!(e, ConsensusError::NoQuorum { .. }) {
-                        self.give_back(key, session, None, Some(turn));
+        // Until a grant is known or the queue surely left: if this task
+        // stops (an error, or the caller drops the future), the node leaves
+        // the queue in the background and gives back a grant made meanwhile.
+        let mut waiting = Waiting {
+            consensus: self.clone(),
+            key: key.clone(),
+            session,
+            turn: Some(turn),
+        };
+        let granted = |waiting: &mut Waiting, token| LockGuard {
+            consensus: self.clone(),
+            key: key.clone(),
+            token,
+            session,
+            released: false,
+            turn: waiting.turn.take(),
+        };
+        // What the task before left: the session put back in line (or
+        // granted again) for this one.
+        let mut queued = None;
+        if let Some(h) = handoff.filter(|h| h.session == session) {
+            match h.state {
+                Handed::Granted(token) if started <= h.asked => {
+                    return Ok(granted(&mut waiting, token));
+                }
+                Handed::Queued { owner, after } if started <= h.asked => {
+                    queued = Some((owner, after));
+                }
+                // Left for a task that gave up: this one began after the
+                // grant, so it gives that back and asks afresh.
+                Handed::Granted(token) => self.clear(&key, session, Some(token), deadline).await?,
+                Handed::Queued { .. } => self.clear(&key, session, None, deadline).await?,
+            }
+        }
+        let owner = loop {
+            let (owner, after) = match queued.take() {
+                Some(q) => q,
+                None => {
+                    let op = Op::Enqueue {
+                        session,
+                        key: key.clone(),
+                    };
+                    let written = match self.write(op, deadline).await {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            // The attempt may still be committed: the node
+                            // leaves the queue (or gives back the grant)
+                            // when `waiting` drops. Any other error
+                            // committed nothing.
+                            if !matches!(e, ConsensusError::NoQuorum { .. }) {
+                                waiting.turn.take();
+                            }
+                            return Err(e);
+                        }
+                    };
+                    match written {
+                        Reply::Granted { token } => return Ok(granted(&mut waiting, token)),
+                        Reply::Queued { owner, token } => (owner, token),
+                        Reply::QueueFull { owner, token } => {
+                            // Too many waiters: wait for a change, ask again.
+                            self.wait_change(key.clone(), token, deadline).await?;
+                            if Instant::now() < deadline && self.session_id() == Some(session) {
+                                continue;
+                            }
+                            break owner;
+                        }
+                        other => {
+                            // Refused: not queued.
+                            waiting.turn.take();
+                            return Err(self.refusal(session, other));
+                        }
                     }
-                    return Err(e);
                 }
             };
-            match written {
-                Reply::Granted { token } => {
-                    return Ok(LockGuard {
-                        consensus: self.clone(),
-                        key,
-                        token,
-                        session,
-                        released: false,
-                        turn: Some(turn),
-                    });
+            if let Some(token) = self.wait_grant(&key, session, after, deadline).await {
+                return Ok(granted(&mut waiting, token));
+            }
+            if Instant::now() >= deadline || self.session_id() != Some(session) {
+                break owner;
+            }
+        };
+        // Out of time (or the session ended): leave the queue.
+        let until = Instant::now() + self.inner.config.request_timeout;
+        let op = Op::Dequeue {
+            session,
+            key: key.clone(),
+        };
+        let left = self.write(op, until).await?;
+        if let Reply::Granted { token } = left {
+            // Granted before it left: the grant is the caller's.
+            return Ok(granted(&mut waiting, token));
+        }
+        // Out of the queue (or refused, so never in it).
+        waiting.turn.take();
+        match left {
+            Reply::Dequeued | Reply::NotHeld => Err(ConsensusError::Timeout {
+                owner,
+                waited: started.elapsed(),
+            }),
+            other => Err(self.refusal(session, other)),
+        }
+    }
+
+    /// Waits until `session` is granted `key` with a token above `after`
+    /// (the holder's when it queued), until `deadline` or the end of the
+    /// session: on a voter, in its own applied state; on a client, as the
+    /// leader tells. `None` if not granted by then.
+    async fn wait_grant(
+        &self,
+        key: &Key,
+        session: SessionId,
+        after: u64,
+        deadline: Instant,
+    ) -> Option<u64> {
+        let mine = |g: &Grant| (g.session == session && g.token > after).then_some(g.token);
+        let mut ended = self.inner.session.subscribe();
+        let ended = ended.wait_for(|s| *s != Some(session));
+        tokio::pin!(ended);
+        if let Some(v) = &self.inner.voter {
+            let mut applied = v.shared.watch();
+            loop {
+                let seen = v.shared.state().machine.holder(key).and_then(mine);
+                if seen.is_some() {
+                    return seen;
                 }
-                Reply::Held { owner, token } => {
-                    if Instant::now() >= deadline {
-                        return Err(ConsensusError::Timeout {
-                            owner,
-                            waited: started.elapsed(),
-                        });
+                tokio::select! {
+                    changed = tokio::time::timeout_at(deadline, applied.changed()) => {
+                        if !matches!(changed, Ok(Ok(()))) {
+                            return None;
+                        }
                     }
-                    self.wait_change(key.clone(), token, deadline).await?;
-                    if Instant::now() >= deadline {
-                        return Err(ConsensusError::Timeout {
-                            owner,
-                            waited: started.elapsed(),
-                        });
-                    }
+                    _ = &mut ended => return None,
                 }
-                other => return Err(self.refusal(session, other)),
+            }
+        }
+        let mut token = after;
+        loop {
+            let wait_ms = super::millis(deadline.saturating_duration_since(Instant::now()));
+            let request = Request::WaitChange {
+                key: key.clone(),
+                token,
+                wait_ms,
+            };
+            let answer = tokio::select! {
+                answer = self.submit(request, deadline) => answer,
+                _ = &mut ended => return None,
+            };
+            match answer {
+                Ok(Answer::Holder(Some(g))) => {
+                    if let Some(t) = mine(&g) {
+                        return Some(t);
+                    }
+                    token = g.token;
+                }
+                // Free, yet not granted: the queue was left (the session
+                // ended); or no answer in time.
+                Ok(_) | Err(_) => return None,
+            }
+            if Instant::now() >= deadline {
+                return None;
             }
         }
     }
 
-    /// Gives up `session`'s grant of `key` in the background, retrying
-    /// while no quorum answers and the session lives (its grants end
-    /// with it), holding the node's `turn` at the key meanwhile so its
-    /// next task starts from a clean slate. With no `token` (a take whose
-    /// outcome is unknown), it takes the key again first: that returns the
-    /// grant the unanswered attempt made, if it was committed.
-    fn give_back(&self, key: Key, session: SessionId, token: Option<u64>, turn: Option<Turn>) {
+    /// Gives up `session`'s grant of `key` with `token` in the background,
+    /// then, if `leave`, takes the session out of the key's queue (giving
+    /// up the grant that returns, if the key was granted to it meanwhile);
+    /// retrying while no quorum answers and the session lives (its grants
+    /// end with it), holding the node's `turn` at the key meanwhile so its
+    /// next task starts from a clean slate. A take whose outcome is
+    /// unknown has no `token` and leaves.
+    fn give_back(
+        &self,
+        key: Key,
+        session: SessionId,
+        token: Option<u64>,
+        leave: bool,
+        turn: Option<Turn>,
+    ) {
         let tasks = self.inner.rpc.mesh().tasks().clone();
         if tasks.is_cancelled() {
             return;
@@ -316,19 +568,25 @@ impl Consensus {
         tasks.spawn(async move {
             let _turn = turn;
             let pause = this.inner.config.session_ttl / 6;
+            let (mut token, mut leave) = (token, leave);
             while *this.inner.session.borrow() == Some(session) {
                 let deadline = Instant::now() + this.inner.config.request_timeout;
-                let token = match token {
-                    Some(t) => Ok(t),
-                    None => this.held_by(&key, session, deadline).await,
+                let step = match (token, leave) {
+                    (Some(t), _) => match this.give_up(&key, session, t, deadline).await {
+                        Ok(()) | Err(ConsensusError::NotHeld) => {
+                            token = None;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    (None, true) => this.leave(&key, session, deadline).await.map(|t| {
+                        (token, leave) = (t, false);
+                    }),
+                    (None, false) => return,
                 };
-                let given_up = match token {
-                    Ok(token) => this.give_up(&key, session, token, deadline).await,
-                    Err(e) => Err(e),
-                };
-                match given_up {
+                match step {
                     Err(ConsensusError::NoQuorum { .. }) => tokio::time::sleep(pause).await,
-                    Err(ConsensusError::NotHeld) | Ok(()) => return,
+                    Ok(()) => {}
                     Err(e) => {
                         debug!("a grant not given back: {e}");
                         return;
@@ -338,19 +596,69 @@ impl Consensus {
         });
     }
 
-    /// The token of `session`'s grant of `key`, taking it if it is free
-    /// (the same session asking again gets the same grant); `NotHeld` if
-    /// another session holds it.
-    async fn held_by(
+    /// Gives up `session`'s grant of `key` with `token` (if any), or else
+    /// takes it out of the key's queue, giving up the grant that returns.
+    async fn clear(
+        &self,
+        key: &Key,
+        session: SessionId,
+        token: Option<u64>,
+        deadline: Instant,
+    ) -> Result<(), ConsensusError> {
+        let token = match token {
+            Some(t) => Some(t),
+            None => self.leave(key, session, deadline).await?,
+        };
+        match token {
+            Some(t) => match self.give_up(key, session, t, deadline).await {
+                Ok(()) | Err(ConsensusError::NotHeld) => Ok(()),
+                Err(e) => Err(e),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Gives up `session`'s grant of `key` with `token` and puts the
+    /// session back in line, in one entry: the grant or place in line it
+    /// has then (none if the queue was full).
+    async fn requeue(
+        &self,
+        key: &Key,
+        session: SessionId,
+        token: u64,
+        deadline: Instant,
+    ) -> Result<Option<Handed>, ConsensusError> {
+        let op = Op::Requeue {
+            session,
+            key: key.clone(),
+            token,
+        };
+        match self.write(op, deadline).await? {
+            Reply::Granted { token } => Ok(Some(Handed::Granted(token))),
+            Reply::Queued { owner, token } => Ok(Some(Handed::Queued {
+                owner,
+                after: token,
+            })),
+            Reply::QueueFull { .. } => Ok(None),
+            other => Err(self.refusal(session, other)),
+        }
+    }
+
+    /// Takes `session` out of `key`'s queue: the token of its grant of
+    /// `key` if it was granted meanwhile, `None` if it holds nothing.
+    async fn leave(
         &self,
         key: &Key,
         session: SessionId,
         deadline: Instant,
-    ) -> Result<u64, ConsensusError> {
-        let op = take_op(key, session).ok_or(ConsensusError::Invalid)?;
+    ) -> Result<Option<u64>, ConsensusError> {
+        let op = Op::Dequeue {
+            session,
+            key: key.clone(),
+        };
         match self.write(op, deadline).await? {
-            Reply::Granted { token } => Ok(token),
-            Reply::Held { .. } => Err(ConsensusError::NotHeld),
+            Reply::Granted { token } => Ok(Some(token)),
+            Reply::Dequeued | Reply::NotHeld => Ok(None),
             other => Err(self.refusal(session, other)),
         }
     }
@@ -506,20 +814,5 @@ impl Consensus {
             Some((s, at)) if s == session => Some(at),
             _ => None,
         }
-    }
-}
-
-/// The operation that takes `key` for `session`: none for a name.
-fn take_op(key: &Key, session: SessionId) -> Option<Op> {
-    match key {
-        Key::Lock(resource) => Some(Op::Acquire {
-            session,
-            resource: resource.clone(),
-        }),
-        Key::Leader(election) => Some(Op::Campaign {
-            session,
-            election: election.clone(),
-        }),
-        Key::Name(_) => None,
     }
 }

@@ -2,6 +2,7 @@
 //! followers and clients, failover, a minority, restarts and expiry.
 
 mod members;
+mod queue;
 mod support;
 
 use std::time::Duration;
