@@ -423,6 +423,7 @@
 
 pub mod admin;
 mod config;
+mod coordination;
 mod error;
 mod metrics;
 mod node;
@@ -447,6 +448,7 @@ pub mod discovery {
 }
 
 pub use config::{ConfigError, Coordination, IdentityConfig, NodeConfig};
+pub use coordination::{Election, Leadership, LockGuard, Registry, global};
 pub use error::StartError;
 pub use node::{Builder, Node, Reloaded};
 /// The metrics library whose [`Registry`](prometheus_client::registry::Registry)
@@ -458,9 +460,9 @@ pub use quicmesh_consensus::{
     LockGuard as ConsensusGuard,
 };
 pub use quicmesh_coord::{
-    AlreadyRegistered, CoordCounters, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
-    Leadership, LocalRegistry, LockError, LockGuard, LockOptions, MAX_CLOCK_DRIFT, Member,
-    Registered, Registration, Registry, RegistryError, RegistryEvent, Token,
+    AlreadyRegistered, CoordCounters, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
+    LocalRegistry, LockError, LockOptions, MAX_CLOCK_DRIFT, Member, Registered, Registration,
+    RegistryError, RegistryEvent, Token,
 };
 pub use quicmesh_identity as identity;
 pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie, IdentityError};
