@@ -364,12 +364,14 @@ impl ConsensusElection {
         if let Some(session) = self.consensus.session_id().filter(|_| guard.is_held()) {
             locked(&self.leading).insert(self.name.clone(), (term, session));
         }
-        Ok(Leadership(LeadershipInner::Consensus(ConsensusLeadership {
-            guard: Some(guard),
-            term,
-            name: self.name.clone(),
-            leading: self.leading.clone(),
-        })))
+        Ok(Leadership(LeadershipInner::Consensus(
+            ConsensusLeadership {
+                guard: Some(guard),
+                term,
+                name: self.name.clone(),
+                leading: self.leading.clone(),
+            },
+        )))
     }
 
     fn am_leader(&self) -> bool {
@@ -401,7 +403,9 @@ impl ConsensusElection {
                     }
                     None => {
                         tokio::time::sleep(OBSERVE_IDLE).await;
-                        this.consensus.leader_change(&this.name, 0, OBSERVE_ROUND).await
+                        this.consensus
+                            .leader_change(&this.name, 0, OBSERVE_ROUND)
+                            .await
                     }
                 };
                 let now = match seen {
@@ -450,7 +454,10 @@ struct ConsensusLeadership {
 impl Drop for ConsensusLeadership {
     fn drop(&mut self) {
         let mut leading = locked(&self.leading);
-        if leading.get(&self.name).is_some_and(|(t, _)| *t == self.term) {
+        if leading
+            .get(&self.name)
+            .is_some_and(|(t, _)| *t == self.term)
+        {
             leading.remove(&self.name);
         }
         // The guard, dropped after this, gives the leadership back.

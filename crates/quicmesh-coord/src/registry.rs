@@ -153,7 +153,9 @@ pub enum RegistryError {
     /// Consensus mode: the Raft group keeps a name's owner, not a service,
     /// so a name stands for the service of the same name on its owner;
     /// registering it for another service is refused.
-    #[error("consensus mode: {name:?} can stand only for the service of the same name, not {service:?}")]
+    #[error(
+        "consensus mode: {name:?} can stand only for the service of the same name, not {service:?}"
+    )]
     ServiceNotName {
         /// The name.
         name: String,
