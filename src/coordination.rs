@@ -28,6 +28,10 @@ pub mod global {
     pub use quicmesh_coord::{Election, Leadership, LockGuard, Registry};
 }
 
+/// The longest a consensus-mode lock or campaign waits: a year (a longer
+/// timeout, as `Duration::MAX`, would overflow a deadline).
+pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How long one consensus-mode campaign waits in the election's queue
 /// before it asks again (a campaign with no timeout goes on for ever).
 const CAMPAIGN_ROUND: Duration = Duration::from_secs(30);
@@ -245,7 +249,8 @@ impl Election {
         }
     }
 
-    /// As [`Election::campaign`], giving up after `timeout`: with
+    /// As [`Election::campaign`], giving up after `timeout` (in consensus
+    /// mode at most a year): with
     /// [`LockError::Timeout`] if another node led all along, or in
     /// consensus mode [`LockError::NoQuorum`] if no quorum answered.
     pub async fn campaign_timeout(&self, timeout: Duration) -> Result<Leadership, LockError> {
@@ -357,7 +362,7 @@ impl ConsensusElection {
     async fn campaign(&self, timeout: Duration) -> Result<Leadership, LockError> {
         let guard = self
             .consensus
-            .campaign(&self.name, timeout)
+            .campaign(&self.name, timeout.min(LONGEST_WAIT))
             .await
             .map_err(|e| lock_error(&self.name, e))?;
         let term = Token::from_log_index(guard.token());
@@ -550,7 +555,13 @@ pub struct Registry(RegistryInner);
 #[derive(Debug, Clone)]
 enum RegistryInner {
     Global(quicmesh_coord::Registry),
-    Consensus(crate::Node, Consensus),
+    Consensus {
+        node: crate::Node,
+        consensus: Consensus,
+        /// Sends nothing: consensus mode has no registry events. Kept so
+        /// that receivers wait rather than end.
+        quiet: broadcast::Sender<RegistryEvent>,
+    },
 }
 
 impl Registry {
@@ -558,8 +569,16 @@ impl Registry {
         Self(RegistryInner::Global(registry))
     }
 
-    pub(crate) fn consensus(node: crate::Node, consensus: Consensus) -> Self {
-        Self(RegistryInner::Consensus(node, consensus))
+    pub(crate) fn consensus(
+        node: crate::Node,
+        consensus: Consensus,
+        quiet: broadcast::Sender<RegistryEvent>,
+    ) -> Self {
+        Self(RegistryInner::Consensus {
+            node,
+            consensus,
+            quiet,
+        })
     }
 
     /// Registers `name` for `service` on this node: of concurrent attempts
@@ -573,7 +592,7 @@ impl Registry {
     pub async fn register(&self, name: &str, service: &str) -> Result<Registration, RegistryError> {
         let c = match &self.0 {
             RegistryInner::Global(r) => return r.register(name, service).await,
-            RegistryInner::Consensus(_, c) => c,
+            RegistryInner::Consensus { consensus: c, .. } => c,
         };
         if service != name {
             return Err(RegistryError::ServiceNotName {
@@ -601,7 +620,7 @@ impl Registry {
     pub async fn unregister(&self, name: &str) -> bool {
         match &self.0 {
             RegistryInner::Global(r) => r.unregister(name).await,
-            RegistryInner::Consensus(_, c) => match c.unregister(name).await {
+            RegistryInner::Consensus { consensus: c, .. } => match c.unregister(name).await {
                 Ok(()) => true,
                 Err(e) => {
                     debug!(name, "not unregistered: {e}");
@@ -621,7 +640,7 @@ impl Registry {
     pub fn whereis(&self, name: &str) -> Option<Registration> {
         match &self.0 {
             RegistryInner::Global(r) => r.whereis(name),
-            RegistryInner::Consensus(_, c) => {
+            RegistryInner::Consensus { consensus: c, .. } => {
                 let owner = c.whereis_stale(name).ok()??;
                 Some(registration(name, owner))
             }
@@ -638,7 +657,7 @@ impl Registry {
     ) -> Result<Option<Registration>, RegistryError> {
         match &self.0 {
             RegistryInner::Global(r) => Ok(r.whereis(name)),
-            RegistryInner::Consensus(_, c) => match c.whereis(name).await {
+            RegistryInner::Consensus { consensus: c, .. } => match c.whereis(name).await {
                 Ok(owner) => Ok(owner.map(|o| registration(name, o))),
                 Err(e) => Err(RegistryError::Lock(lock_error(name, e))),
             },
@@ -650,17 +669,17 @@ impl Registry {
     pub fn registered_names(&self) -> Vec<String> {
         match &self.0 {
             RegistryInner::Global(r) => r.registered_names(),
-            RegistryInner::Consensus(..) => Vec::new(),
+            RegistryInner::Consensus { .. } => Vec::new(),
         }
     }
 
     /// Events from now on: registrations, removals, conflicts. Global mode
-    /// only: in consensus mode the receiver is closed at once
-    /// (`RecvError::Closed`).
+    /// only: in consensus mode nothing is ever received (the receiver
+    /// waits, until the node is dropped).
     pub fn events(&self) -> broadcast::Receiver<RegistryEvent> {
         match &self.0 {
             RegistryInner::Global(r) => r.events(),
-            RegistryInner::Consensus(..) => broadcast::channel(1).1,
+            RegistryInner::Consensus { quiet, .. } => quiet.subscribe(),
         }
     }
 
@@ -687,7 +706,7 @@ impl Registry {
     {
         match &self.0 {
             RegistryInner::Global(r) => r.call(name, request).await,
-            RegistryInner::Consensus(node, _) => {
+            RegistryInner::Consensus { node, .. } => {
                 let timeout = node.rpc().config().timeout;
                 self.call_timeout(name, request, timeout).await
             }
@@ -707,7 +726,7 @@ impl Registry {
     {
         match &self.0 {
             RegistryInner::Global(r) => r.call_timeout(name, request, timeout).await,
-            RegistryInner::Consensus(node, _) => {
+            RegistryInner::Consensus { node, .. } => {
                 let r = self
                     .whereis_linearizable(name)
                     .await?
@@ -723,7 +742,7 @@ impl Registry {
     pub fn as_global(&self) -> Option<&quicmesh_coord::Registry> {
         match &self.0 {
             RegistryInner::Global(r) => Some(r),
-            RegistryInner::Consensus(..) => None,
+            RegistryInner::Consensus { .. } => None,
         }
     }
 }

@@ -61,6 +61,8 @@ struct Layers {
     consensus: Option<Consensus>,
     /// The elections this node leads in consensus mode.
     leading: Leading,
+    /// The registry events of consensus mode: none are ever sent.
+    quiet: tokio::sync::broadcast::Sender<quicmesh_coord::RegistryEvent>,
     /// Where the identity is read from again on reload; the lock also
     /// makes reloads take turns.
     identity: tokio::sync::Mutex<IdentityConfig>,
@@ -438,7 +440,8 @@ impl Node {
 
     /// Takes a cluster lock with other options: the timeout (both modes);
     /// the node set and the retries (global mode). In consensus mode the
-    /// node's session waits in the lock's queue until the timeout, so
+    /// node's session waits in the lock's queue until the timeout (at most
+    /// a year: a longer one, as `Duration::MAX`, counts as a year), so
     /// `retries` is ignored, and a node set is refused with
     /// [`LockError::GlobalOnly`].
     pub async fn lock_with(
@@ -453,10 +456,14 @@ impl Node {
                 .await
                 .map(LockGuard::global),
             Some(_) if options.nodes.is_some() => Err(LockError::GlobalOnly { option: "nodes" }),
-            Some(c) => match c.lock(resource, options.timeout).await {
-                Ok(guard) => Ok(LockGuard::consensus(guard, resource)),
-                Err(e) => Err(coordination::lock_error(resource, e)),
-            },
+            Some(c) => {
+                // A year at most: `Duration::MAX` would overflow the deadline.
+                let timeout = options.timeout.min(coordination::LONGEST_WAIT);
+                match c.lock(resource, timeout).await {
+                    Ok(guard) => Ok(LockGuard::consensus(guard, resource)),
+                    Err(e) => Err(coordination::lock_error(resource, e)),
+                }
+            }
         }
     }
 
@@ -479,7 +486,8 @@ impl Node {
     /// [`Registry`]).
     pub fn registry(&self) -> Registry {
         if let Some(c) = self.consensus() {
-            return Registry::consensus(self.clone(), c.clone());
+            let quiet = self.layers.quiet.clone();
+            return Registry::consensus(self.clone(), c.clone(), quiet);
         }
         // A registry handle keeps its node running, as a Node clone does.
         let node: Arc<dyn std::any::Any + Send + Sync> = self.layers.clone();
@@ -685,6 +693,7 @@ impl Builder {
                 coord,
                 consensus,
                 leading: Leading::default(),
+                quiet: tokio::sync::broadcast::channel(1).0,
                 identity: tokio::sync::Mutex::new(config.identity),
             }),
         })

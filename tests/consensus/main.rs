@@ -296,6 +296,16 @@ async fn one_api_in_consensus_mode() {
             nodes[0].lock_with("r", &only).await,
             Err(LockError::GlobalOnly { option: "nodes" })
         ));
+        // A timeout of Duration::MAX waits as long as need be.
+        let forever = LockOptions::default().timeout(Duration::MAX);
+        let g = nodes[0].lock_with("max", &forever).await.expect("granted");
+        g.release().await;
+        let e = nodes[0].election("max").campaign_timeout(Duration::MAX).await;
+        e.expect("leads").resign().await;
+        // No registry events in this mode: the stream waits, it does not end.
+        let mut events = nodes[0].registry().events();
+        let waited = tokio::time::timeout(Duration::from_millis(100), events.recv()).await;
+        assert!(waited.is_err(), "{waited:?}");
         // A name stands for the service of the same name.
         assert!(matches!(
             nodes[0].registry().register("n", "other").await,
