@@ -300,7 +300,10 @@ async fn one_api_in_consensus_mode() {
         let forever = LockOptions::default().timeout(Duration::MAX);
         let g = nodes[0].lock_with("max", &forever).await.expect("granted");
         g.release().await;
-        let e = nodes[0].election("max").campaign_timeout(Duration::MAX).await;
+        let e = nodes[0]
+            .election("max")
+            .campaign_timeout(Duration::MAX)
+            .await;
         e.expect("leads").resign().await;
         // No registry events in this mode: the stream waits, it does not end.
         let mut events = nodes[0].registry().events();
