@@ -231,15 +231,16 @@ impl Election {
     /// Waits until this node leads (for as long as it takes), then tells
     /// every node. Dropping the future gives up. In consensus mode the
     /// node's session waits in the election's queue, asking again while no
-    /// quorum answers (the minority side of a partition never leads);
-    /// [`Election::campaign_timeout`] gives up with `NoQuorum` instead.
+    /// quorum answers (the minority side of a partition never leads) or
+    /// after its session ended; [`Election::campaign_timeout`] gives up
+    /// with `NoQuorum` instead.
     pub async fn campaign(&self) -> Result<Leadership, LockError> {
         match &self.inner {
             ElectionInner::Global(e) => e.campaign().await.map(Leadership::global),
             ElectionInner::Consensus(e) => loop {
                 match e.campaign(CAMPAIGN_ROUND).await {
                     Err(LockError::Timeout { .. }) => {}
-                    Err(LockError::NoQuorum { .. }) => {
+                    Err(LockError::NoQuorum { .. } | LockError::SessionExpired { .. }) => {
                         let pause = e.consensus.config().session_ttl / 6;
                         tokio::time::sleep(pause).await;
                     }
@@ -320,7 +321,8 @@ impl Election {
     /// (terms only grow); [`Election::leader`] is the current one. In
     /// consensus mode a task of the node follows the group (a voter's
     /// applied state, or the Raft leader's answers on a client) while a
-    /// receiver is left; a change from no leader is seen within 100 ms,
+    /// receiver is left; its first item is the leader at its first look,
+    /// if there is one, a change from no leader is seen within 100 ms,
     /// and changes quicker than a look may be seen only as the last.
     pub fn observe(&self) -> broadcast::Receiver<LeaderChange> {
         match &self.inner {
