@@ -284,6 +284,17 @@ async fn one_api_in_consensus_mode() {
         let root = tempfile::tempdir().expect("tempdir");
         let nodes = start_consensus(root.path()).await;
         one_api(&nodes).await;
+        // Again, led by a client node (not a voter): its requests go to
+        // the Raft leader.
+        let client = start("d", root.path(), &nodes.iter().collect::<Vec<_>>()).await;
+        assert!(!client.consensus().expect("consensus mode").is_voter());
+        one_api(&[client.clone(), nodes[0].clone(), nodes[1].clone()]).await;
+        assert_eq!(
+            client.registry().whereis("svc"),
+            None,
+            "a client keeps no copy"
+        );
+        client.shutdown().await;
         // The tokens are the group's log indices, not clock readings.
         let t = nodes[0]
             .trans("r", |t| async move { t })
