@@ -235,9 +235,11 @@
 //!
 //! # Coordination
 //!
-//! What `:global`, `pg` and an etcd-style election give, agreed among the
-//! nodes connected at the time, so each side of a partition may grant its
-//! own lock or elect its own leader. What still holds is that
+//! What `:global`, `pg` and an etcd-style election give. In global mode,
+//! the default, they are agreed among the nodes connected at the time, so
+//! each side of a partition may grant its own lock or elect its own
+//! leader; in consensus mode the same calls are agreed by a Raft group
+//! (see [below](#consensus-mode-the-same-calls-agreed-by-raft)). What still holds is that
 //! fencing tokens and terms ([`Token`]) are unique cluster-wide and grow
 //! with every grant a holder could know of, and that a holder that lost
 //! its grant while cut off is told when it meets the others again
@@ -372,6 +374,63 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Consensus mode: the same calls, agreed by Raft
+//!
+//! With `coordination = "consensus"` (or [`Builder::consensus`]) the node
+//! runs a Raft group of the configured voters, or is a client of theirs,
+//! and the same [`Node::lock`], [`Node::lock_with`], [`Node::trans`],
+//! [`Node::election`] and [`Node::registry`] calls return the same types,
+//! now agreed by the group: at most one holder or leader or owner at a
+//! time, and on the minority side of a partition nothing is granted
+//! (calls end in [`LockError::NoQuorum`] when their timeout ends). Tokens
+//! are then the Raft log index of the grant ([`Token::log_index`]). What
+//! differs, and [`Node::consensus`] for what only this mode has
+//! (membership, status, stale reads), is in the README's "Consensus mode"
+//! section and on [`Election`] and [`Registry`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use quicmesh::{ConsensusConfig, LockError, LockOptions, Node, Token};
+//!
+//! /// The same code in either mode.
+//! async fn work(node: &Node) -> Result<Token, LockError> {
+//!     let quick = LockOptions::default().timeout(Duration::from_millis(200));
+//!     let guard = node.lock("invoices").await?;
+//!     assert!(matches!(node.lock_with("invoices", &quick).await, Err(LockError::Timeout { .. })));
+//!     let first = guard.token();
+//!     guard.release().await;
+//!     let second = node.trans("invoices", |token| async move { token }).await?;
+//!     assert!(second > first);
+//!     let leadership = node.election("scheduler").campaign().await?;
+//!     assert!(node.election("scheduler").am_leader());
+//!     let term = leadership.term();
+//!     leadership.resign().await;
+//!     Ok(term)
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let global = Node::builder()
+//!     .name("a@127.0.0.1").listen("127.0.0.1:0".parse()?).cookie("doc")
+//!     .start().await?;
+//! let term = work(&global).await?;
+//! assert!(term.log_index().is_none());          // a clock reading
+//! global.shutdown().await;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let consensus = Node::builder()
+//!     .name("b@127.0.0.1").listen("127.0.0.1:0".parse()?).cookie("doc")
+//!     .consensus(ConsensusConfig {
+//!         voters: vec!["b@127.0.0.1".parse()?],  // a group of one, for the example
+//!         data_dir: Some(dir.path().into()),
+//!         ..ConsensusConfig::default()
+//!     })
+//!     .start().await?;
+//! let term = work(&consensus).await?;
+//! assert!(term.log_index().is_some());          // a Raft log index
+//! consensus.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
 //! # Discovery
 //!
 //! Besides seeds, topologies find the nodes to connect to, like
@@ -423,6 +482,7 @@
 
 pub mod admin;
 mod config;
+mod coordination;
 mod error;
 mod metrics;
 mod node;
@@ -447,20 +507,24 @@ pub mod discovery {
 }
 
 pub use config::{ConfigError, Coordination, IdentityConfig, NodeConfig};
+pub use coordination::{Election, Leadership, LockGuard, Registry, global};
 pub use error::StartError;
 pub use node::{Builder, Node, Reloaded};
 /// The metrics library whose [`Registry`](prometheus_client::registry::Registry)
 /// [`Node::register_metrics`] fills, re-exported so an application uses the
 /// same version.
 pub use prometheus_client;
+/// Consensus mode's own handle and types, for what only that mode has
+/// ([`Node::consensus`]); locks, elections and names go through the one
+/// API of both modes.
 pub use quicmesh_consensus::{
     Consensus, ConsensusConfig, ConsensusError, Leader as ConsensusLeader,
     LockGuard as ConsensusGuard,
 };
 pub use quicmesh_coord::{
-    AlreadyRegistered, CoordCounters, Election, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
-    Leadership, LocalRegistry, LockError, LockGuard, LockOptions, MAX_CLOCK_DRIFT, Member,
-    Registered, Registration, Registry, RegistryError, RegistryEvent, Token,
+    AlreadyRegistered, CoordCounters, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,
+    LocalRegistry, LockError, LockOptions, MAX_CLOCK_DRIFT, Member, Registered, Registration,
+    RegistryError, RegistryEvent, Token,
 };
 pub use quicmesh_identity as identity;
 pub use quicmesh_identity::{AuthFailure, CertFiles, Cookie, IdentityError};

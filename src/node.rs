@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quicmesh_consensus::{Consensus, ConsensusConfig};
-use quicmesh_coord::{
-    Coord, CoordCounters, Election, Groups, LockError, LockGuard, LockOptions, Registry, Token,
-};
+use quicmesh_coord::{Coord, CoordCounters, Groups, LockError, LockOptions, Token};
 use quicmesh_discovery::{Discovery, LocalNode, Strategy, Topology};
 use quicmesh_identity::{CertFiles, Cookie, Identity, IdentityError};
 use quicmesh_mesh::{ConnectError, EventStream, Mesh, PingError, Router, Status, WaitError};
@@ -22,6 +20,7 @@ use serde::de::DeserializeOwned;
 use tracing::info;
 
 use crate::config::{ConfigError, Coordination, IdentityConfig, NodeConfig};
+use crate::coordination::{self, Election, Leading, LockGuard, Registry};
 use crate::error::StartError;
 use crate::metrics::{self, Measured};
 
@@ -60,6 +59,10 @@ struct Layers {
     coord: Arc<Coord>,
     /// Consensus mode's Raft voter or client, if the mode is on.
     consensus: Option<Consensus>,
+    /// The elections this node leads in consensus mode.
+    leading: Leading,
+    /// The registry events of consensus mode: none are ever sent.
+    quiet: tokio::sync::broadcast::Sender<quicmesh_coord::RegistryEvent>,
     /// Where the identity is read from again on reload; the lock also
     /// makes reloads take turns.
     identity: tokio::sync::Mutex<IdentityConfig>,
@@ -423,26 +426,50 @@ impl Node {
         self.rpc().open_uni(peer, protocol).await
     }
 
-    /// Takes the cluster lock of `resource` on every connected node
-    /// (`:global.set_lock`), retrying for up to 30 s; released when the
-    /// guard is dropped, and by every node if this node goes down. See
-    /// [`LockGuard::token`] for the fencing token.
+    /// Takes the cluster lock of `resource`, waiting up to 30 s; released
+    /// when the guard is dropped. Global mode (`:global.set_lock`): taken
+    /// on every connected node, and released by every node if this node
+    /// goes down. Consensus mode: granted by the Raft group to this node's
+    /// session, and released when the session ends; on the minority side
+    /// of a partition it is never granted and fails with
+    /// [`LockError::NoQuorum`] (or [`LockError::Timeout`] while another
+    /// node holds it). See [`LockGuard::token`] for the fencing token.
     pub async fn lock(&self, resource: &str) -> Result<LockGuard, LockError> {
         self.lock_with(resource, &LockOptions::default()).await
     }
 
-    /// Takes a cluster lock with other options: the node set, retries,
-    /// timeout.
+    /// Takes a cluster lock with other options: the timeout (both modes);
+    /// the node set and the retries (global mode). In consensus mode the
+    /// node's session waits in the lock's queue until the timeout (at most
+    /// a year: a longer one, as `Duration::MAX`, counts as a year), so
+    /// `retries` is ignored, and a node set is refused with
+    /// [`LockError::GlobalOnly`].
     pub async fn lock_with(
         &self,
         resource: &str,
         options: &LockOptions,
     ) -> Result<LockGuard, LockError> {
-        self.coord().lock(resource, options).await
+        match self.consensus() {
+            None => self
+                .coord()
+                .lock(resource, options)
+                .await
+                .map(LockGuard::global),
+            Some(_) if options.nodes.is_some() => Err(LockError::GlobalOnly { option: "nodes" }),
+            Some(c) => {
+                // A year at most: `Duration::MAX` would overflow the deadline.
+                let timeout = options.timeout.min(coordination::LONGEST_WAIT);
+                match c.lock(resource, timeout).await {
+                    Ok(guard) => Ok(LockGuard::consensus(guard, resource)),
+                    Err(e) => Err(coordination::lock_error(resource, e)),
+                }
+            }
+        }
     }
 
     /// Runs `work` under the cluster lock of `resource` (`:global.trans`),
     /// giving it the fencing token; the lock is released when it ends.
+    /// Taken as [`Node::lock`] takes it, in either mode.
     pub async fn trans<F, Fut, T>(&self, resource: &str, work: F) -> Result<T, LockError>
     where
         F: FnOnce(Token) -> Fut,
@@ -454,11 +481,17 @@ impl Node {
         Ok(result)
     }
 
-    /// The global name registry, shared by every connected node.
+    /// The cluster-wide name registry: in global mode shared by every
+    /// connected node, in consensus mode agreed by the Raft group (see
+    /// [`Registry`]).
     pub fn registry(&self) -> Registry {
+        if let Some(c) = self.consensus() {
+            let quiet = self.layers.quiet.clone();
+            return Registry::consensus(self.clone(), c.clone(), quiet);
+        }
         // A registry handle keeps its node running, as a Node clone does.
         let node: Arc<dyn std::any::Any + Send + Sync> = self.layers.clone();
-        self.coord().registry(Some(node))
+        Registry::global(self.coord().registry(Some(node)))
     }
 
     /// The process groups, shared by every connected node.
@@ -466,9 +499,19 @@ impl Node {
         self.coord().groups()
     }
 
-    /// The leader election called `name`.
+    /// The leader election called `name`: in global mode agreed among
+    /// the connected nodes, in consensus mode by the Raft group (see
+    /// [`Election`]).
     pub fn election(&self, name: &str) -> Election {
-        self.coord().election(name)
+        match self.consensus() {
+            None => Election::global(self.coord().election(name), name),
+            Some(c) => Election::consensus(
+                c.clone(),
+                name,
+                self.layers.leading.clone(),
+                self.mesh().tasks().clone(),
+            ),
+        }
     }
 
     /// Shuts down gracefully: peers see `NodeDown { reason: Shutdown }` at
@@ -483,9 +526,12 @@ impl Node {
         self.mesh().shutdown().await;
     }
 
-    /// Consensus mode's handle (`coordination = "consensus"`): locks,
-    /// elections and names agreed by the Raft group of the configured
-    /// voters. `None` in global mode.
+    /// Consensus mode's own handle (`coordination = "consensus"`), for
+    /// what only that mode has: the voters and their changes
+    /// ([`Consensus::membership`]), the group's status, the session, stale
+    /// local reads. Locks, elections and names are taken through
+    /// [`Node::lock`], [`Node::election`] and [`Node::registry`], which
+    /// use the Raft group in this mode. `None` in global mode.
     pub fn consensus(&self) -> Option<&Consensus> {
         self.layers.consensus.as_ref()
     }
@@ -646,6 +692,8 @@ impl Builder {
                 rpc,
                 coord,
                 consensus,
+                leading: Leading::default(),
+                quiet: tokio::sync::broadcast::channel(1).0,
                 identity: tokio::sync::Mutex::new(config.identity),
             }),
         })

@@ -111,7 +111,9 @@ pub struct HeldLock {
     pub token: Option<Token>,
 }
 
-/// Why a lock was not taken.
+/// Why a lock (or a leadership, or a name's lock) was not taken, in
+/// either coordination mode. The variants after `ShuttingDown` come only
+/// from consensus mode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
@@ -122,8 +124,12 @@ pub enum LockError {
         resource: String,
         /// How long this node tried.
         waited: Duration,
-        /// How many attempts it made.
+        /// How many attempts it made (consensus mode: 1, the session waits
+        /// in the lock's queue).
         attempts: u32,
+        /// The holder at the last look, when known (consensus mode; it may
+        /// be this node, when another of its tasks holds the lock).
+        holder: Option<NodeName>,
     },
     /// The resource name is empty or longer than 1024 bytes.
     #[error("bad lock resource name {0:?}: 1 to 1024 bytes")]
@@ -137,6 +143,42 @@ pub enum LockError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// Consensus mode: no Raft leader with a quorum committed the request
+    /// within the timeout. This node may be on the minority side of a
+    /// partition, or most voters are down; the minority side never grants.
+    /// As with any timeout, a request may still be committed later (a
+    /// grant that arrives after this error is given back).
+    #[error("lock {resource:?}: no quorum committed the request within {waited:?}")]
+    NoQuorum {
+        /// The resource.
+        resource: String,
+        /// How long this node waited.
+        waited: Duration,
+    },
+    /// Consensus mode: this node's session ran out (cut off or paused for
+    /// longer than its TTL) or was closed while the request waited; what
+    /// the session held is released. The next request opens a new one.
+    #[error("lock {resource:?}: the session expired")]
+    SessionExpired {
+        /// The resource.
+        resource: String,
+    },
+    /// An option that means something only in global mode (`nodes`: the
+    /// Raft group, not a set of nodes, grants a consensus-mode lock).
+    #[error("the lock option {option:?} means something only in global mode")]
+    GlobalOnly {
+        /// The option.
+        option: &'static str,
+    },
+    /// Consensus mode: the Raft group refused the request or its member on
+    /// this node failed, for a reason none of the variants above names.
+    #[error("lock {resource:?}: consensus: {detail}")]
+    Consensus {
+        /// The resource.
+        resource: String,
+        /// What the group or its member said.
+        detail: String,
+    },
 }
 
 /// A cluster lock held: released when dropped. Hold it in the task that
@@ -279,6 +321,7 @@ pub(crate) async fn acquire(
                 resource: resource.to_owned(),
                 waited: started.elapsed(),
                 attempts,
+                holder: None,
             });
         }
         tokio::time::sleep(wait).await;

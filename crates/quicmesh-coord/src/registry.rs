@@ -150,6 +150,18 @@ pub enum RegistryError {
     /// The call to the name's service failed.
     #[error(transparent)]
     Rpc(#[from] RpcError),
+    /// Consensus mode: the Raft group keeps a name's owner, not a service,
+    /// so a name stands for the service of the same name on its owner;
+    /// registering it for another service is refused.
+    #[error(
+        "consensus mode: {name:?} can stand only for the service of the same name, not {service:?}"
+    )]
+    ServiceNotName {
+        /// The name.
+        name: String,
+        /// The service asked for.
+        service: String,
+    },
 }
 
 /// The registered names, the claims waiting beside them (with how many of

@@ -18,6 +18,12 @@ use serde::{Deserialize, Serialize};
 /// token it has seen and refuses smaller ones. It is one number
 /// ([`Token::get`]): the clock reading ([`Hlc::packed`]) in the high 64
 /// bits, a 64-bit hash of the node name in the low 64.
+///
+/// In consensus mode (`coordination = "consensus"`) a token is instead
+/// the Raft log index of the granting entry ([`Token::from_log_index`],
+/// [`Token::log_index`]): the high 64 bits are zero, and every later grant
+/// of anything, by any node, has a larger one. Tokens of the two modes
+/// are not to be compared with each other; a cluster runs in one mode.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -50,9 +56,24 @@ impl Token {
         Self(value)
     }
 
-    /// The clock reading of the grant.
+    /// The clock reading of the grant, in global mode. A consensus-mode
+    /// token carries no clock reading: for one, this is the zero reading
+    /// (`millis` 0); read [`Token::log_index`] instead.
     pub fn time(self) -> Hlc {
         Hlc::unpacked((self.0 >> 64) as u64)
+    }
+
+    /// The token of a consensus-mode grant: the Raft log index of the
+    /// entry that made it.
+    pub fn from_log_index(index: u64) -> Self {
+        Self(u128::from(index))
+    }
+
+    /// The Raft log index of a consensus-mode token; `None` for a
+    /// global-mode token (whose high 64 bits, the clock reading, are never
+    /// zero) other than [`Token::NONE`], which is index 0.
+    pub fn log_index(self) -> Option<u64> {
+        u64::try_from(self.0).ok()
     }
 }
 
@@ -94,6 +115,11 @@ mod tests {
         let token = Token::new(t, &a);
         assert_eq!(Token::from_u128(token.get()), token);
         assert_eq!(token.to_string(), token.get().to_string());
+        assert_eq!(token.log_index(), None, "a clock reading is never zero");
+        let index = Token::from_log_index(42);
+        assert_eq!((index.log_index(), index.get()), (Some(42), 42));
+        assert!(Token::from_log_index(43) > index && index > Token::NONE);
+        assert_eq!(index.time().millis, 0);
         // The hash is fixed: a change would reorder tokens across versions.
         assert_eq!(name_hash(&a), 0xe6ac_9f19_04e0_14a4_u64);
     }

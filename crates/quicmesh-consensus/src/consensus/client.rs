@@ -310,6 +310,27 @@ impl Consensus {
         }))
     }
 
+    /// Waits, at most `timeout`, until `election` is no longer led in
+    /// `term` (led by another term, or by no one), then reads its leader
+    /// as [`Consensus::leader`] does on a client and as
+    /// [`Consensus::leader_stale`] does on a voter (its own applied state,
+    /// which has just moved on). With no leader now, `term` 0 returns at
+    /// once. `Ok` with the leader in `term` again means the wait timed out.
+    pub async fn leader_change(
+        &self,
+        election: &str,
+        term: u64,
+        timeout: Duration,
+    ) -> Result<Option<Leader>, ConsensusError> {
+        let key = Key::Leader(election.to_owned());
+        self.wait_change(key, term, self.deadline(Some(timeout)))
+            .await?;
+        match self.inner.voter {
+            Some(_) => self.leader_stale(election),
+            None => self.leader(election).await,
+        }
+    }
+
     /// Registers `name` for this node's session, within `request_timeout`.
     /// `Taken` if another node has it; registering it again is fine.
     pub async fn register(&self, name: &str) -> Result<(), ConsensusError> {
