@@ -44,8 +44,31 @@ pub(crate) fn bind(
         .map_err(|e| BindError::Identity(rustls::Error::General(e.to_string()).into()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(transport);
-    quinn::Endpoint::server(server, addr).map_err(|source| BindError::Io { addr, source })
+    let io = |source| BindError::Io { addr, source };
+    let socket = std::net::UdpSocket::bind(addr).map_err(io)?;
+    // The kernel's default buffers (about 200 KiB on Linux) overflow
+    // under one 1 MiB call on loopback; a dropped datagram costs a loss
+    // recovery and a smaller congestion window. Capped by the system's
+    // maximum (`net.core.rmem_max`, `wmem_max`), so best effort.
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    let runtime = quinn::default_runtime().ok_or_else(|| {
+        io(std::io::Error::other(
+            "no async runtime to drive the endpoint",
+        ))
+    })?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(io)
 }
+
+/// Send and receive buffer asked of the kernel for a node's UDP sockets.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Starts a dial to `expected` at `addr` with a client config whose
 /// verifier insists on that name. Returns the handshake future and the
