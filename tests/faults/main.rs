@@ -1743,8 +1743,12 @@ async fn a_group_flood_is_capped_and_goes_with_its_node() {
         assert!(groups.members("one").is_empty(), "gone with its node");
         // What one sync costs to take in (its bytes, decoded, the pairs
         // kept and the ones replaced) is given back: kept for each sync,
-        // it would pass this within the 20.
-        assert!(grown < 200 * 1024, "RSS grew {grown} KiB during the flood");
+        // it would pass this within the 20. The growth is mostly the
+        // allocator keeping what it freed (it stays after the node goes):
+        // 151-158 MiB with every call on the mesh connection, 170-227 MiB
+        // since the syncs (large calls) are decoded on the bulk path's
+        // threads, whose allocator arenas keep their own free memory.
+        assert!(grown < 256 * 1024, "RSS grew {grown} KiB during the flood");
         legit.shutdown().await;
         victim.shutdown().await;
     })

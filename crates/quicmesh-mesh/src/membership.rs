@@ -342,6 +342,13 @@ impl Mesh {
         self.inner.bulk_link(peer)
     }
 
+    /// The bulk path's runtime (its lower-priority threads), to run the
+    /// transfer of a call on the bulk path beside its connection. `None`
+    /// with `bulk_path` off.
+    pub fn bulk_runtime(&self) -> Option<&'static tokio::runtime::Handle> {
+        self.inner.bulk.as_ref().map(|b| b.handle())
+    }
+
     /// Whether `name` is one of the seeds of the configuration.
     pub fn is_configured_seed(&self, name: &NodeName) -> bool {
         self.inner.config.seeds.iter().any(|s| s.name == *name)

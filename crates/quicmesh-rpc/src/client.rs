@@ -11,6 +11,8 @@ use quicmesh_wire::{
     RpcStatus, StreamKind,
 };
 use quinn::{ReadToEndError, RecvStream, SendStream, VarInt, WriteError};
+use tokio::runtime::Handle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::connections::Connections;
 use crate::lane::{Lane, Reply};
@@ -35,11 +37,33 @@ impl Drop for CallStreams {
 }
 
 /// The connections a call may take to its peer: the main one, and the
-/// bulk path for large calls once it is open.
+/// bulk path for large calls once it is open, with the runtime its
+/// transfers run on.
 #[derive(Clone, Copy)]
 pub(crate) struct Path<'a> {
     pub(crate) main: &'a Peer,
-    pub(crate) bulk: Option<&'a Peer>,
+    pub(crate) bulk: Option<(&'a Peer, &'static Handle)>,
+}
+
+/// A [`Call`] that owns its fields, to run on another runtime.
+struct OwnedCall {
+    peer: NodeName,
+    service: String,
+    timeout: Duration,
+    mode: RpcMode,
+    max: usize,
+}
+
+impl OwnedCall {
+    fn call(&self) -> Call<'_> {
+        Call {
+            peer: &self.peer,
+            service: &self.service,
+            timeout: self.timeout,
+            mode: self.mode,
+            max: self.max,
+        }
+    }
 }
 
 /// One call, cast or streaming call on its way to one peer.
@@ -76,8 +100,10 @@ impl Call<'_> {
                     .map_err(|e| self.down(e.to_string()))?;
                 self.on_lane(lane, &body).await
             } else {
-                let conn = path.bulk.unwrap_or(path.main).connection();
-                self.on_stream(conn, body).await
+                match path.bulk {
+                    Some((link, runtime)) => self.on_bulk(link, runtime, body).await,
+                    None => self.on_stream(path.main.connection(), body).await,
+                }
             }
         };
         match tokio::time::timeout(self.timeout, exchange).await {
@@ -198,6 +224,31 @@ impl Call<'_> {
                 service: self.service.to_owned(),
                 detail,
             }),
+        }
+    }
+
+    /// A large call on the bulk path: the transfer (writing the request,
+    /// reading the response) runs on the bulk runtime's threads, so its
+    /// copies yield to small calls as its packets do. Dropping the call
+    /// aborts it there, which resets its stream.
+    async fn on_bulk(
+        &self,
+        link: &Peer,
+        runtime: &Handle,
+        body: Bytes,
+    ) -> Result<Vec<u8>, RpcError> {
+        let owned = OwnedCall {
+            peer: self.peer.clone(),
+            service: self.service.to_owned(),
+            timeout: self.timeout,
+            mode: self.mode,
+            max: self.max,
+        };
+        let conn = link.connection().clone();
+        let transfer = runtime.spawn(async move { owned.call().on_stream(&conn, body).await });
+        match AbortOnDropHandle::new(transfer).await {
+            Ok(result) => result,
+            Err(e) => Err(self.down(format!("the bulk transfer ended: {e}"))),
         }
     }
 

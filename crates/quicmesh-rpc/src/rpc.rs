@@ -348,13 +348,13 @@ impl Rpc {
         // A call too large for the lane goes on the peer's bulk path once
         // it is open, so small calls never wait behind it.
         let bulk = if body.len() > LANE_MAX_BODY {
-            self.mesh.bulk(&connected)
+            self.mesh.bulk(&connected).zip(self.mesh.bulk_runtime())
         } else {
             None
         };
         let path = Path {
             main: &connected,
-            bulk: bulk.as_ref(),
+            bulk: bulk.as_ref().map(|(link, runtime)| (link, *runtime)),
         };
         call.run(path, &callee.conns, &callee.tasks, body).await
     }
