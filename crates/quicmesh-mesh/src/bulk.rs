@@ -28,7 +28,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quicmesh_identity::{Identity, NodeName};
 use quicmesh_wire::CloseCode;
@@ -52,8 +52,6 @@ pub const BULK_NICE: i32 = 10;
 const NICEST: i32 = 19;
 /// Threads of the bulk runtime.
 const BULK_THREADS: usize = 2;
-/// Longest wait before a failed bulk dial is tried again.
-const MAX_BULK_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The process's bulk runtime, shared by every node of the process and
 /// never dropped. Its threads are named `quicmesh-bulk` and, on Linux,
@@ -193,60 +191,6 @@ impl BulkEndpoint {
     }
 }
 
-/// What a main connection knows of its bulk path, kept with its [`Peer`].
-#[derive(Debug, Default)]
-pub(crate) struct BulkState {
-    /// The peer's bulk port, once it said.
-    pub(crate) port: Option<u16>,
-    /// The bulk connection this node dialled, once up.
-    pub(crate) dialled: Option<Peer>,
-    /// A dial is in progress.
-    pub(crate) dialling: bool,
-    /// Dials that failed in a row, and when the next may start.
-    pub(crate) failures: u32,
-    pub(crate) not_before: Option<Instant>,
-    /// The bulk connection the peer dialled to this node, if any.
-    pub(crate) accepted: Option<quinn::Connection>,
-}
-
-impl BulkState {
-    /// The dialled bulk connection if it is open; otherwise whether a dial
-    /// should start now (and then it is marked as in progress).
-    pub(crate) fn usable_or_start(&mut self, now: Instant) -> Result<Peer, bool> {
-        if let Some(link) = &self.dialled {
-            if link.connection().close_reason().is_none() {
-                return Ok(link.clone());
-            }
-            self.dialled = None;
-        }
-        let start =
-            self.port.is_some() && !self.dialling && self.not_before.is_none_or(|t| now >= t);
-        if start {
-            self.dialling = true;
-        }
-        Err(start)
-    }
-
-    /// A dial ended: with the connection, or failed (then the next one
-    /// waits 1 s, doubling with each failure up to a minute).
-    pub(crate) fn dialled(&mut self, outcome: Option<Peer>, now: Instant) {
-        self.dialling = false;
-        match outcome {
-            Some(link) => {
-                self.dialled = Some(link);
-                self.failures = 0;
-                self.not_before = None;
-            }
-            None => {
-                self.failures = self.failures.saturating_add(1);
-                let doublings = self.failures.saturating_sub(1).min(6);
-                let wait = Duration::from_secs(1 << doublings).min(MAX_BULK_BACKOFF);
-                self.not_before = Some(now + wait);
-            }
-        }
-    }
-}
-
 /// Counts a bulk connection taken from a peer, or refused.
 pub(crate) fn count(counters: &Counters, accepted: bool) {
     let c = if accepted {
@@ -268,34 +212,6 @@ pub(crate) fn refused(from: SocketAddr, name: Option<&NodeName>, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_failed_dial_backs_off_and_a_success_resets_it() {
-        let now = Instant::now();
-        let mut s = BulkState::default();
-        assert_eq!(s.usable_or_start(now).err(), Some(false), "no port yet");
-        s.port = Some(9);
-        assert_eq!(s.usable_or_start(now).err(), Some(true));
-        assert_eq!(
-            s.usable_or_start(now).err(),
-            Some(false),
-            "one dial at a time"
-        );
-        s.dialled(None, now);
-        assert_eq!(s.usable_or_start(now).err(), Some(false), "backing off");
-        let later = now + Duration::from_secs(1);
-        assert_eq!(s.usable_or_start(later).err(), Some(true));
-        s.dialled(None, later);
-        assert_eq!(
-            s.usable_or_start(later + Duration::from_secs(1)).err(),
-            Some(false),
-            "the second failure waits 2 s"
-        );
-        for _ in 0..20 {
-            s.dialled(None, later);
-        }
-        assert_eq!(s.not_before, Some(later + MAX_BULK_BACKOFF));
-    }
 
     #[cfg(target_os = "linux")]
     #[test]

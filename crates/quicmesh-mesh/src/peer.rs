@@ -8,7 +8,6 @@ use quicmesh_wire::{CloseCode, Control, NodeName};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::bulk::BulkState;
 use crate::event::DownReason;
 use crate::status::Counters;
 use crate::transport;
@@ -159,5 +158,95 @@ impl Violation {
         Self {
             detail: detail.into(),
         }
+    }
+}
+
+/// Longest wait before a failed bulk dial is tried again.
+const MAX_BULK_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What a main connection knows of its bulk path, kept with its [`Peer`] (see [`crate::bulk`]).
+#[derive(Debug, Default)]
+pub(crate) struct BulkState {
+    /// The peer's bulk port, once it said.
+    pub(crate) port: Option<u16>,
+    /// The bulk connection this node dialled, once up.
+    pub(crate) dialled: Option<Peer>,
+    /// A dial is in progress.
+    pub(crate) dialling: bool,
+    /// Dials that failed in a row, and when the next may start.
+    pub(crate) failures: u32,
+    pub(crate) not_before: Option<Instant>,
+    /// The bulk connection the peer dialled to this node, if any.
+    pub(crate) accepted: Option<quinn::Connection>,
+}
+
+impl BulkState {
+    /// The dialled bulk connection if it is open; otherwise whether a dial
+    /// should start now (and then it is marked as in progress).
+    pub(crate) fn usable_or_start(&mut self, now: Instant) -> Result<Peer, bool> {
+        if let Some(link) = &self.dialled {
+            if link.connection().close_reason().is_none() {
+                return Ok(link.clone());
+            }
+            self.dialled = None;
+        }
+        let start =
+            self.port.is_some() && !self.dialling && self.not_before.is_none_or(|t| now >= t);
+        if start {
+            self.dialling = true;
+        }
+        Err(start)
+    }
+
+    /// A dial ended: with the connection, or failed (then the next one
+    /// waits 1 s, doubling with each failure up to a minute).
+    pub(crate) fn dialled(&mut self, outcome: Option<Peer>, now: Instant) {
+        self.dialling = false;
+        match outcome {
+            Some(link) => {
+                self.dialled = Some(link);
+                self.failures = 0;
+                self.not_before = None;
+            }
+            None => {
+                self.failures = self.failures.saturating_add(1);
+                let doublings = self.failures.saturating_sub(1).min(6);
+                let wait = Duration::from_secs(1 << doublings).min(MAX_BULK_BACKOFF);
+                self.not_before = Some(now + wait);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_dial_backs_off_and_a_success_resets_it() {
+        let now = Instant::now();
+        let mut s = BulkState::default();
+        assert_eq!(s.usable_or_start(now).err(), Some(false), "no port yet");
+        s.port = Some(9);
+        assert_eq!(s.usable_or_start(now).err(), Some(true));
+        assert_eq!(
+            s.usable_or_start(now).err(),
+            Some(false),
+            "one dial at a time"
+        );
+        s.dialled(None, now);
+        assert_eq!(s.usable_or_start(now).err(), Some(false), "backing off");
+        let later = now + Duration::from_secs(1);
+        assert_eq!(s.usable_or_start(later).err(), Some(true));
+        s.dialled(None, later);
+        assert_eq!(
+            s.usable_or_start(later + Duration::from_secs(1)).err(),
+            Some(false),
+            "the second failure waits 2 s"
+        );
+        for _ in 0..20 {
+            s.dialled(None, later);
+        }
+        assert_eq!(s.not_before, Some(later + MAX_BULK_BACKOFF));
     }
 }
