@@ -267,7 +267,7 @@ async fn a_whole_group_restart_keeps_the_state_and_tokens_go_on_increasing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_not_kept_alive_expires_and_its_lock_goes_to_the_next_asker() {
+async fn a_session_not_kept_alive_expires_and_its_lock_leadership_and_name_go_with_it() {
     bounded(async {
         let group = Group::new(&["a", "b", "c"]);
         let (nodes, _) = group.start_led().await;
@@ -284,24 +284,47 @@ async fn a_session_not_kept_alive_expires_and_its_lock_goes_to_the_next_asker() 
             nodes[0].consensus.leader_stale("x").expect("voter read"),
             None
         );
+        // It also leads an election and owns a name.
+        let leading = client
+            .consensus
+            .campaign("e", LONG)
+            .await
+            .expect("the client leads");
+        client.consensus.register("n").await.expect("registered");
         std::mem::forget(held);
+        std::mem::forget(leading);
         let stopped = Instant::now();
         client.kill().await;
-        let g = nodes[0]
-            .consensus
-            .lock("r", LONG)
-            .await
-            .expect("granted after expiry");
-        let expiry = stopped.elapsed();
-        println!(
-            "expiry: lock granted {expiry:?} after its holder stopped (ttl {:?})",
-            group.config.session_ttl
+        let (lock, campaign) = tokio::join!(
+            async {
+                let g = nodes[0].consensus.lock("r", LONG).await;
+                (g, stopped.elapsed())
+            },
+            async {
+                let l = nodes[1].consensus.campaign("e", LONG).await;
+                (l, stopped.elapsed())
+            },
         );
+        let (g, lock_after) = lock;
+        let g = g.expect("lock granted after expiry");
+        let (l, lead_after) = campaign;
+        let l = l.expect("leadership won after expiry");
+        let name_gone = nodes[2].consensus.whereis("n").await.expect("read");
+        let name_after = stopped.elapsed();
         let ttl = group.config.session_ttl;
+        println!(
+            "expiry (ttl {ttl:?}): lock granted {lock_after:?}, leadership won \
+             {lead_after:?}, name read as gone {name_after:?} after its holder stopped"
+        );
+        assert_eq!(name_gone, None, "the name went with the session");
         // The holder renewed at most a third of a TTL before it stopped.
-        assert!(expiry >= ttl * 2 / 3, "expired early: {expiry:?}");
+        for (what, after) in [("lock", lock_after), ("leadership", lead_after)] {
+            assert!(after >= ttl * 2 / 3, "{what} expired early: {after:?}");
+        }
         assert!(g.token() > t1);
+        assert!(l.token() > t1);
         g.release().await.expect("released");
+        l.release().await.expect("resigned");
         shutdown_all(nodes).await;
     })
     .await;
