@@ -544,13 +544,10 @@ impl Leadership {
 /// a name and conflicts are resolved when they meet ([`Registry::events`],
 /// [`Registry::set_resolver`]).
 ///
-/// Consensus mode: the Raft group agrees each name, owned by this node's
-/// session (it goes when the session ends); the minority side of a
-/// partition never registers one. The group keeps a name's owner, not a
-/// service: a name stands for the service of the same name on its owner
-/// (registering it for another is refused with
-/// [`RegistryError::ServiceNotName`]). There are no conflicts, so no
-/// events and no resolver.
+/// Consensus mode: the Raft group agrees each name, with its owner (this
+/// node's session: the name goes when the session ends) and its service
+/// there; the minority side of a partition never registers one. There are
+/// no conflicts, so no events and no resolver.
 #[derive(Debug, Clone)]
 pub struct Registry(RegistryInner);
 
@@ -588,27 +585,23 @@ impl Registry {
     /// Consensus mode: committed by the Raft group within
     /// `request_timeout`, failing with a [`RegistryError::Lock`] of
     /// [`LockError::NoQuorum`] when no quorum answers (the minority side of
-    /// a partition); `service` must be `name`. Registering a name this
-    /// node has again is `AlreadyRegistered` in global mode and succeeds
-    /// in consensus mode.
+    /// a partition); a `service` empty or longer than 255 bytes is
+    /// `BadName`. Registering a name this node has again is
+    /// `AlreadyRegistered` in global mode and succeeds in consensus mode,
+    /// the name standing for `service` from then on.
     pub async fn register(&self, name: &str, service: &str) -> Result<Registration, RegistryError> {
         let c = match &self.0 {
             RegistryInner::Global(r) => return r.register(name, service).await,
             RegistryInner::Consensus { consensus: c, .. } => c,
         };
-        if service != name {
-            return Err(RegistryError::ServiceNotName {
-                name: name.to_owned(),
-                service: service.to_owned(),
-            });
-        }
-        match c.register(name).await {
-            Ok(()) => Ok(registration(name, c.name().clone())),
+        match c.register_service(name, service).await {
+            Ok(()) => Ok(registration(name, c.name().clone(), service)),
             Err(ConsensusError::Taken { owner }) => Err(RegistryError::AlreadyRegistered {
                 name: name.to_owned(),
                 owner,
             }),
             Err(ConsensusError::Invalid) => Err(RegistryError::BadName(name.to_owned())),
+            Err(ConsensusError::InvalidService) => Err(RegistryError::BadName(service.to_owned())),
             Err(ConsensusError::Limit) => Err(RegistryError::TooMany {
                 limit: quicmesh_consensus::machine::MAX_HELD_PER_SESSION,
             }),
@@ -644,7 +637,7 @@ impl Registry {
             RegistryInner::Global(r) => r.whereis(name),
             RegistryInner::Consensus { consensus: c, .. } => {
                 let owner = c.whereis_stale(name).ok()??;
-                Some(registration(name, owner))
+                Some(registration(name, owner.node, &owner.service))
             }
         }
     }
@@ -660,7 +653,7 @@ impl Registry {
         match &self.0 {
             RegistryInner::Global(r) => Ok(r.whereis(name)),
             RegistryInner::Consensus { consensus: c, .. } => match c.whereis(name).await {
-                Ok(owner) => Ok(owner.map(|o| registration(name, o))),
+                Ok(owner) => Ok(owner.map(|o| registration(name, o.node, &o.service))),
                 Err(e) => Err(RegistryError::Lock(lock_error(name, e))),
             },
         }
@@ -751,11 +744,11 @@ impl Registry {
 
 /// A consensus-mode name as a [`Registration`]: the service of the same
 /// name on `owner`, with no clock reading.
-fn registration(name: &str, owner: quicmesh_wire::NodeName) -> Registration {
+fn registration(name: &str, owner: quicmesh_wire::NodeName, service: &str) -> Registration {
     Registration {
         name: name.to_owned(),
         owner,
-        service: name.to_owned(),
+        service: service.to_owned(),
         registered_at: Hlc {
             millis: 0,
             counter: 0,

@@ -519,7 +519,7 @@ pub use prometheus_client;
 /// API of both modes.
 pub use quicmesh_consensus::{
     Consensus, ConsensusConfig, ConsensusError, Leader as ConsensusLeader,
-    LockGuard as ConsensusGuard,
+    LockGuard as ConsensusGuard, NameOwner as ConsensusNameOwner,
 };
 pub use quicmesh_coord::{
     AlreadyRegistered, CoordCounters, GroupEvent, Groups, Hlc, Keep, Keys, LeaderChange,

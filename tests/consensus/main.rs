@@ -68,7 +68,11 @@ async fn nodes_in_consensus_mode_agree_on_locks_and_names() {
         }
         consensus(&c).register("svc").await.expect("registered");
         assert_eq!(
-            consensus(&client).whereis("svc").await.expect("read"),
+            consensus(&client)
+                .whereis("svc")
+                .await
+                .expect("read")
+                .map(|o| o.node),
             Some(c.name().clone())
         );
         let t1 = held.token();
@@ -263,6 +267,45 @@ async fn one_api(nodes: &[Node]) {
         .await
         .expect("read");
     assert_eq!(gone, None);
+
+    // A name for a service of another name: found with it, called by it.
+    a.register("worker.v2", |_ctx, x: u32| async move {
+        Ok::<_, String>(x * 10)
+    })
+    .expect("rpc service");
+    let r = a
+        .registry()
+        .register("worker", "worker.v2")
+        .await
+        .expect("registered");
+    assert_eq!((&r.owner, r.service.as_str()), (a.name(), "worker.v2"));
+    let found = c
+        .registry()
+        .whereis_linearizable("worker")
+        .await
+        .expect("read")
+        .expect("registered");
+    assert_eq!(
+        (&found.owner, found.service.as_str()),
+        (a.name(), "worker.v2")
+    );
+    eventually("b finds worker's service", || {
+        b.registry().whereis("worker").map(|r| (r.owner, r.service))
+            == Some((a.name().clone(), "worker.v2".to_owned()))
+    })
+    .await;
+    let n: u32 = c
+        .registry()
+        .call("worker", &4u32)
+        .await
+        .expect("call by name");
+    assert_eq!(n, 40, "worker.v2 on a answered");
+    assert!(a.registry().unregister("worker").await);
+    let long = "s".repeat(256);
+    match a.registry().register("worker", &long).await {
+        Err(RegistryError::BadName(bad)) => assert_eq!(bad, long),
+        other => panic!("a 256-byte service: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,11 +363,6 @@ async fn one_api_in_consensus_mode() {
         let mut events = nodes[0].registry().events();
         let waited = tokio::time::timeout(Duration::from_millis(100), events.recv()).await;
         assert!(waited.is_err(), "{waited:?}");
-        // A name stands for the service of the same name.
-        assert!(matches!(
-            nodes[0].registry().register("n", "other").await,
-            Err(RegistryError::ServiceNotName { .. })
-        ));
         // Held through the group, nothing of it is in global mode's tables.
         let held = nodes[1].lock("held").await.expect("granted");
         let leading = nodes[1].election("e").campaign().await.expect("leads");

@@ -236,7 +236,7 @@ async fn run(node: &Node, held: &Holdings, request: Request) -> Reply {
             Err(e) => consensus_error(e),
         },
         (Some(c), "whereis") => match c.whereis(&key).await {
-            Ok(owner) => value(owner, None),
+            Ok(owner) => value(owner.map(|o| o.node), None),
             Err(e) => consensus_error(e),
         },
         (Some(c), "leader") => match c.leader(&key).await {

@@ -34,7 +34,7 @@ mod client;
 mod expiry;
 mod members;
 
-pub use client::{Leader, LockGuard};
+pub use client::{Leader, LockGuard, NameOwner};
 use members::ChangeRefused;
 pub use members::Membership;
 
@@ -80,6 +80,8 @@ enum Request {
     RemoveVoter(NodeName),
     /// The committed membership, read linearizably.
     Membership,
+    /// Who registered the name, and its service, read linearizably.
+    Name(String),
 }
 
 impl Request {
@@ -106,6 +108,8 @@ enum Answer {
     Admitted,
     /// The membership, after a change or as read.
     Membership(Membership),
+    /// To [`Request::Name`]: the name's owner and service, if registered.
+    Name(Option<NameOwner>),
 }
 
 /// Why a voter did not answer a request.
@@ -429,6 +433,29 @@ impl Consensus {
         }
     }
 
+    /// Who registered `name`, and its service, read linearizably through
+    /// the leader.
+    pub(crate) async fn name_owner(
+        &self,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<Option<NameOwner>, ConsensusError> {
+        match self
+            .submit(Request::Name(name.to_owned()), deadline)
+            .await?
+        {
+            Answer::Name(owner) => Ok(owner),
+            _ => Err(self.confused()),
+        }
+    }
+
+    /// Who registered `name`, and its service, in this voter's applied
+    /// state, which may lag the leader's.
+    pub(crate) fn name_owner_stale(&self, name: &str) -> Result<Option<NameOwner>, ConsensusError> {
+        let v = self.voter()?;
+        Ok(NameOwner::of(&v.shared.state().machine, name))
+    }
+
     /// Who holds `key` in this voter's applied state, which may lag the
     /// leader's.
     pub(crate) fn holder_stale(&self, key: &Key) -> Result<Option<Grant>, ConsensusError> {
@@ -628,6 +655,20 @@ async fn serve(
             members::add(inner, v, from, node, until).await
         }
         Request::RemoveVoter(node) => members::remove(inner, v, from, node, deadline).await,
+        Request::Name(name) => {
+            match tokio::time::timeout(budget, v.raft.ensure_linearizable()).await {
+                Err(_) => Err(Redirect::NoQuorum),
+                Ok(Ok(_)) => Ok(Answer::Name(NameOwner::of(
+                    &v.shared.state().machine,
+                    &name,
+                ))),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    Err(Redirect::NotLeader(leader_name(f.leader_id)))
+                }
+                Ok(Err(RaftError::APIError(_))) => Err(Redirect::NoQuorum),
+                Ok(Err(RaftError::Fatal(e))) => Err(Redirect::Stopped(e.to_string())),
+            }
+        }
         Request::Membership => {
             match tokio::time::timeout(budget, v.raft.ensure_linearizable()).await {
                 Err(_) => Err(Redirect::NoQuorum),

@@ -52,6 +52,10 @@ pub enum ConsensusError {
     /// A key was empty or longer than 255 bytes.
     #[error("invalid key: 1 to 255 bytes")]
     Invalid,
+    /// The service a name is registered for was empty or longer than 255
+    /// bytes.
+    #[error("invalid service: 1 to 255 bytes")]
+    InvalidService,
     /// A bound of the state machine was reached (sessions per node,
     /// grants per session).
     #[error("a limit of the state machine was reached")]

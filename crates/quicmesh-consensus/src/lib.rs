@@ -117,7 +117,9 @@ mod network;
 mod storage;
 
 pub use config::{ConfigError, ConsensusConfig, Voters, node_id};
-pub use consensus::{Consensus, ConsensusStatus, Leader, LockGuard, Membership, WeakConsensus};
+pub use consensus::{
+    Consensus, ConsensusStatus, Leader, LockGuard, Membership, NameOwner, WeakConsensus,
+};
 pub use error::{ConsensusError, StartError};
 
 /// A Raft node id: see [`Voters`].

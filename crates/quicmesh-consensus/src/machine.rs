@@ -23,6 +23,10 @@
 //! a contended hand-over is one commit, and the waiter learns of its grant
 //! from the applied state. A key with waiters is always held. A session
 //! that ends leaves every queue it was in.
+//!
+//! A registered name stands for a service on its owner's node, kept with
+//! it ([`Op::RegisterService`]; [`Op::Register`] is the service of the
+//! same name) and gone with it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -99,7 +103,9 @@ pub enum Op {
         /// The term being given up.
         term: u64,
     },
-    /// Registers `name` for `session` if it is free.
+    /// Registers `name` for `session` if it is free, standing for the
+    /// service of the same name (as [`Op::RegisterService`] with `service`
+    /// equal to `name`).
     Register {
         /// The owning session.
         session: SessionId,
@@ -147,6 +153,18 @@ pub enum Op {
         key: Key,
         /// The token or term of the grant being given up.
         token: u64,
+    },
+    /// Registers `name` for `session` if it is free, standing for
+    /// `service` on the session's node. The owner registering it again
+    /// keeps it and points it at `service` now. A `service` empty or
+    /// longer than [`MAX_KEY`] bytes is refused ([`Reply::InvalidService`]).
+    RegisterService {
+        /// The owning session.
+        session: SessionId,
+        /// The name.
+        name: String,
+        /// The service the name stands for.
+        service: String,
     },
 }
 
@@ -246,6 +264,9 @@ pub enum Reply {
         /// The holder's token or term.
         token: u64,
     },
+    /// The service of an [`Op::RegisterService`] was empty or longer than
+    /// [`MAX_KEY`] bytes: nothing was registered.
+    InvalidService,
 }
 
 /// A lease.
@@ -293,6 +314,9 @@ pub struct Machine {
     grants: BTreeMap<Key, Grant>,
     /// The sessions waiting for each held key, first in line first.
     queues: BTreeMap<Key, VecDeque<SessionId>>,
+    /// The service each registered name stands for: one entry for every
+    /// [`Key::Name`] in `grants`.
+    services: BTreeMap<String, String>,
 }
 
 impl Machine {
@@ -314,6 +338,13 @@ impl Machine {
         self.grants.get(key)
     }
 
+    /// Who registered `name`, and the service it stands for.
+    pub fn name<'a>(&'a self, name: &'a str) -> Option<(&'a Grant, &'a str)> {
+        let grant = self.grants.get(&Key::Name(name.to_owned()))?;
+        let service = self.services.get(name).map_or(name, String::as_str);
+        Some((grant, service))
+    }
+
     /// The sessions waiting for `key`, first in line first.
     pub fn waiters(&self, key: &Key) -> impl Iterator<Item = SessionId> + '_ {
         self.queues.get(key).into_iter().flatten().copied()
@@ -329,6 +360,7 @@ impl Machine {
             | Op::Campaign { session, .. }
             | Op::Resign { session, .. }
             | Op::Register { session, .. }
+            | Op::RegisterService { session, .. }
             | Op::Unregister { session, .. }
             | Op::Enqueue { session, .. }
             | Op::Dequeue { session, .. }
@@ -358,11 +390,10 @@ impl Machine {
             Op::Resign { election, term, .. } => {
                 self.give_up(index, session, Key::Leader(election.clone()), Some(*term))
             }
-            Op::Register { name, .. } => match self.take(index, session, Key::Name(name.clone())) {
-                Reply::Granted { .. } => Reply::Registered,
-                Reply::Held { owner, .. } => Reply::Taken { owner },
-                other => other,
-            },
+            Op::Register { name, .. } => self.register(index, session, name, name),
+            Op::RegisterService { name, service, .. } => {
+                self.register(index, session, name, service)
+            }
             Op::Unregister { name, .. } => {
                 self.give_up(index, session, Key::Name(name.clone()), None)
             }
@@ -377,6 +408,33 @@ impl Machine {
                     other => other,
                 }
             }
+        }
+    }
+
+    fn register(&mut self, index: u64, session: SessionId, name: &str, service: &str) -> Reply {
+        // The name first: a bad one is `Invalid`, as before services.
+        if name.is_empty() || name.len() > MAX_KEY {
+            return Reply::Invalid;
+        }
+        if service.is_empty() || service.len() > MAX_KEY {
+            return Reply::InvalidService;
+        }
+        match self.take(index, session, Key::Name(name.to_owned())) {
+            Reply::Granted { .. } => {
+                self.services.insert(name.to_owned(), service.to_owned());
+                Reply::Registered
+            }
+            Reply::Held { owner, .. } => Reply::Taken { owner },
+            other => other,
+        }
+    }
+
+    /// Removes the grant of `key` (and a name's service), not touching the
+    /// holder's session.
+    fn remove_grant(&mut self, key: &Key) {
+        self.grants.remove(key);
+        if let Key::Name(name) = key {
+            self.services.remove(name);
         }
     }
 
@@ -420,7 +478,7 @@ impl Machine {
         }
         let released = s.held.len();
         for key in s.held {
-            self.grants.remove(&key);
+            self.remove_grant(&key);
             self.grant_next(index, &key);
         }
         Reply::Ended { released }
@@ -462,7 +520,7 @@ impl Machine {
             Some(g) if g.session == session && token.is_none_or(|t| t == g.token) => {}
             _ => return Reply::NotHeld,
         }
-        self.grants.remove(&key);
+        self.remove_grant(&key);
         if let Some(s) = self.sessions.get_mut(&session) {
             s.held.remove(&key);
         }

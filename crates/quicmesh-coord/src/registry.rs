@@ -126,7 +126,7 @@ pub enum RegistryError {
     #[error("no node has registered {0:?}")]
     NotRegistered(String),
     /// The name is empty or longer than 255 bytes, or the service is
-    /// longer than 255 bytes.
+    /// longer than 255 bytes (or, in consensus mode, empty).
     #[error("bad name {0:?}: 1 to 255 bytes")]
     BadName(String),
     /// This node has as many names as a node may have: unregister some.
@@ -150,9 +150,9 @@ pub enum RegistryError {
     /// The call to the name's service failed.
     #[error(transparent)]
     Rpc(#[from] RpcError),
-    /// Consensus mode: the Raft group keeps a name's owner, not a service,
-    /// so a name stands for the service of the same name on its owner;
-    /// registering it for another service is refused.
+    /// No longer returned: consensus mode once kept a name's owner but
+    /// not its service and refused a service other than the name. It keeps
+    /// both now; the variant stays so that code naming it still builds.
     #[error(
         "consensus mode: {name:?} can stand only for the service of the same name, not {service:?}"
     )]

@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use quicmesh_wire::NodeName;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Answer, Consensus, Inner, Request};
 use crate::ConsensusError;
-use crate::machine::{Grant, Key, Op, Reply, SessionId};
+use crate::machine::{Grant, Key, Machine, Op, Reply, SessionId};
 
 /// The leader of an election and its term.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,26 @@ pub struct Leader {
     pub node: NodeName,
     /// Its term: the log index of the entry that made it leader.
     pub term: u64,
+}
+
+/// Who registered a name, and the service it stands for there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NameOwner {
+    /// The owning node.
+    pub node: NodeName,
+    /// The service the name stands for on that node.
+    pub service: String,
+}
+
+impl NameOwner {
+    /// `name`'s owner and service in `machine`.
+    pub(super) fn of(machine: &Machine, name: &str) -> Option<Self> {
+        machine.name(name).map(|(grant, service)| Self {
+            node: grant.owner.clone(),
+            service: service.to_owned(),
+        })
+    }
 }
 
 /// A lock or leadership held by this node's session. Give it up with
@@ -331,12 +352,32 @@ impl Consensus {
         }
     }
 
-    /// Registers `name` for this node's session, within `request_timeout`.
+    /// Registers `name` for this node's session, within `request_timeout`,
+    /// standing for the service of the same name (as
+    /// [`Consensus::register_service`] with `service` equal to `name`).
     /// `Taken` if another node has it; registering it again is fine.
     pub async fn register(&self, name: &str) -> Result<(), ConsensusError> {
         let name = name.to_owned();
         self.name_op(|session| Op::Register { session, name }, Reply::Registered)
             .await
+    }
+
+    /// Registers `name` for this node's session, within `request_timeout`,
+    /// standing for `service` on this node. `Taken` if another node has
+    /// it; registering it again is fine, and points it at `service` now.
+    /// `InvalidService` if `service` is empty or longer than 255 bytes.
+    pub async fn register_service(&self, name: &str, service: &str) -> Result<(), ConsensusError> {
+        if service == name {
+            // The entry every version of the group reads.
+            return self.register(name).await;
+        }
+        let (name, service) = (name.to_owned(), service.to_owned());
+        let op = |session| Op::RegisterService {
+            session,
+            name,
+            service,
+        };
+        self.name_op(op, Reply::Registered).await
     }
 
     /// Unregisters `name`; `NotHeld` if it is not this node's.
@@ -361,20 +402,18 @@ impl Consensus {
         }
     }
 
-    /// The node that registered `name`, read linearizably.
-    pub async fn whereis(&self, name: &str) -> Result<Option<NodeName>, ConsensusError> {
+    /// The node that registered `name` and the service it stands for,
+    /// read linearizably.
+    pub async fn whereis(&self, name: &str) -> Result<Option<NameOwner>, ConsensusError> {
         let deadline = self.deadline(None);
-        let grant = self.holder(Key::Name(name.to_owned()), deadline).await?;
-        Ok(grant.map(|g| g.owner))
+        self.name_owner(name, deadline).await
     }
 
-    /// The node that registered `name` in this voter's own applied state:
-    /// no round trip, but possibly behind the group. `NotVoter` on a
-    /// client.
-    pub fn whereis_stale(&self, name: &str) -> Result<Option<NodeName>, ConsensusError> {
-        Ok(self
-            .holder_stale(&Key::Name(name.to_owned()))?
-            .map(|g| g.owner))
+    /// The node that registered `name` and the service it stands for, in
+    /// this voter's own applied state: no round trip, but possibly behind
+    /// the group. `NotVoter` on a client.
+    pub fn whereis_stale(&self, name: &str) -> Result<Option<NameOwner>, ConsensusError> {
+        self.name_owner_stale(name)
     }
 
     /// This node's session, if one is open (as far as it knows).
@@ -743,6 +782,7 @@ impl Consensus {
             Reply::NotHeld => ConsensusError::NotHeld,
             Reply::Taken { owner } => ConsensusError::Taken { owner },
             Reply::Invalid => ConsensusError::Invalid,
+            Reply::InvalidService => ConsensusError::InvalidService,
             Reply::Limit => ConsensusError::Limit,
             other => ConsensusError::Refused {
                 peer: self

@@ -7,8 +7,12 @@
 //! so it never starts with [`SNAPSHOT_MAGIC`] (four `0xFF` bytes would mean at
 //! least 2^28 sessions); every later version starts with [`SNAPSHOT_MAGIC`] and a
 //! version byte. An unknown version is refused by name, never guessed.
+//!
+//! Version 2 added the queues of waiters; version 3 adds the service each
+//! name stands for. A name in a snapshot of version 1 or 2 stands for the
+//! service of the same name, all a name could stand for then.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use quicmesh_wire::NodeName;
 use serde::Deserialize;
@@ -17,8 +21,9 @@ use super::{Grant, Key, Machine, Session, SessionId};
 
 /// Opens every snapshot of version 2 or later.
 pub const SNAPSHOT_MAGIC: [u8; 4] = [0xFF; 4];
-/// The version this code writes: 2, the machine with lock queues.
-pub const SNAPSHOT_VERSION: u8 = 2;
+/// The version this code writes: 3, the machine with lock queues and the
+/// service of each name.
+pub const SNAPSHOT_VERSION: u8 = 3;
 
 /// Why a snapshot could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +61,14 @@ struct MachineV1 {
     grants: BTreeMap<Key, Grant>,
 }
 
+/// The machine as version 2 stored it: no services.
+#[derive(Deserialize)]
+struct MachineV2 {
+    sessions: BTreeMap<SessionId, Session>,
+    grants: BTreeMap<Key, Grant>,
+    queues: BTreeMap<Key, VecDeque<SessionId>>,
+}
+
 impl Machine {
     /// The machine encoded as a snapshot of the current format.
     pub fn to_snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
@@ -65,10 +78,12 @@ impl Machine {
     }
 
     /// Reads a snapshot of any known format; one of version 1 has no
-    /// waiters.
+    /// waiters, and in one of version 1 or 2 each name stands for the
+    /// service of the same name.
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
         match bytes.strip_prefix(&SNAPSHOT_MAGIC) {
-            None => decode::<MachineV1>(1, bytes).map(Self::from),
+            None => decode::<MachineV1>(1, bytes).map(|m| MachineV2::from(m).into()),
+            Some([2, rest @ ..]) => decode::<MachineV2>(2, rest).map(Self::from),
             Some([SNAPSHOT_VERSION, rest @ ..]) => decode(SNAPSHOT_VERSION, rest),
             Some([found, ..]) => Err(SnapshotError::UnknownVersion { found: *found }),
             Some([]) => Err(SnapshotError::Malformed {
@@ -89,7 +104,7 @@ fn decode<'a, T: Deserialize<'a>>(version: u8, bytes: &'a [u8]) -> Result<T, Sna
     Ok(value)
 }
 
-impl From<MachineV1> for Machine {
+impl From<MachineV1> for MachineV2 {
     fn from(old: MachineV1) -> Self {
         let sessions = old
             .sessions
@@ -109,6 +124,25 @@ impl From<MachineV1> for Machine {
             sessions,
             grants: old.grants,
             queues: BTreeMap::new(),
+        }
+    }
+}
+
+impl From<MachineV2> for Machine {
+    fn from(old: MachineV2) -> Self {
+        let services = old
+            .grants
+            .keys()
+            .filter_map(|key| match key {
+                Key::Name(name) => Some((name.clone(), name.clone())),
+                Key::Lock(_) | Key::Leader(_) => None,
+            })
+            .collect();
+        Self {
+            sessions: old.sessions,
+            grants: old.grants,
+            queues: old.queues,
+            services,
         }
     }
 }

@@ -201,6 +201,70 @@ fn names_belong_to_one_session() {
 }
 
 #[test]
+fn a_name_stands_for_the_service_registered_with_it() {
+    let mut log = Log::new();
+    let a = log.open("a@h");
+    let b = log.open("b@h");
+    let reg = |session, service: &str| Op::RegisterService {
+        session,
+        name: "billing".into(),
+        service: service.into(),
+    };
+    assert_eq!(log.op("a@h", reg(a, "billing.v2")), Reply::Registered);
+    let (grant, service) = log.m.name("billing").expect("registered");
+    assert_eq!((&grant.owner, service), (&node("a@h"), "billing.v2"));
+    assert_eq!(
+        log.op("b@h", reg(b, "other")),
+        Reply::Taken { owner: node("a@h") }
+    );
+    assert_eq!(log.m.name("billing").map(|(_, s)| s), Some("billing.v2"));
+    // The owner points it elsewhere; the old op means the name itself.
+    assert_eq!(log.op("a@h", reg(a, "billing.v3")), Reply::Registered);
+    assert_eq!(log.m.name("billing").map(|(_, s)| s), Some("billing.v3"));
+    let plain = Op::Register {
+        session: a,
+        name: "billing".into(),
+    };
+    assert_eq!(log.op("a@h", plain), Reply::Registered);
+    assert_eq!(log.m.name("billing").map(|(_, s)| s), Some("billing"));
+    // Unregistered or ended with its session, the service goes with it.
+    assert_eq!(log.op("a@h", reg(a, "billing.v2")), Reply::Registered);
+    let unreg = Op::Unregister {
+        session: a,
+        name: "billing".into(),
+    };
+    assert_eq!(log.op("a@h", unreg), Reply::Released);
+    assert_eq!(log.m.name("billing"), None);
+    assert_eq!(log.op("b@h", reg(b, "b.svc")), Reply::Registered);
+    assert_eq!(
+        log.op("b@h", Op::CloseSession { session: b }),
+        Reply::Ended { released: 1 }
+    );
+    assert_eq!(log.m.name("billing"), None);
+    assert!(log.m.services.is_empty(), "{:?}", log.m.services);
+}
+
+#[test]
+fn a_service_empty_or_too_long_is_refused_by_name() {
+    let mut log = Log::new();
+    let a = log.open("a@h");
+    let reg = |name: &str, service: &str| Op::RegisterService {
+        session: a,
+        name: name.into(),
+        service: service.into(),
+    };
+    let long = "s".repeat(MAX_KEY + 1);
+    assert_eq!(log.op("a@h", reg("n", &long)), Reply::InvalidService);
+    assert_eq!(log.op("a@h", reg("n", "")), Reply::InvalidService);
+    assert_eq!(log.m.name("n"), None);
+    // A bad name is refused as such first.
+    assert_eq!(log.op("a@h", reg("", &long)), Reply::Invalid);
+    let longest = "s".repeat(MAX_KEY);
+    assert_eq!(log.op("a@h", reg("n", &longest)), Reply::Registered);
+    assert_eq!(log.m.name("n").map(|(_, s)| s), Some(longest.as_str()));
+}
+
+#[test]
 fn bad_keys_ttls_and_bounds_are_refused() {
     let mut log = Log::new();
     let a = log.open("a@h");

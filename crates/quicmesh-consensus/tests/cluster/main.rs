@@ -246,7 +246,12 @@ async fn a_whole_group_restart_keeps_the_state_and_tokens_go_on_increasing() {
         // state from before the restart is all there.
         nodes[2].consensus.register("c").await.expect("c's session");
         assert_eq!(
-            nodes[2].consensus.whereis("svc").await.expect("read"),
+            nodes[2]
+                .consensus
+                .whereis("svc")
+                .await
+                .expect("read")
+                .map(|o| o.node),
             Some(name("b"))
         );
         match nodes[2]
@@ -395,7 +400,8 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot() {
         let back = group.start(&short, &refs).await;
         let owner = nodes[0].name().clone();
         support::eventually("the follower has the state from the snapshot", || {
-            (back.consensus.whereis_stale("snap").ok()? == Some(owner.clone())).then_some(())
+            let found = back.consensus.whereis_stale("snap").ok()??;
+            (found.node == owner && found.service == "snap").then_some(())
         })
         .await;
         let g = back.consensus.lock("r", LONG).await.expect("granted");

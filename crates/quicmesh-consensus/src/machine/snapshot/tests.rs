@@ -11,6 +11,15 @@ const GOLDEN_V1: [u8; 56] = [
     64, 104, 3,
 ];
 
+/// A version 2 snapshot, as the code before names' services (commit
+/// 59a02c2) encoded this machine: [`GOLDEN_V1`]'s, with session 5 (`b@h`)
+/// waiting for lock `r` (enqueued by entry 7).
+const GOLDEN_V2: [u8; 72] = [
+    255, 255, 255, 255, 2, 2, 1, 3, 97, 64, 104, 232, 7, 1, 3, 0, 1, 114, 1, 1, 101, 2, 1, 110, 0,
+    5, 3, 98, 64, 104, 232, 7, 6, 0, 1, 0, 1, 114, 3, 0, 1, 114, 1, 3, 97, 64, 104, 2, 1, 1, 101,
+    1, 3, 97, 64, 104, 4, 2, 1, 110, 1, 3, 97, 64, 104, 3, 1, 0, 1, 114, 1, 5,
+];
+
 fn node(s: &str) -> NodeName {
     s.parse().expect("test name")
 }
@@ -59,6 +68,53 @@ fn a_version_1_snapshot_is_read_as_a_machine_with_no_waiters() {
         Reply::Released
     );
     assert_eq!(m.holder(&lock).map(|g| (g.session, g.token)), Some((5, 8)));
+}
+
+#[test]
+fn a_version_2_snapshot_is_read_with_each_name_standing_for_itself() {
+    let m = Machine::from_snapshot(&GOLDEN_V2).expect("version 2 is read");
+    let lock = Key::Lock("r".into());
+    assert_eq!(m.waiters(&lock).collect::<Vec<_>>(), [5]);
+    assert_eq!(m.holder(&lock).map(|g| (g.session, g.token)), Some((1, 2)));
+    let (grant, service) = m.name("n").expect("name n");
+    assert_eq!((grant.session, grant.token, service), (1, 3, "n"));
+    assert_eq!(m.sessions().get(&5).map(|s| s.waiting.len()), Some(1));
+    // The same machine as version 1 plus the queue.
+    let mut from_v1 = Machine::from_snapshot(&GOLDEN_V1).expect("read");
+    let enqueue = Op::Enqueue {
+        session: 5,
+        key: lock,
+    };
+    let from = node("b@h");
+    from_v1.apply(7, &Command::Client { from, op: enqueue });
+    assert_eq!(m, from_v1);
+    let mut long = GOLDEN_V2.to_vec();
+    long.push(0);
+    assert!(matches!(
+        Machine::from_snapshot(&long),
+        Err(SnapshotError::Malformed { version: 2, .. })
+    ));
+}
+
+#[test]
+fn todays_format_round_trips_with_services() {
+    let mut m = Machine::from_snapshot(&GOLDEN_V2).expect("read");
+    let register = Op::RegisterService {
+        session: 5,
+        name: "billing".into(),
+        service: "billing.v2".into(),
+    };
+    let from = node("b@h");
+    assert_eq!(
+        m.apply(8, &Command::Client { from, op: register }),
+        Reply::Registered
+    );
+    let bytes = m.to_snapshot().expect("encode");
+    assert_eq!(bytes[..5], [0xFF, 0xFF, 0xFF, 0xFF, 3]);
+    let back = Machine::from_snapshot(&bytes).expect("decode");
+    assert_eq!(back, m);
+    assert_eq!(back.name("billing").map(|(_, s)| s), Some("billing.v2"));
+    assert_eq!(back.name("n").map(|(_, s)| s), Some("n"));
 }
 
 #[test]
