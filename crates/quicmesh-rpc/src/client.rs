@@ -1,4 +1,5 @@
-//! The caller's side: small calls on the lane, large ones on a stream each.
+//! The caller's side: small calls on the lane, large ones on a stream each
+//! (on the bulk path once it is open).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +82,8 @@ impl Call<'_> {
     /// Sends `body` (at most `max` bytes: checked by the caller) to the
     /// service on `peer`; for a call, waits for the response body.
     /// Everything under the timeout. Small requests go on the connection's
-    /// lane (opened by the first), large ones on a stream each.
+    /// lane (opened by the first), large ones on a stream each: on the
+    /// peer's bulk path once it is open, else on the main connection.
     pub(crate) async fn run(
         &self,
         path: Path<'_>,
