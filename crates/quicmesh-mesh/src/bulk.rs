@@ -191,18 +191,9 @@ impl BulkEndpoint {
     }
 }
 
-/// Counts a bulk connection taken from a peer, or refused.
-pub(crate) fn count(counters: &Counters, accepted: bool) {
-    let c = if accepted {
-        &counters.bulk_accepted
-    } else {
-        &counters.bulk_refused
-    };
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Why an incoming bulk connection was refused, for the log.
-pub(crate) fn refused(from: SocketAddr, name: Option<&NodeName>, why: &str) {
+/// Counts and logs (at debug level) a refused incoming bulk connection.
+pub(crate) fn refused(counters: &Counters, from: SocketAddr, name: Option<&NodeName>, why: &str) {
+    counters.bulk_refused.fetch_add(1, Ordering::Relaxed);
     match name {
         Some(name) => debug!(peer = %name, %from, "refused a bulk connection: {why}"),
         None => debug!(%from, "refused a bulk connection: {why}"),

@@ -3,6 +3,7 @@
 //! connection.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use quicmesh_wire::CloseCode;
@@ -34,8 +35,12 @@ impl Inner {
                 continue;
             }
             let Some(permit) = path.handshake_permit() else {
-                bulk::count(&self.counters, false);
-                bulk::refused(incoming.remote_address(), None, "too many bulk handshakes");
+                bulk::refused(
+                    &self.counters,
+                    incoming.remote_address(),
+                    None,
+                    "too many bulk handshakes",
+                );
                 incoming.refuse();
                 continue;
             };
@@ -59,28 +64,29 @@ impl Inner {
         let conn = match crate::io::within(patience, async { incoming.accept()?.await }).await {
             Some(Ok(conn)) => conn,
             Some(Err(e)) => {
-                bulk::count(&self.counters, false);
-                bulk::refused(from, None, &e.to_string());
+                bulk::refused(&self.counters, from, None, &e.to_string());
                 return None;
             }
             None => {
-                bulk::count(&self.counters, false);
-                bulk::refused(from, None, "no handshake in time");
+                bulk::refused(&self.counters, from, None, "no handshake in time");
                 return None;
             }
         };
         let name = match transport::peer_name(&conn) {
             Ok(name) => name,
             Err(e) => {
-                bulk::count(&self.counters, false);
-                bulk::refused(from, None, &e.to_string());
+                bulk::refused(&self.counters, from, None, &e.to_string());
                 transport::close(&conn, CloseCode::NotAuthenticated, "no node name");
                 return None;
             }
         };
         let Some(main) = self.peer(&name) else {
-            bulk::count(&self.counters, false);
-            bulk::refused(from, Some(&name), "no main connection to it");
+            bulk::refused(
+                &self.counters,
+                from,
+                Some(&name),
+                "no main connection to it",
+            );
             transport::close(&conn, CloseCode::NotAPeer, "bulk path without a link");
             return None;
         };
@@ -92,7 +98,7 @@ impl Inner {
                 "replaced by a newer bulk connection",
             );
         }
-        bulk::count(&self.counters, true);
+        self.counters.bulk_accepted.fetch_add(1, Ordering::Relaxed);
         let link = Peer::new(name, conn, main.control().clone(), self.counters.clone());
         Some((main, link))
     }
