@@ -825,3 +825,75 @@ async fn a_lock_attempt_given_up_half_way_leaves_nothing_held() {
     })
     .await;
 }
+
+/// How many locks `node`'s own table holds (its `quicmesh_locks_held`).
+fn locks_held(node: &Node) -> u64 {
+    use quicmesh::prometheus_client::{encoding::text::encode, registry::Registry};
+    let mut registry = Registry::default();
+    node.register_metrics(&mut registry);
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("metrics encode");
+    text.lines()
+        .find_map(|l| l.strip_prefix("quicmesh_locks_held "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("quicmesh_locks_held reported")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_before_a_node_came_up_is_released_there_too() {
+    bounded(async {
+        let nodes = cluster("late", 2).await;
+        let a = &nodes[0];
+        let guard = a.lock("r").await.expect("lock");
+        let c = node("late-c", COOKIE).await;
+        c.connect(&a.addr()).await.expect("connect");
+        c.wait_for_nodes(2, WAIT).await.expect("full mesh");
+        eventually("the new node to hear of a's lock", || locks_held(&c) == 1).await;
+        drop(guard);
+        eventually("the new node to release a's lock", || locks_held(&c) == 0).await;
+        let options = LockOptions::default().timeout(Duration::from_secs(5));
+        let taken = c.lock_with("r", &options).await;
+        assert!(taken.is_ok(), "the lock stayed held: {taken:?}");
+        drop(taken);
+        shutdown_all(&nodes).await;
+        c.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_released_while_a_new_node_is_told_of_it_is_not_left_there() {
+    bounded(async {
+        let a = node("race-a", COOKIE).await;
+        // Each round a node comes up and the lock is dropped at once: the
+        // release and the news of the lock race to the new node.
+        for round in 0..30u32 {
+            let resource = format!("r{round}");
+            let guard = a.lock(&resource).await.expect("lock");
+            let mut events = a.events();
+            let c = node(&format!("race-c{round}"), COOKIE).await;
+            c.connect(&a.addr()).await.expect("connect");
+            next_event(
+                &mut events,
+                "the new node up",
+                |e| matches!(e, quicmesh::NodeEvent::NodeUp { node, .. } if node == c.name()),
+            )
+            .await;
+            for _ in 0..round % 4 {
+                tokio::task::yield_now().await;
+            }
+            drop(guard);
+            eventually(
+                &format!("round {round}: nothing held on the new node"),
+                || locks_held(&c) == 0 && locks_held(&a) == 0,
+            )
+            .await;
+            // Held a little longer: a release still in flight shows.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(locks_held(&c), 0, "round {round}: a's lock came back");
+            c.shutdown().await;
+        }
+        a.shutdown().await;
+    })
+    .await;
+}

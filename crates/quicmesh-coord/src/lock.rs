@@ -192,6 +192,9 @@ pub struct LockGuard {
     resource: String,
     requester: LockRequester,
     nodes: Vec<NodeName>,
+    /// Taken on every connected node: nodes that came up since were told
+    /// of it and must hear of its release too.
+    follows: bool,
     token: Token,
     lost: watch::Receiver<bool>,
     released: bool,
@@ -238,8 +241,26 @@ impl LockGuard {
     pub async fn release(mut self) {
         self.released = true;
         locked(&self.coord.held).remove(&self.requester.id);
-        release_on(&self.coord, &self.resource, &self.requester, &self.nodes).await;
+        let nodes = self.release_set();
+        release_on(&self.coord, &self.resource, &self.requester, &nodes).await;
     }
+
+    fn release_set(&self) -> Vec<NodeName> {
+        release_set(&self.coord, &self.nodes, self.follows)
+    }
+}
+
+/// The nodes to release a lock on: its set, and for a lock taken on every
+/// node, the nodes connected now (a node that came up since may hold it
+/// for this one: it was told when they met).
+fn release_set(coord: &Coord, nodes: &[NodeName], follows: bool) -> Vec<NodeName> {
+    let mut nodes = nodes.to_vec();
+    if follows {
+        nodes.extend(coord.peers());
+        nodes.sort();
+        nodes.dedup();
+    }
+    nodes
 }
 
 impl Drop for LockGuard {
@@ -247,12 +268,12 @@ impl Drop for LockGuard {
         if self.released {
             return;
         }
-        let (coord, resource, requester, nodes) = (
+        let (coord, nodes, requester) = (
             self.coord.clone(),
-            std::mem::take(&mut self.resource),
+            self.release_set(),
             self.requester.clone(),
-            std::mem::take(&mut self.nodes),
         );
+        let resource = std::mem::take(&mut self.resource);
         // The local table at once; the other nodes as soon as possible.
         locked(&coord.held).remove(&requester.id);
         locked(&coord.locks).release(&resource, &requester);
@@ -302,6 +323,7 @@ pub(crate) async fn acquire(
                     resource: resource.to_owned(),
                     requester,
                     nodes,
+                    follows,
                     token,
                     lost,
                     released: false,
@@ -400,6 +422,7 @@ struct Pending<'a> {
     resource: &'a str,
     requester: &'a LockRequester,
     nodes: &'a [NodeName],
+    follows: bool,
     armed: bool,
 }
 
@@ -415,7 +438,7 @@ impl Drop for Pending<'_> {
             let (resource, requester, nodes) = (
                 self.resource.to_owned(),
                 self.requester.clone(),
-                self.nodes.to_vec(),
+                release_set(&coord, self.nodes, self.follows),
             );
             let tasks = coord.mesh().tasks().clone();
             tasks.spawn(async move { release_on(&coord, &resource, &requester, &nodes).await });
@@ -449,6 +472,7 @@ async fn attempt(
         resource,
         requester,
         nodes,
+        follows,
         armed: true,
     };
     let first_answer = ask(coord, first, resource, requester, deadline).await;
@@ -502,7 +526,8 @@ async fn attempt(
         // being confirmed (two nodes met meanwhile), or a node refused the
         // token: try again.
         locked(&coord.held).remove(&requester.id);
-        release_on(coord, resource, requester, nodes).await;
+        let nodes = release_set(coord, nodes, follows);
+        release_on(coord, resource, requester, &nodes).await;
         pending.armed = false;
         return Attempt::Refused;
     }
@@ -717,6 +742,19 @@ pub(crate) async fn sync_to(coord: &Arc<Coord>, peer: &NodeName, held: &[LockHel
     let timeout = coord.message_timeout();
     let answer: Result<Vec<LockHeld>, RpcError> =
         coord.call(peer, service::LOCK_SYNC, &held, timeout).await;
+    // A lock released while the peer was being told: its release may
+    // have reached the peer before this message did, so the peer took it
+    // in afterwards. It is released there again, now that the peer has
+    // taken the message in (or could not be reached in time).
+    let gone: Vec<&LockHeld> = {
+        let live = locked(&coord.held);
+        held.iter()
+            .filter(|h| !live.contains_key(&h.requester.id))
+            .collect()
+    };
+    for h in gone {
+        release_on(coord, &h.resource, &h.requester, std::slice::from_ref(peer)).await;
+    }
     let kept = match answer {
         Ok(kept) => kept,
         Err(e) => {

@@ -894,18 +894,40 @@ impl Registry {
 
 /// Sends `peer` the names this node owns.
 pub(crate) fn node_up(coord: &Arc<Coord>, peer: &NodeName) {
+    let (coord, peer) = (coord.clone(), peer.clone());
+    let tasks = coord.mesh().tasks().clone();
+    tasks.spawn(async move { sync_to(&coord, &peer).await });
+}
+
+/// Tells `peer` the names this node owns.
+async fn sync_to(coord: &Arc<Coord>, peer: &NodeName) {
     let me = coord.me().clone();
     let mine: Vec<Registration> = locked(&coord.registry.names)
         .values()
         .filter(|r| r.owner == me)
         .cloned()
         .collect();
-    coord.send_in_background(
-        peer,
-        service::REGISTRY_SYNC,
-        mine,
-        "send it this node's registered names",
-    );
+    let peers = [peer.clone()];
+    let what = "send it this node's registered names";
+    coord
+        .tell(&peers, service::REGISTRY_SYNC, &mine, what)
+        .await;
+    // A name unregistered while the peer was being told: the removal may
+    // have reached the peer first, so it is sent again, now that the
+    // peer has taken the names in (or could not be reached in time).
+    let gone: Vec<String> = {
+        let names = locked(&coord.registry.names);
+        mine.into_iter()
+            .filter(|r| names.get(&r.name).is_none_or(|now| now.owner != me))
+            .map(|r| r.name)
+            .collect()
+    };
+    for name in gone {
+        let what = "unregister a name there";
+        coord
+            .tell(&peers, service::REGISTRY_DELETE, &name, what)
+            .await;
+    }
 }
 
 /// The nodes owning names (or claims) here.
