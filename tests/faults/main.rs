@@ -181,6 +181,46 @@ async fn garbage_datagrams_are_ignored() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_datagrams_stays_up_and_costs_the_node_a_bounded_window() {
+    bounded(async {
+        let scene = Scene::new("datagrams").await;
+        let conn = &scene.raw.conn;
+        let largest = conn.max_datagram_size().expect("datagrams allowed");
+        // The node never reads datagrams: as many as fit its window are
+        // kept and the oldest dropped, whatever their size or content.
+        let rss_before = rss_kib();
+        let mut rng = fastrand::Rng::with_seed(11);
+        for i in 0..40_000usize {
+            let len = [0, 1, 9, 200, largest][i % 5];
+            let junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            // A full send buffer drops the oldest unsent: fine here.
+            let _ = conn.send_datagram(junk.into());
+            if i % 500 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        for _ in 0..5 {
+            scene
+                .b
+                .ping(scene.a.name(), WAIT)
+                .await
+                .expect("a still answers b");
+        }
+        // Still up on both sides: not a protocol violation, nothing closed.
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+        assert!(scene.a.nodes().contains(&scene.raw_name));
+        assert_eq!(scene.a.status().counters.protocol_violations, 0);
+        // Kept, the datagrams would be about 24 MB (15 MB of them measured
+        // with the window made unbounded).
+        let grown = rss_kib().saturating_sub(rss_before);
+        assert!(grown < 8 * 1024, "RSS grew {grown} KiB");
+        scene.a.shutdown().await;
+        scene.b.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn malformed_frame_on_a_ping_stream_drops_only_that_peer() {
     bounded(bad_stream_drops_only_that_peer(

@@ -23,6 +23,7 @@ mod dial;
 mod gossip;
 mod hello;
 mod link;
+mod liveness;
 mod ping;
 mod report;
 mod revoked;
@@ -120,6 +121,8 @@ struct Inner {
     /// Addresses to dial a seed at instead of resolving its host (set by
     /// discovery strategies that resolve names themselves).
     dial_at: Mutex<HashMap<NodeName, Vec<SocketAddr>>>,
+    /// Every link's liveness, watched by one task.
+    liveness: Arc<liveness::Liveness>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -197,6 +200,7 @@ impl Mesh {
             handshakes_per_source_logged: LogLimit::default(),
             shutting_down: AtomicBool::new(false),
             dial_at: Mutex::default(),
+            liveness: Arc::default(),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -221,6 +225,7 @@ impl Mesh {
         self.inner
             .tasks
             .spawn(async move { inner.accept_loop().await });
+        self.inner.tasks.spawn(liveness::run(self.inner.clone()));
         if let Some(path) = self.inner.bulk.clone() {
             let (inner, handle) = (self.inner.clone(), path.handle());
             self.inner

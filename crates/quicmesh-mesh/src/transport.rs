@@ -18,6 +18,12 @@ use crate::event::DownReason;
 const SNI: &str = "quicmesh";
 
 /// Transport parameters shared by every connection of a node.
+/// Bytes of received datagrams a connection holds (see
+/// [`transport_config`]): more than the largest datagram the endpoint
+/// takes in (UDP payloads of at most 1,472 bytes), which quinn would
+/// refuse as a protocol violation.
+const DATAGRAM_WINDOW: usize = 4 * 1024;
+
 pub(crate) fn transport_config(cfg: &MeshConfig) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // A backstop behind the heartbeat detector: QUIC gives up on a silent
@@ -28,7 +34,12 @@ pub(crate) fn transport_config(cfg: &MeshConfig) -> Arc<quinn::TransportConfig> 
     t.keep_alive_interval(None);
     t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
     t.max_concurrent_uni_streams(VarInt::from_u32(256));
-    t.datagram_receive_buffer_size(Some(64 * 1024));
+    // Datagrams are heartbeats, never read: their arrival shows in the
+    // connection's packet count (see `liveness`). The window holds a few
+    // of the largest a path carries; past it quinn drops the oldest, so a
+    // peer's datagrams cost at most this much each connection and no
+    // task ever wakes for them.
+    t.datagram_receive_buffer_size(Some(DATAGRAM_WINDOW));
     Arc::new(t)
 }
 

@@ -1,9 +1,10 @@
 //! The task that owns one installed connection.
 //!
-//! It sends a heartbeat datagram every interval and declares the peer down
-//! when no packet at all (heartbeat, data, acknowledgement) has arrived for
-//! the heartbeat timeout; it writes and reads the control stream, and
-//! hands every stream the peer opens to the router's handler for its kind.
+//! It declares the peer down when the node's liveness watcher finds that
+//! no packet at all (heartbeat, data, acknowledgement) has arrived for the
+//! heartbeat timeout (see [`liveness`](super::liveness)); it writes and
+//! reads the control stream, and hands every stream the peer opens to the
+//! router's handler for its kind.
 //! A peer that breaks the protocol is dropped with `ProtocolViolation`, as
 //! is one that keeps sending `Peers` frames that teach nothing (see
 //! [`gossip`](super::gossip)); nothing it sends can panic the node.
@@ -11,8 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quicmesh_wire::{CloseCode, Control, Datagram};
-use quinn::{Connection, RecvStream, SendStream};
+use quicmesh_wire::{CloseCode, Control};
+use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -55,7 +56,7 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
         jobs.spawn(write_control(send, queue, first, max).in_current_span());
         jobs.spawn(read_control(inner.clone(), peer.clone(), recv).in_current_span());
         jobs.spawn(serve_streams(inner.clone(), peer.clone()).in_current_span());
-        jobs.spawn(drain_datagrams(conn.clone()));
+        let mut watch = inner.liveness.watch(&peer, inner.me < *peer.name());
 
         let reason = tokio::select! {
             biased;
@@ -63,71 +64,19 @@ pub(super) fn spawn(inner: &Arc<Inner>, peer: Peer, control: ControlStream) {
             e = conn.closed() => peer
                 .closed_by_us()
                 .unwrap_or_else(|| transport::down_reason(&e)),
-            () = heartbeat(&peer, &inner, inner.me < *peer.name()) => {
+            () = watch.silent() => {
                 let reason = DownReason::HeartbeatTimeout;
                 peer.close(CloseCode::HeartbeatTimeout, reason.clone(), "no heartbeat");
                 reason
             }
         };
         jobs.abort_all();
+        drop(watch);
         inner.link_closed(peer.name(), conn.stable_id(), reason);
         // Out of the table now: its bytes move to the ended totals.
         inner.stats.connection_ended(&conn);
     };
     tasks.spawn(task.instrument(span));
-}
-
-/// Checks liveness four times an interval, noting on `peer` when it was
-/// last heard; returns when nothing has arrived for `timeout`. Of the two
-/// ends of a link only one (`sends`: the smaller name) sends a heartbeat
-/// datagram every interval: the other end hears it, and hears back the
-/// acknowledgement QUIC sends for it (within its ACK delay), so each
-/// side hears the other with half the packets of both sending. Both ends
-/// record the connection's RTT estimate once an interval for the
-/// metrics' heartbeat RTT histogram.
-async fn heartbeat(peer: &Peer, inner: &Inner, sends: bool) {
-    let hb = inner.config.heartbeat;
-    let conn = peer.connection();
-    const CHECKS_PER_INTERVAL: u32 = 4;
-    let mut tick = tokio::time::interval(hb.interval / CHECKS_PER_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u32;
-    let mut seq = 0u64;
-    let mut seen_packets = conn.stats().udp_rx.datagrams;
-    let mut last_heard = Instant::now();
-    loop {
-        tick.tick().await;
-        if ticks % CHECKS_PER_INTERVAL == 0 {
-            inner.stats.heartbeat_rtt.record(conn.rtt());
-        }
-        if sends && ticks % CHECKS_PER_INTERVAL == 0 {
-            if let Err(e) = conn.send_datagram(Datagram::Heartbeat { seq }.encode().into()) {
-                debug!("heartbeat not sent: {e}");
-            }
-            seq += 1;
-        }
-        ticks = ticks.wrapping_add(1);
-        // Any packet from the peer proves it alive, so bulk transfers that
-        // crowd out heartbeat datagrams never cause a false NodeDown.
-        let packets = conn.stats().udp_rx.datagrams;
-        if packets != seen_packets {
-            seen_packets = packets;
-            last_heard = Instant::now();
-            peer.heard();
-        } else if last_heard.elapsed() >= hb.timeout {
-            return;
-        }
-    }
-}
-
-/// Reads and discards datagrams so the receive buffer never fills; their
-/// arrival is what counts, and it shows in the connection's statistics.
-async fn drain_datagrams(conn: Connection) {
-    while let Ok(d) = conn.read_datagram().await {
-        if Datagram::decode(&d).is_none() {
-            debug!("ignored an unknown datagram of {} bytes", d.len());
-        }
-    }
 }
 
 async fn write_control(
