@@ -10,8 +10,16 @@
 //! certificate mode (certificates issued into a temporary directory, so no
 //! process spends its start deriving a CA from a cookie); without, all
 //! nodes run in this process, which is what the test suite runs.
+//!
+//! Each node listens on an address of its own in 127.0.0.0/8 (Linux
+//! routes all of it to the loopback interface), as nodes of a real cluster
+//! have addresses of their own: a node lets at most
+//! `MAX_HANDSHAKES_PER_SOURCE` handshakes from one address run at once, so
+//! N nodes behind one address join one another in turns.
+//! `--shared-address` puts them all on 127.0.0.1 instead.
 
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -42,6 +50,23 @@ pub(crate) struct MeshArgs {
     /// Watch the nodes at rest for this many seconds.
     #[arg(long, default_value_t = 5)]
     rest: u64,
+    /// Every node on 127.0.0.1 (as behind one address), instead of an
+    /// address of its own in 127.0.0.0/8.
+    #[arg(long)]
+    shared_address: bool,
+}
+
+/// Where node `i` listens: port 0 of its own loopback address, or of
+/// 127.0.0.1 for all when `shared`.
+fn listen_of(i: usize, shared: bool) -> SocketAddr {
+    let ip = if shared {
+        Ipv4Addr::LOCALHOST
+    } else {
+        // 127.0.0.1, 127.0.0.2, …, 127.0.0.254, 127.0.1.1, …
+        let (high, low) = (i / 254, i % 254 + 1);
+        Ipv4Addr::new(127, 0, u8::try_from(high).unwrap_or(u8::MAX), low as u8)
+    };
+    SocketAddr::new(IpAddr::V4(ip), 0)
 }
 
 /// What one cluster size measured.
@@ -65,10 +90,12 @@ pub(crate) async fn run(args: MeshArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     for &n in &args.nodes {
         anyhow::ensure!(n >= 2, "a mesh needs at least 2 nodes, not {n}");
+        anyhow::ensure!(n <= 254 * 256, "at most {} nodes", 254 * 256);
+        let shared = args.shared_address;
         let report = if args.processes {
-            processes(n, deadline, rest).await?
+            processes(n, deadline, rest, shared).await?
         } else {
-            in_process(n, deadline, rest).await?
+            in_process(n, deadline, rest, shared).await?
         };
         print_report(&report);
         reports.push(report);
@@ -119,13 +146,18 @@ async fn at_rest(rest: Duration, cpu_now: impl Fn() -> u64) -> (f64, u64) {
     (cpu, lo as u64)
 }
 
-async fn in_process(n: usize, deadline: Duration, rest: Duration) -> anyhow::Result<Report> {
+async fn in_process(
+    n: usize,
+    deadline: Duration,
+    rest: Duration,
+    shared: bool,
+) -> anyhow::Result<Report> {
     let cookie = "bench-mesh";
     let rss0 = rss_kib_of("self");
     let start = |i: usize, seed: Option<NodeAddr>| async move {
         let mut builder = Node::builder()
             .name(format!("m{i}@127.0.0.1"))
-            .listen("127.0.0.1:0".parse()?)
+            .listen(listen_of(i, shared))
             .cookie(cookie);
         if let Some(seed) = seed {
             builder = builder.seed(seed);
@@ -262,7 +294,12 @@ async fn wait_until(started: Instant, until: Instant, done: impl Fn() -> bool) -
     }
 }
 
-async fn processes(n: usize, deadline: Duration, rest: Duration) -> anyhow::Result<Report> {
+async fn processes(
+    n: usize,
+    deadline: Duration,
+    rest: Duration,
+    shared: bool,
+) -> anyhow::Result<Report> {
     let exe = std::env::current_exe().context("this executable")?;
     let dir = CertDir::new()?;
     let ca = CertificateAuthority::generate("quicmesh bench mesh CA", 1)?;
@@ -276,7 +313,7 @@ async fn processes(n: usize, deadline: Duration, rest: Duration) -> anyhow::Resu
         &exe,
         dir.path(),
         &names[0],
-        "127.0.0.1:0",
+        &listen_of(0, shared).to_string(),
         None,
     )?];
     wait_until(Instant::now(), Instant::now() + deadline, || {
@@ -295,12 +332,12 @@ async fn processes(n: usize, deadline: Duration, rest: Duration) -> anyhow::Resu
         .clone()
         .context("the first node's address")?;
     let started = Instant::now();
-    for name in &names[1..] {
+    for (i, name) in names.iter().enumerate().skip(1) {
         procs.push(Proc::start(
             &exe,
             dir.path(),
             name,
-            "127.0.0.1:0",
+            &listen_of(i, shared).to_string(),
             Some(&seed),
         )?);
     }

@@ -439,7 +439,11 @@ fn check_bash_syntax(script: &str) {
 #[test]
 fn mesh_bench_forms_full_meshes_in_process_and_of_processes() {
     // Not timed: the bench itself fails when a mesh does not complete.
-    for extra in [&[][..], &["--processes"][..]] {
+    for extra in [
+        &[][..],
+        &["--processes"][..],
+        &["--processes", "--shared-address"][..],
+    ] {
         let mut args = vec![
             "bench",
             "mesh",
