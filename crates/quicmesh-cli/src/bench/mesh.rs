@@ -62,7 +62,8 @@ fn listen_of(i: usize, shared: bool) -> SocketAddr {
     let ip = if shared {
         Ipv4Addr::LOCALHOST
     } else {
-        // 127.0.0.1, 127.0.0.2, …, 127.0.0.254, 127.0.1.1, …
+        // 127.0.0.1, 127.0.0.2, …, 127.0.0.254, 127.0.1.1, … (`run`
+        // allows at most 254 × 256 nodes, so both parts fit a byte).
         let (high, low) = (i / 254, i % 254 + 1);
         Ipv4Addr::new(127, 0, u8::try_from(high).unwrap_or(u8::MAX), low as u8)
     };
