@@ -340,13 +340,17 @@ async fn a_real_prometheus_scrapes_a_three_node_cluster() {
         _child: child,
         addr,
     };
-    // Until it listens, a query is refused: wait for that with the rest.
+    // Until it listens, a query is refused, and until it is ready (its
+    // storage opened) answered 503: wait for both with the rest.
     let started = Instant::now();
-    while TcpStream::connect(addr).await.is_err() {
+    loop {
+        if TcpStream::connect(addr).await.is_ok() && http_get(addr, "/-/ready").await.0 == 200 {
+            break;
+        }
         let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
         assert!(
             started.elapsed() < WAIT,
-            "prometheus did not listen on {addr}:\n{log}"
+            "prometheus was not ready on {addr}:\n{log}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
