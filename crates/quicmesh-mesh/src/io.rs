@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use quicmesh_wire::{FrameError, StreamKind, frame};
 use quinn::{RecvStream, SendStream};
 use serde::Serialize;
@@ -110,6 +111,66 @@ pub(crate) async fn read_kind(
         quinn::ReadExactError::ReadError(e) => StreamError::Transport(e.to_string()),
     })?;
     Ok(StreamKind::parse(header))
+}
+
+/// Chunks taken from a stream in one read.
+const CHUNKS_PER_READ: usize = 32;
+
+/// The chunks one read took from a stream: up to [`CHUNKS_PER_READ`] at
+/// once, so a large body costs one lock of the connection (shared with
+/// the task that drives it) per batch of packets, not per packet.
+#[derive(Debug, Default)]
+pub struct Chunks {
+    taken: [Bytes; CHUNKS_PER_READ],
+    n: usize,
+}
+
+impl Chunks {
+    /// Reads the next chunks of `recv` in order; `false` once the stream
+    /// has ended (nothing was read).
+    pub async fn read(&mut self, recv: &mut RecvStream) -> Result<bool, quinn::ReadError> {
+        self.n = recv.read_chunks(&mut self.taken).await?.unwrap_or(0);
+        Ok(self.n > 0)
+    }
+
+    /// Bytes in the chunks of the last read.
+    pub fn len(&self) -> usize {
+        self.taken[..self.n].iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the last read took nothing.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Appends the last read's chunks to `body` and lets them go.
+    pub fn append_to(&mut self, body: &mut Vec<u8>) {
+        body.reserve(self.len());
+        for chunk in &mut self.taken[..self.n] {
+            body.extend_from_slice(chunk);
+            *chunk = Bytes::new();
+        }
+        self.n = 0;
+    }
+}
+
+/// Reads the rest of `recv`, refusing more than `max` bytes. The chunks
+/// are copied out as they arrive, so the copy overlaps the transfer
+/// (quinn's `read_to_end` keeps them and, after the last one, zeroes a
+/// buffer of the whole size and copies them in, which a caller waits for).
+pub async fn read_to_end(
+    recv: &mut RecvStream,
+    max: usize,
+) -> Result<Vec<u8>, quinn::ReadToEndError> {
+    let mut body = Vec::new();
+    let mut chunks = Chunks::default();
+    while chunks.read(recv).await? {
+        if body.len() + chunks.len() > max {
+            return Err(quinn::ReadToEndError::TooLong);
+        }
+        chunks.append_to(&mut body);
+    }
+    Ok(body)
 }
 
 /// Runs `fut` with a deadline; `None` if it passed.

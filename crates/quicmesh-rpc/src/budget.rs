@@ -6,11 +6,9 @@
 
 use std::sync::Arc;
 
+use quicmesh_mesh::io::Chunks;
 use quinn::RecvStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-/// Most bytes read from a stream at once.
-const CHUNK: usize = 64 * 1024;
 
 /// Why a body was not read.
 pub(crate) enum BodyError {
@@ -31,7 +29,8 @@ pub(crate) struct Charge {
 }
 
 /// Reads the rest of `recv` (at most `max` bytes), charging every chunk
-/// to `node` and `peer` (semaphores whose permits are bytes).
+/// to `node` and `peer` (semaphores whose permits are bytes) before it
+/// is kept.
 pub(crate) async fn read_body(
     recv: &mut RecvStream,
     max: usize,
@@ -43,14 +42,16 @@ pub(crate) async fn read_body(
         node: None,
         peer: None,
     };
+    let mut chunks = Chunks::default();
     loop {
-        match recv.read_chunk(CHUNK, true).await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.bytes.len() > max {
+        match chunks.read(recv).await {
+            Ok(true) => {
+                let len = chunks.len();
+                if body.len() + len > max {
                     return Err(BodyError::TooLong);
                 }
-                // A chunk is at most CHUNK bytes: it fits a u32.
-                let n = u32::try_from(chunk.bytes.len()).map_err(|_| BodyError::TooLong)?;
+                // One read takes a few packets' worth: it fits a u32.
+                let n = u32::try_from(len).map_err(|_| BodyError::TooLong)?;
                 let (Ok(on_node), Ok(on_peer)) = (
                     node.clone().try_acquire_many_owned(n),
                     peer.clone().try_acquire_many_owned(n),
@@ -59,9 +60,9 @@ pub(crate) async fn read_body(
                 };
                 add(&mut charge.node, on_node);
                 add(&mut charge.peer, on_peer);
-                body.extend_from_slice(&chunk.bytes);
+                chunks.append_to(&mut body);
             }
-            Ok(None) => return Ok((body, charge)),
+            Ok(false) => return Ok((body, charge)),
             Err(_) => return Err(BodyError::Read),
         }
     }

@@ -200,7 +200,7 @@ impl Call<'_> {
 
     /// Reads a response body that is the rest of `recv`.
     async fn read_body(&self, recv: &mut RecvStream) -> Result<Vec<u8>, RpcError> {
-        match recv.read_to_end(self.max).await {
+        match io::read_to_end(recv, self.max).await {
             Ok(body) => Ok(body),
             Err(ReadToEndError::TooLong) => Err(self.too_large_response()),
             Err(ReadToEndError::Read(e)) => Err(self.down(e.to_string())),

@@ -64,10 +64,6 @@ pub struct CallContext {
     pub deadline: tokio::time::Instant,
 }
 
-/// Bytes reserved before encoding a message: most fit without the buffer
-/// growing, larger ones grow it by doubling.
-pub(crate) const ENCODE_START: usize = 256;
-
 /// Messages up to this size are "small": their streams are sent before
 /// the data of larger ones, so a 64-byte call never waits behind a 1 MiB
 /// one on the same connection.

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::RegisterError;
 use crate::stream::{self, Requests, Responses};
-use crate::{CallContext, ENCODE_START, check_name};
+use crate::{CallContext, check_name};
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -45,7 +45,7 @@ where
         let fut = (self.f)(ctx, req);
         Box::pin(async move {
             match fut.await {
-                Ok(resp) => postcard::to_extend(&resp, Vec::with_capacity(ENCODE_START))
+                Ok(resp) => crate::codec::encode(&resp)
                     .map_err(|e| RpcFailure::Remote(format!("response did not encode: {e}"))),
                 Err(e) => Err(RpcFailure::Remote(e.to_string())),
             }

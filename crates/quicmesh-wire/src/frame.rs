@@ -50,16 +50,14 @@ pub fn encode_into<T: Serialize + ?Sized>(
     let start = out.len();
     out.extend_from_slice(&[0; PREFIX_LEN]);
     let body = start + PREFIX_LEN;
-    let written = postcard::to_extend(msg, Append(out)).map(|_| ());
-    let len = out.len() - body;
-    let checked = written
-        .map_err(|e| FrameError::Malformed(e.to_string()))
-        .and_then(|()| {
-            if len > max {
-                return Err(FrameError::TooLarge { len, max });
-            }
-            u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })
-        });
+    let written = append(msg, out).map_err(|e| FrameError::Malformed(e.to_string()));
+    let checked = written.and_then(|()| {
+        let len = out.len() - body;
+        if len > max {
+            return Err(FrameError::TooLarge { len, max });
+        }
+        u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })
+    });
     match checked {
         Ok(len32) => {
             out[start..body].copy_from_slice(&len32.to_be_bytes());
@@ -72,12 +70,33 @@ pub fn encode_into<T: Serialize + ?Sized>(
     }
 }
 
-/// Lets postcard append to a borrowed buffer.
+/// Appends the postcard encoding of `msg` to `out` (no length prefix).
+/// Byte strings (`serde_bytes` fields, `ByteBuf`) are copied whole, not
+/// byte by byte as postcard's `to_extend` does, which matters for large
+/// bodies (profiling 1 MiB echoes, the byte-by-byte encoding took more
+/// CPU than encrypting the body: 7.7 % of the caller against 3 %).
+pub fn append<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    postcard::serialize_with_flavor(msg, Append(out))
+}
+
+/// A postcard output that appends to a borrowed buffer with slice copies.
 struct Append<'a>(&'a mut Vec<u8>);
 
-impl Extend<u8> for Append<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
-        self.0.extend(iter);
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -126,6 +145,29 @@ mod tests {
         assert_eq!(f, [0, 0, 0, 4, 7, 2, b'h', b'i']);
         let (msg, used): ((u8, String), usize) = decode_from(&f, 100).unwrap().unwrap();
         assert_eq!((msg.0, msg.1.as_str(), used), (7, "hi", 8));
+    }
+
+    #[test]
+    fn append_writes_what_postcard_writes() {
+        #[derive(Serialize)]
+        struct Mixed<'a> {
+            n: u64,
+            name: &'a str,
+            #[serde(with = "serde_bytes")]
+            blob: &'a [u8],
+            list: Vec<i32>,
+        }
+        let blob: Vec<u8> = (0..=255).cycle().take(70_000).collect();
+        let msg = Mixed {
+            n: 300,
+            name: "a@h",
+            blob: &blob,
+            list: vec![-1, 2],
+        };
+        let mut out = vec![9];
+        append(&msg, &mut out).unwrap();
+        assert_eq!(out[0], 9, "appends after what the buffer held");
+        assert_eq!(out[1..], postcard::to_allocvec(&msg).unwrap());
     }
 
     #[test]

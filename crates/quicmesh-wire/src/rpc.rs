@@ -188,16 +188,16 @@ pub enum Item<'a> {
 /// Encodes a stream item frame holding `value`, refusing one over `max`.
 pub fn encode_item<T: Serialize + ?Sized>(value: &T, max: usize) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0, 0, 0, 0, ITEM_VALUE];
-    out = postcard::to_extend(value, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    crate::frame::append(value, &mut out).map_err(|e| FrameError::Malformed(e.to_string()))?;
     finish_item(out, max)
 }
 
 /// Encodes the failure item that ends a streaming call's responses.
 pub fn encode_item_failure(failure: &RpcFailure) -> Vec<u8> {
-    let out = vec![0, 0, 0, 0, ITEM_FAILED];
-    postcard::to_extend(failure, out)
+    let mut out = vec![0, 0, 0, 0, ITEM_FAILED];
+    crate::frame::append(failure, &mut out)
         .ok()
-        .and_then(|out| finish_item(out, MAX_HEADER_FRAME).ok())
+        .and_then(|()| finish_item(out, MAX_HEADER_FRAME).ok())
         .unwrap_or_default()
 }
 

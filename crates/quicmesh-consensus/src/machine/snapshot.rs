@@ -74,7 +74,8 @@ impl Machine {
     pub fn to_snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
         let mut bytes = SNAPSHOT_MAGIC.to_vec();
         bytes.push(SNAPSHOT_VERSION);
-        postcard::to_extend(self, bytes)
+        quicmesh_wire::frame::append(self, &mut bytes)?;
+        Ok(bytes)
     }
 
     /// Reads a snapshot of any known format; one of version 1 has no
