@@ -384,10 +384,13 @@ async fn processes(
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .context("the victim's address")?;
-        let listen = addr
-            .rsplit_once('@')
-            .map(|(_, at)| at.to_owned())
+        // The node's address names its host (127.0.0.1), not the address
+        // it listens on: the port comes from there, the IP from its slot.
+        let port: u16 = addr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
             .context("name@host:port")?;
+        let listen = SocketAddr::new(listen_of(victim, shared).ip(), port).to_string();
         procs[victim].child.start_kill()?;
         let _ = procs[victim].child.wait().await;
         let killed = Instant::now();
