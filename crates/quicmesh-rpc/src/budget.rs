@@ -50,7 +50,8 @@ pub(crate) async fn read_body(
                 if body.len() + len > max {
                     return Err(BodyError::TooLong);
                 }
-                // One read takes a few packets' worth: it fits a u32.
+                // A read holds at most the stream's receive window (quinn's
+                // default 1.25 MB): it fits a u32.
                 let n = u32::try_from(len).map_err(|_| BodyError::TooLong)?;
                 let (Ok(on_node), Ok(on_peer)) = (
                     node.clone().try_acquire_many_owned(n),
