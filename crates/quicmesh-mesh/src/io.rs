@@ -116,9 +116,9 @@ pub(crate) async fn read_kind(
 /// Chunks taken from a stream in one read.
 const CHUNKS_PER_READ: usize = 32;
 
-/// The chunks one read took from a stream: up to [`CHUNKS_PER_READ`] at
-/// once, so a large body costs one lock of the connection (shared with
-/// the task that drives it) per batch of packets, not per packet.
+/// The chunks one read took from a stream: up to 32 at once, so a large
+/// body costs one lock of the connection (shared with the task that
+/// drives it) per batch of packets, not per packet.
 #[derive(Debug, Default)]
 pub struct Chunks {
     taken: [Bytes; CHUNKS_PER_READ],
