@@ -53,7 +53,7 @@ const NICEST: i32 = 19;
 /// Threads of the bulk runtime: one. A large transfer is a chain of
 /// tasks waking each other (the endpoint's driver, the connection's, the
 /// stream's reader or writer); with two workers each wake-up could rouse
-/// the other, parked, thread to steal it, and a 1 MiB echo took 2.5 to 3.5
+/// the other, parked, thread to steal it, and a 1 MiB echo took 3 to 4
 /// times the thread switches of raw quinn and ran at 0.64–0.68 of its
 /// speed; on one thread, 0.84–0.93 (and about 1.0 once bodies were
 /// copied less). Bulk data also never takes more than one core from small
