@@ -123,6 +123,7 @@ const CHUNKS_PER_READ: usize = 32;
 pub struct Chunks {
     taken: [Bytes; CHUNKS_PER_READ],
     n: usize,
+    len: usize,
 }
 
 impl Chunks {
@@ -130,12 +131,13 @@ impl Chunks {
     /// has ended (nothing was read).
     pub async fn read(&mut self, recv: &mut RecvStream) -> Result<bool, quinn::ReadError> {
         self.n = recv.read_chunks(&mut self.taken).await?.unwrap_or(0);
+        self.len = self.taken[..self.n].iter().map(Bytes::len).sum();
         Ok(self.n > 0)
     }
 
     /// Bytes in the chunks of the last read.
     pub fn len(&self) -> usize {
-        self.taken[..self.n].iter().map(Bytes::len).sum()
+        self.len
     }
 
     /// Whether the last read took nothing.
@@ -145,12 +147,12 @@ impl Chunks {
 
     /// Appends the last read's chunks to `body` and lets them go.
     pub fn append_to(&mut self, body: &mut Vec<u8>) {
-        body.reserve(self.len());
+        body.reserve(self.len);
         for chunk in &mut self.taken[..self.n] {
             body.extend_from_slice(chunk);
             *chunk = Bytes::new();
         }
-        self.n = 0;
+        (self.n, self.len) = (0, 0);
     }
 }
 
